@@ -1,0 +1,69 @@
+//! Volume benches: decoding a gzipped KiTS-sized case, and fetching one
+//! 2.5D stack from the cache.
+//!
+//! `cargo bench -p kseg-volume --bench volume`
+//!
+//! The case is synthetic (200 slices of 512×512, int16 imaging and uint8
+//! labels, gzip level 1 as our writer uses), generated once per run into a
+//! temporary folder.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kseg_volume::{CachedCase, Intensity, read_labels, read_volume, synth};
+
+fn case_dir() -> (tempfile::TempDir, kseg_volume::CaseDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = synth::SynthConfig {
+        height: 512,
+        width: 512,
+        min_slices: 200,
+        max_slices: 200,
+        seed: 0,
+    };
+    let case = synth::write_dataset(dir.path(), 1, &cfg).unwrap().remove(0);
+    (dir, case)
+}
+
+fn benches(c: &mut Criterion) {
+    let (dir, case) = case_dir();
+    let seg = case.segmentation.clone().unwrap();
+    let int16_bytes = 200 * 512 * 512 * 2;
+
+    let mut g = c.benchmark_group("decode");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Bytes(int16_bytes));
+    // What training does: CaseDir::load decodes imaging and labels in
+    // parallel and checks them against each other.
+    g.bench_function("gz_case_200x512x512_load", |b| {
+        b.iter(|| black_box(case.load().unwrap()))
+    });
+    g.bench_function("gz_case_200x512x512_imaging_then_labels", |b| {
+        b.iter(|| {
+            let img = read_volume(&case.imaging).unwrap();
+            let lab = read_labels(&seg, 2).unwrap();
+            black_box((img, lab))
+        })
+    });
+    g.bench_function("gz_case_200x512x512_imaging_only", |b| {
+        b.iter(|| black_box(read_volume(&case.imaging).unwrap()))
+    });
+    g.finish();
+
+    let cached = CachedCase::open_or_build(&case, dir.path().join("cache")).unwrap();
+    let w = Intensity::default();
+    let mut g = c.benchmark_group("cache");
+    g.throughput(Throughput::Elements(1));
+    let mut k = 0;
+    g.bench_function("fetch_stack3_512", |b| {
+        b.iter(|| {
+            k = (k + 37) % 200;
+            black_box(cached.sample(k, 1, &w).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(volume, benches);
+criterion_main!(volume);

@@ -1,0 +1,125 @@
+//! KiTS19 case folders: `case_XXXXX/imaging.nii.gz` and, for training
+//! cases, `case_XXXXX/segmentation.nii.gz`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, VolumeError};
+use crate::nifti_io::{Volume, read_labels, read_volume};
+
+/// File name of a case's CT volume.
+pub const IMAGING: &str = "imaging.nii.gz";
+/// File name of a case's label volume.
+pub const SEGMENTATION: &str = "segmentation.nii.gz";
+/// Highest KiTS19 label: 0 background, 1 kidney, 2 tumour.
+pub const MAX_LABEL: u8 = 2;
+
+/// A case folder on disk, not yet loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseDir {
+    /// The folder name, e.g. `case_00004`.
+    pub id: String,
+    pub dir: PathBuf,
+    pub imaging: PathBuf,
+    /// `None` for test cases (imaging only).
+    pub segmentation: Option<PathBuf>,
+}
+
+impl CaseDir {
+    /// Looks at a case folder: `imaging.nii.gz` must exist (or
+    /// `imaging.nii`), `segmentation.nii.gz` may.
+    pub fn open(dir: impl AsRef<Path>) -> Result<CaseDir> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(VolumeError::missing(dir, "case folder does not exist"));
+        }
+        let find = |name: &str| {
+            let gz = dir.join(name);
+            let plain = dir.join(name.trim_end_matches(".gz"));
+            if gz.is_file() {
+                Some(gz)
+            } else if plain.is_file() {
+                Some(plain)
+            } else {
+                None
+            }
+        };
+        let imaging = find(IMAGING)
+            .ok_or_else(|| VolumeError::missing(dir, format!("{IMAGING} in case folder")))?;
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(CaseDir {
+            id,
+            dir: dir.to_path_buf(),
+            imaging,
+            segmentation: find(SEGMENTATION),
+        })
+    }
+
+    /// Loads imaging (HU, f32) and labels, checking that they agree.
+    ///
+    /// The two files are decoded in parallel (gzip inflation is serial per
+    /// file, so this is the cheap way to use two cores).
+    pub fn load(&self) -> Result<Case> {
+        let (imaging, labels) = rayon::join(
+            || read_volume(&self.imaging),
+            || {
+                self.segmentation
+                    .as_ref()
+                    .map(|p| read_labels(p, MAX_LABEL))
+            },
+        );
+        let imaging = imaging?;
+        let labels = match (&self.segmentation, labels) {
+            (Some(p), Some(l)) => {
+                let l = l?;
+                if l.shape() != imaging.shape() {
+                    return Err(VolumeError::ShapeMismatch {
+                        path: p.clone(),
+                        got: l.shape().to_vec(),
+                        other: self.imaging.clone(),
+                        expected: imaging.shape().to_vec(),
+                    });
+                }
+                Some(l)
+            }
+            _ => None,
+        };
+        Ok(Case {
+            id: self.id.clone(),
+            imaging,
+            labels,
+        })
+    }
+}
+
+/// The case folders (`case_*`) in a KiTS19 `data/` folder, sorted by name.
+/// Use [`CaseDir::open`] on each to check them.
+pub fn list_cases(data_dir: impl AsRef<Path>) -> Result<Vec<CaseDir>> {
+    let data_dir = data_dir.as_ref();
+    let entries = std::fs::read_dir(data_dir).map_err(|e| VolumeError::io(data_dir, e))?;
+    let mut dirs = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| VolumeError::io(data_dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("case_") && e.path().is_dir() {
+            dirs.push(e.path());
+        }
+    }
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(VolumeError::missing(data_dir, "no case_* folders"));
+    }
+    dirs.iter().map(CaseDir::open).collect()
+}
+
+/// A loaded case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub id: String,
+    /// HU values, `[slices, H, W]`.
+    pub imaging: Volume<f32>,
+    /// Labels 0/1/2, `[slices, H, W]`; `None` for test cases.
+    pub labels: Option<Volume<u8>>,
+}

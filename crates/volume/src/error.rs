@@ -1,0 +1,86 @@
+//! The crate's one error type.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong while reading, writing or preparing volumes.
+///
+/// Every variant that concerns a file names it, so a message such as
+/// `data/case_00004/segmentation.nii.gz: truncated data: 1048576 of 16777216 bytes`
+/// tells the user which file to look at and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VolumeError {
+    /// The operating system refused an operation on a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a NIfTI-1 file we can read, or its header is inconsistent.
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+    /// The file is a valid NIfTI file of a kind this crate deliberately refuses
+    /// (NIfTI-2, a 4D volume where 3D is needed, complex data...).
+    #[error("{}: unsupported: {msg}", path.display())]
+    Unsupported { path: PathBuf, msg: String },
+    /// A label volume holds a value outside the allowed classes.
+    #[error(
+        "{}: label value {value} at voxel {voxel:?} is not a class (allowed 0..={max_label}; {count} such voxels)",
+        path.display()
+    )]
+    BadLabel {
+        path: PathBuf,
+        value: f64,
+        voxel: [usize; 3],
+        max_label: u8,
+        count: usize,
+    },
+    /// Two volumes that must match do not.
+    #[error("{}: shape {got:?} does not match {} shape {expected:?}", path.display(), other.display())]
+    ShapeMismatch {
+        path: PathBuf,
+        got: Vec<usize>,
+        other: PathBuf,
+        expected: Vec<usize>,
+    },
+    /// A case folder or a file in it is missing.
+    #[error("{}: missing: {what}", path.display())]
+    Missing { path: PathBuf, what: String },
+    /// A caller passed an argument that cannot be honoured.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = VolumeError> = std::result::Result<T, E>;
+
+impl VolumeError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        VolumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(path: &Path, msg: impl Into<String>) -> Self {
+        VolumeError::Format {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(path: &Path, msg: impl Into<String>) -> Self {
+        VolumeError::Unsupported {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn missing(path: &Path, what: impl Into<String>) -> Self {
+        VolumeError::Missing {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Synthetic KiTS-like cases: the built-in default data for the main job and
+//! the tests, so that nothing has to be downloaded.
+//!
+//! Each case is an axial CT-like volume in HU (stored int16) with labels
+//! (0 background, 1 kidney, 2 tumour), written in KiTS19's layout and
+//! orientation. The phantom has a body outline with a subcutaneous fat
+//! layer, textured soft tissue, a liver, bowel gas, the aorta, a vertebral
+//! column with discs, two kidneys of varied size, position, tilt and shape
+//! (enhancing cortex, darker medulla and hilum), and one to three tumours of
+//! varied size and contrast attached to a kidney. The image is blurred in
+//! plane (partial volume) and carries Gaussian noise; slice count and slice
+//! spacing vary. Everything is drawn from ChaCha8 streams derived from
+//! (seed, case index, slice), so a case is the same for a seed whatever the
+//! number of cases or threads.
+
+use std::path::Path;
+
+use ndarray::{Array2, Array3, Axis};
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::f32::consts::TAU;
+
+use crate::case::{CaseDir, IMAGING, SEGMENTATION};
+use crate::error::{Result, VolumeError};
+use crate::nifti_io::{DType, Header, write_volume};
+use crate::rng::sample_rng;
+
+/// Size and seed of the synthetic cases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    /// In-plane rows.
+    pub height: usize,
+    /// In-plane columns.
+    pub width: usize,
+    /// Fewest slices of a case.
+    pub min_slices: usize,
+    /// Most slices of a case (inclusive).
+    pub max_slices: usize,
+    pub seed: u64,
+}
+
+impl Default for SynthConfig {
+    /// 128×128 in plane and 32 to 64 slices: small enough that a 2-core CPU
+    /// trains on a dozen cases in minutes.
+    fn default() -> Self {
+        SynthConfig {
+            height: 128,
+            width: 128,
+            min_slices: 32,
+            max_slices: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl SynthConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.height < 16 || self.width < 16 || self.height > 4096 || self.width > 4096 {
+            return Err(VolumeError::InvalidArgument(format!(
+                "synthetic size {}x{} must be within 16..=4096",
+                self.height, self.width
+            )));
+        }
+        if self.min_slices == 0 || self.min_slices > self.max_slices || self.max_slices > 4096 {
+            return Err(VolumeError::InvalidArgument(format!(
+                "slice range {}..={} must satisfy 1 <= min <= max <= 4096",
+                self.min_slices, self.max_slices
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One generated case.
+#[derive(Debug, Clone)]
+pub struct SynthCase {
+    /// HU, `[slices, H, W]`.
+    pub imaging: Array3<i16>,
+    /// Labels, `[slices, H, W]`.
+    pub labels: Array3<u8>,
+    /// Voxel size `[slice, row, column]` in mm.
+    pub spacing: [f32; 3],
+}
+
+/// An ellipsoid in mm with an in-plane rotation and a lateral drift along z,
+/// and a gentle shape perturbation.
+#[derive(Debug, Clone, Copy)]
+struct Blob {
+    c: [f32; 3], // z, y, x
+    r: [f32; 3], // semi-axes along the blob's own z, v, u
+    cos: f32,
+    sin: f32,
+    drift: f32, // x shift per mm of z
+    wobble: f32,
+    phase: f32,
+}
+
+impl Blob {
+    fn new(c: [f32; 3], r: [f32; 3], angle: f32) -> Blob {
+        Blob {
+            c,
+            r,
+            cos: angle.cos(),
+            sin: angle.sin(),
+            drift: 0.0,
+            wobble: 0.0,
+            phase: 0.0,
+        }
+    }
+
+    /// Normalised squared radius: < 1 inside.
+    #[inline]
+    fn q(&self, z: f32, y: f32, x: f32) -> f32 {
+        let dz = z - self.c[0];
+        let dy = y - self.c[1];
+        let dx = x - self.c[2] - self.drift * dz;
+        let u = self.cos * dx + self.sin * dy;
+        let v = -self.sin * dx + self.cos * dy;
+        let q = (dz / self.r[0]).powi(2) + (v / self.r[1]).powi(2) + (u / self.r[2]).powi(2);
+        if self.wobble == 0.0 {
+            q
+        } else {
+            let t = v.atan2(u);
+            let s = 1.0
+                + self.wobble * (2.0 * t + self.phase).sin()
+                + 0.5 * self.wobble * (3.0 * t - self.phase).cos();
+            q / (s * s)
+        }
+    }
+
+    /// Unit vector from the centre along the blob's in-plane `u` axis.
+    fn u_axis(&self) -> [f32; 2] {
+        [self.sin, self.cos] // (y, x)
+    }
+}
+
+struct Kidney {
+    blob: Blob,
+    cortex_hu: f32,
+    side: f32,
+}
+
+struct Tumour {
+    blob: Blob,
+    hu: f32,
+    core_hu: f32,
+}
+
+/// All random parameters of one phantom, in mm.
+struct Phantom {
+    body: Blob,
+    fat_mm: f32,
+    tissue_hu: f32,
+    waves: Vec<([f32; 3], f32, f32)>, // direction / wavelength, phase, amplitude
+    liver: Blob,
+    liver_hu: f32,
+    gas: Vec<Blob>,
+    aorta: ([f32; 2], f32, f32), // (y, x), radius, HU
+    spine: ([f32; 2], f32),      // (y, x), radius
+    disc_period: f32,
+    disc_phase: f32,
+    kidneys: Vec<Kidney>,
+    tumours: Vec<Tumour>,
+}
+
+fn u(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
+    rng.random_range(lo..hi)
+}
+
+impl Phantom {
+    fn draw(rng: &mut impl Rng) -> Phantom {
+        let a = u(rng, 130.0, 165.0);
+        let b = u(rng, 95.0, 125.0);
+        let body_c = [0.0, u(rng, -10.0, 10.0), u(rng, -10.0, 10.0)];
+        let mut body = Blob::new(body_c, [1e9, b, a], 0.0);
+        body.wobble = u(rng, 0.0, 0.04);
+        body.phase = u(rng, 0.0, TAU);
+        let spine_y = body_c[1] + b * u(rng, 0.5, 0.6);
+        let spine_r = u(rng, 15.0, 20.0);
+        let spine = ([spine_y, body_c[2] + u(rng, -5.0, 5.0)], spine_r);
+        let aorta = (
+            [
+                spine_y - spine_r - u(rng, 8.0, 14.0),
+                spine.0[1] + u(rng, 8.0, 20.0),
+            ],
+            u(rng, 8.0, 12.0),
+            u(rng, 150.0, 220.0),
+        );
+        let waves = (0..4)
+            .map(|_| {
+                let dir = [u(rng, -1.0, 1.0), u(rng, -1.0, 1.0), u(rng, -1.0, 1.0)];
+                let n = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2])
+                    .sqrt()
+                    .max(1e-3);
+                let k = std::f32::consts::TAU / u(rng, 25.0, 90.0) / n;
+                (
+                    [dir[0] * k, dir[1] * k, dir[2] * k],
+                    u(rng, 0.0, TAU),
+                    u(rng, 3.0, 9.0),
+                )
+            })
+            .collect();
+        let liver = Blob::new(
+            [
+                u(rng, 40.0, 90.0),
+                body_c[1] - b * 0.1,
+                body_c[2] - a * u(rng, 0.3, 0.45),
+            ],
+            [u(rng, 60.0, 90.0), b * 0.55, a * 0.45],
+            u(rng, -0.3, 0.3),
+        );
+        let gas = (0..rng.random_range(2..6))
+            .map(|_| {
+                let r = u(rng, 5.0, 15.0);
+                Blob::new(
+                    [
+                        u(rng, -80.0, 60.0),
+                        body_c[1] - b * u(rng, 0.2, 0.6),
+                        body_c[2] + a * u(rng, -0.4, 0.5),
+                    ],
+                    [r * 1.5, r, r * u(rng, 0.8, 1.5)],
+                    u(rng, 0.0, 3.0),
+                )
+            })
+            .collect();
+        let mut kidneys = Vec::new();
+        let z_mid = u(rng, -20.0, 20.0);
+        for side in [-1.0f32, 1.0] {
+            let c = [
+                z_mid + side * u(rng, 0.0, 15.0),
+                spine_y - u(rng, 5.0, 25.0),
+                spine.0[1] + side * u(rng, 55.0, 80.0),
+            ];
+            let mut blob = Blob::new(
+                c,
+                [u(rng, 45.0, 60.0), u(rng, 18.0, 26.0), u(rng, 22.0, 32.0)],
+                side * u(rng, 0.15, 0.6),
+            );
+            blob.drift = side * u(rng, 0.0, 0.2);
+            blob.wobble = u(rng, 0.0, 0.1);
+            blob.phase = u(rng, 0.0, TAU);
+            kidneys.push(Kidney {
+                blob,
+                cortex_hu: u(rng, 140.0, 210.0),
+                side,
+            });
+        }
+        let n_tumours =
+            1 + usize::from(rng.random::<f32>() < 0.3) + usize::from(rng.random::<f32>() < 0.1);
+        let mut tumours = Vec::new();
+        for _ in 0..n_tumours {
+            let k = &kidneys[rng.random_range(0..2)];
+            let kb = k.blob;
+            // A point on the kidney's surface, in the kidney's frame.
+            let (th, ph) = (u(rng, 0.0, TAU), u(rng, -1.2, 1.2));
+            let (dz, dv, du) = (
+                ph.sin() * kb.r[0],
+                ph.cos() * th.sin() * kb.r[1],
+                ph.cos() * th.cos() * kb.r[2],
+            );
+            let r = u(rng, 8.0, 32.0);
+            let depth = u(rng, -0.4, 0.5) * r; // centre inside or outside the surface
+            let scale = 1.0 + depth / (dv * dv + du * du).sqrt().max(1.0);
+            let (du, dv) = (du * scale, dv * scale);
+            let x = kb.c[2] + kb.cos * du - kb.sin * dv + kb.drift * dz;
+            let y = kb.c[1] + kb.sin * du + kb.cos * dv;
+            let mut blob = Blob::new(
+                [kb.c[0] + dz, y, x],
+                [r * u(rng, 0.8, 1.2), r * u(rng, 0.8, 1.2), r],
+                u(rng, 0.0, 3.0),
+            );
+            blob.wobble = u(rng, 0.0, 0.15);
+            blob.phase = u(rng, 0.0, TAU);
+            let hu = if rng.random::<f32>() < 0.75 {
+                k.cortex_hu - u(rng, 40.0, 100.0)
+            } else {
+                k.cortex_hu + u(rng, 25.0, 60.0)
+            };
+            tumours.push(Tumour {
+                blob,
+                hu,
+                core_hu: hu - u(rng, 0.0, 50.0),
+            });
+        }
+        Phantom {
+            body,
+            fat_mm: u(rng, 8.0, 30.0),
+            tissue_hu: u(rng, 30.0, 55.0),
+            waves,
+            liver,
+            liver_hu: u(rng, 50.0, 75.0),
+            gas,
+            aorta,
+            spine,
+            disc_period: u(rng, 28.0, 34.0),
+            disc_phase: u(rng, 0.0, 34.0),
+            kidneys,
+            tumours,
+        }
+    }
+
+    /// HU and label at a point in mm.
+    fn voxel(&self, z: f32, y: f32, x: f32) -> (f32, u8) {
+        let qb = self.body.q(z, y, x);
+        if qb >= 1.0 {
+            return (-1000.0, 0);
+        }
+        // Depth below the skin, roughly, in mm.
+        let depth = (1.0 - qb.sqrt()) * self.body.r[1].min(self.body.r[2]);
+        let mut hu = if depth < self.fat_mm {
+            -100.0
+        } else {
+            self.tissue_hu
+        };
+        let texture: f32 = self
+            .waves
+            .iter()
+            .map(|(k, ph, amp)| amp * (k[0] * z + k[1] * y + k[2] * x + ph).sin())
+            .sum();
+        hu += texture;
+        if self.liver.q(z, y, x) < 1.0 && depth >= self.fat_mm {
+            hu = self.liver_hu + 0.5 * texture;
+        }
+        for g in &self.gas {
+            if g.q(z, y, x) < 1.0 {
+                hu = -850.0;
+            }
+        }
+        let (ac, ar, ahu) = self.aorta;
+        if (y - ac[0]).powi(2) + (x - ac[1]).powi(2) < ar * ar {
+            hu = ahu;
+        }
+        let (sc, sr) = self.spine;
+        let rs = ((y - sc[0]).powi(2) + (x - sc[1]).powi(2)).sqrt();
+        let in_disc = (z - self.disc_phase).rem_euclid(self.disc_period) < 5.0;
+        if rs < sr {
+            hu = if in_disc {
+                80.0
+            } else if rs > sr - 3.0 {
+                650.0
+            } else {
+                260.0
+            };
+        }
+        // Spinal canal and posterior arch.
+        let canal = ((y - sc[0] - sr - 9.0).powi(2) + (x - sc[1]).powi(2)).sqrt();
+        if canal < 7.0 {
+            hu = 20.0;
+        } else if canal < 12.0 && !in_disc {
+            hu = 500.0;
+        }
+        let mut label = 0;
+        for k in &self.kidneys {
+            let q = k.blob.q(z, y, x);
+            if q < 1.0 {
+                label = 1;
+                // Hilum: the medial part of the kidney's core.
+                let [uy, ux] = k.blob.u_axis();
+                let medial = -k.side * ((x - k.blob.c[2]) * ux + (y - k.blob.c[1]) * uy) > 0.0;
+                hu = if q < 0.35 && medial {
+                    10.0
+                } else if q < 0.55 {
+                    k.cortex_hu - 60.0
+                } else {
+                    k.cortex_hu
+                } + 0.3 * texture;
+            }
+        }
+        for t in &self.tumours {
+            let q = t.blob.q(z, y, x);
+            if q < 1.0 {
+                label = 2;
+                hu = if q < 0.25 { t.core_hu } else { t.hu } + 0.5 * texture;
+            }
+        }
+        (hu, label)
+    }
+}
+
+/// Separable Gaussian blur of one plane, edges clamped.
+fn blur(plane: &mut Array2<f32>, sigma: f32) {
+    let radius = (3.0 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let norm: f32 = kernel.iter().sum();
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
+    for axis in [Axis(0), Axis(1)] {
+        let src = plane.clone();
+        let n = plane.len_of(axis) as isize;
+        for (mut dst, s) in plane.lanes_mut(axis).into_iter().zip(src.lanes(axis)) {
+            for i in 0..n {
+                let mut acc = 0.0;
+                for (t, w) in kernel.iter().enumerate() {
+                    let j = (i + t as isize - radius).clamp(0, n - 1);
+                    acc += w * s[j as usize];
+                }
+                dst[i as usize] = acc;
+            }
+        }
+    }
+}
+
+/// Generates case `index` of the dataset described by `cfg`.
+pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<SynthCase> {
+    cfg.validate()?;
+    let mut rng = sample_rng(cfg.seed, u64::MAX, index as u64);
+    let phantom = Phantom::draw(&mut rng);
+    let (h, w) = (cfg.height, cfg.width);
+    let slices = rng.random_range(cfg.min_slices..=cfg.max_slices);
+    let fov = u(&mut rng, 340.0, 420.0);
+    let ps = fov / h.max(w) as f32;
+    let coverage = u(&mut rng, 150.0, 260.0);
+    let sz = ((coverage / slices as f32).clamp(0.5, 5.0) * 4.0).round() / 4.0;
+    let noise_sd = u(&mut rng, 6.0, 18.0);
+    let sigma_px = u(&mut rng, 0.5, 1.0);
+    let fov_r = (h.min(w) as f32 / 2.0).powi(2);
+
+    let planes: Vec<(Array2<i16>, Array2<u8>)> = (0..slices)
+        .into_par_iter()
+        .map(|k| {
+            let z = (k as f32 - (slices as f32 - 1.0) / 2.0) * sz;
+            let mut hu = Array2::<f32>::zeros((h, w));
+            let mut lab = Array2::<u8>::zeros((h, w));
+            for r in 0..h {
+                let y = (r as f32 - (h as f32 - 1.0) / 2.0) * ps;
+                for c in 0..w {
+                    let x = (c as f32 - (w as f32 - 1.0) / 2.0) * ps;
+                    let (v, l) = phantom.voxel(z, y, x);
+                    hu[[r, c]] = v;
+                    lab[[r, c]] = l;
+                }
+            }
+            blur(&mut hu, sigma_px);
+            let mut noise_rng = sample_rng(cfg.seed, index as u64, k as u64);
+            let normal = Normal::new(0.0f32, noise_sd).expect("sd > 0");
+            let img = Array2::from_shape_fn((h, w), |(r, c)| {
+                let dr = r as f32 - (h as f32 - 1.0) / 2.0;
+                let dc = c as f32 - (w as f32 - 1.0) / 2.0;
+                // Draw for every pixel so the stream does not depend on the FOV.
+                let n = normal.sample(&mut noise_rng);
+                if dr * dr + dc * dc > fov_r {
+                    -1024
+                } else {
+                    (hu[[r, c]] + n).round().clamp(-1024.0, 3071.0) as i16
+                }
+            });
+            (img, lab)
+        })
+        .collect();
+    let mut imaging = Array3::<i16>::zeros((slices, h, w));
+    let mut labels = Array3::<u8>::zeros((slices, h, w));
+    for (k, (img, lab)) in planes.into_iter().enumerate() {
+        imaging.index_axis_mut(Axis(0), k).assign(&img);
+        labels.index_axis_mut(Axis(0), k).assign(&lab);
+    }
+    Ok(SynthCase {
+        imaging,
+        labels,
+        spacing: [sz, ps, ps],
+    })
+}
+
+/// The folder name of case `index`: `case_00000`, `case_00001`...
+pub fn case_id(index: usize) -> String {
+    format!("case_{index:05}")
+}
+
+/// Writes a generated case as `dir/imaging.nii.gz` (int16) and
+/// `dir/segmentation.nii.gz` (uint8), KiTS19's layout.
+pub fn write_case(case: &SynthCase, dir: impl AsRef<Path>) -> Result<CaseDir> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|e| VolumeError::io(dir, e))?;
+    let (s, h, w) = case.imaging.dim();
+    let header = Header::kits_like([s, h, w], case.spacing, DType::I16)?;
+    write_volume(dir.join(IMAGING), case.imaging.view(), &header)?;
+    write_volume(dir.join(SEGMENTATION), case.labels.view(), &header)?;
+    CaseDir::open(dir)
+}
+
+/// Generates `n` cases into `out/case_XXXXX/` (in parallel); cases already
+/// present with the same generator settings are kept (a `synth.json` in
+/// `out` records them), so a second call returns at once.
+pub fn write_dataset(out: impl AsRef<Path>, n: usize, cfg: &SynthConfig) -> Result<Vec<CaseDir>> {
+    let out = out.as_ref();
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| VolumeError::io(out, e))?;
+    let stamp = out.join("synth.json");
+    let same = std::fs::read_to_string(&stamp)
+        .ok()
+        .and_then(|t| serde_json::from_str::<SynthConfig>(&t).ok())
+        .is_some_and(|c| &c == cfg);
+    if !same {
+        // Different settings: whatever is there must be regenerated.
+        let _ = std::fs::remove_file(&stamp);
+    }
+    let dirs: Vec<Result<CaseDir>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let dir = out.join(case_id(i));
+            if same {
+                if let Ok(c) = CaseDir::open(&dir) {
+                    if c.segmentation.is_some() {
+                        return Ok(c);
+                    }
+                }
+            }
+            write_case(&generate_case(cfg, i)?, &dir)
+        })
+        .collect();
+    let dirs = dirs.into_iter().collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string_pretty(cfg).expect("config serialises");
+    crate::nifti_io::write_atomic(&stamp, |tmp| {
+        std::fs::write(tmp, json).map_err(|e| VolumeError::io(tmp, e))
+    })?;
+    Ok(dirs)
+}
