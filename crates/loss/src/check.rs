@@ -1,0 +1,56 @@
+//! Input checks shared by the losses: shapes, label ranges, NaN.
+
+use candle_core::{DType, Result, Tensor, bail};
+
+/// Checks `(B, C, H, W)` against `(B, H, W)` and returns the four sizes.
+pub(crate) fn check_logits_labels(
+    x: &Tensor,
+    labels: &Tensor,
+    what: &str,
+) -> Result<(usize, usize, usize, usize)> {
+    let Ok((b, c, h, w)) = x.dims4() else {
+        bail!(
+            "{what}: input must be (B, C, H, W), got shape {:?}",
+            x.dims()
+        );
+    };
+    if labels.dims() != [b, h, w] {
+        bail!(
+            "{what}: labels have shape {:?}, expected [{b}, {h}, {w}] to match input {:?}",
+            labels.dims(),
+            x.dims()
+        );
+    }
+    if !x.dtype().is_float() {
+        bail!("{what}: input must be f32 or f64, got {:?}", x.dtype());
+    }
+    if c == 0 {
+        bail!("{what}: input has no classes");
+    }
+    Ok((b, c, h, w))
+}
+
+/// Checks that every label is below `c` or equal to `ignore`; returns the
+/// number of labels that are not ignored.
+pub(crate) fn check_labels(labels: &Tensor, c: usize, ignore: Option<u32>) -> Result<usize> {
+    let host = labels
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    let mut valid = 0;
+    for (i, &l) in host.iter().enumerate() {
+        if Some(l) == ignore {
+            continue;
+        }
+        if l as usize >= c {
+            bail!(
+                "label value {l} at flat index {i} is not a class (input has {c} classes{})",
+                ignore
+                    .map(|g| format!(", ignore label {g}"))
+                    .unwrap_or_default()
+            );
+        }
+        valid += 1;
+    }
+    Ok(valid)
+}
