@@ -3,7 +3,10 @@
 //! This facade re-exports the workspace crates under short names:
 //! - [`volume`]: NIfTI I/O, KiTS19 cases, windowing, 2.5D stacks, the slice
 //!   cache, splits, sampling and the synthetic case generator.
+//! - [`augment`]: the contest's augmentation chain as one warp, seeded and
+//!   parallel.
 //! - [`loss`]: weighted cross-entropy, Lovász-Softmax, their combination and
 //!   the KiTS19 Dice metric.
+pub use kseg_augment as augment;
 pub use kseg_loss as loss;
 pub use kseg_volume as volume;

@@ -35,6 +35,31 @@ enum Command {
         #[arg(long)]
         labels: bool,
     },
+    /// Write a PNG grid of augmented samples of one slice, the label drawn
+    /// over the middle channel (kidney green, tumour red); the first tile is
+    /// the slice as it is.
+    Augment {
+        /// A case folder (imaging.nii.gz + segmentation.nii.gz).
+        #[arg(long)]
+        case: PathBuf,
+        /// The slice (index along the first axis).
+        #[arg(long)]
+        slice: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Number of augmented samples.
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// Output size H W of each sample (default: the input's size).
+        #[arg(long, num_args = 2, value_names = ["H", "W"])]
+        size: Option<Vec<usize>>,
+        /// Neighbours on each side in the 2.5D stack.
+        #[arg(long, default_value_t = 1)]
+        neighbours: usize,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write synthetic KiTS-like cases (int16 HU imaging, uint8 labels) in
     /// KiTS19's layout: OUT/case_00000/{imaging,segmentation}.nii.gz, ...
     Synth {
@@ -76,6 +101,15 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
+        Command::Augment {
+            case,
+            slice,
+            seed,
+            n,
+            size,
+            neighbours,
+            out,
+        } => augment_grid(&case, slice, seed, n, size, neighbours, &out)?,
         Command::Synth {
             out,
             cases,
@@ -172,4 +206,105 @@ fn case_info(dir: &Path) -> Result<Value> {
         out["segmentation"] = image_json(&labels, true, seg)?;
     }
     Ok(out)
+}
+
+fn augment_grid(
+    case: &Path,
+    slice: usize,
+    seed: u64,
+    n: usize,
+    size: Option<Vec<usize>>,
+    neighbours: usize,
+    out: &Path,
+) -> Result<()> {
+    use kseg::augment::{AugmentConfig, AugmentParams, apply};
+    let case_dir = CaseDir::open(case)?;
+    let loaded = case_dir.load()?;
+    let Some(labels) = loaded.labels else {
+        bail!("{}: no segmentation.nii.gz to draw", case.display());
+    };
+    let depth = loaded.imaging.shape()[0];
+    if slice >= depth {
+        bail!(
+            "{}: slice {slice} is out of range ({depth} slices)",
+            case.display()
+        );
+    }
+    let window = volume::Intensity::default();
+    let (x, y) = volume::stack_sample(
+        loaded.imaging.data.view(),
+        labels.data.view(),
+        slice,
+        neighbours,
+        &window,
+    )?;
+    let (_, h, w) = x.dim();
+    let out_size = match size.as_deref() {
+        Some([oh, ow]) => (*oh, *ow),
+        _ => (h, w),
+    };
+    let cfg = AugmentConfig {
+        out_size: Some(out_size),
+        ..AugmentConfig::default()
+    };
+    let mut tiles = vec![apply(
+        &AugmentParams {
+            out_size,
+            ..AugmentParams::identity((h, w), cfg.pad, cfg.fill)
+        },
+        x.view(),
+        y.view(),
+    )?];
+    for i in 0..n {
+        let mut rng = volume::sample_rng(seed, 0, i as u64);
+        let p = cfg.sample((h, w), &mut rng)?;
+        tiles.push(apply(&p, x.view(), y.view())?);
+    }
+    let cols = (tiles.len() as f64).sqrt().ceil() as usize;
+    let rows = tiles.len().div_ceil(cols);
+    let (th, tw) = out_size;
+    let gap = 4;
+    let mut img = image::RgbImage::from_pixel(
+        (cols * (tw + gap) - gap) as u32,
+        (rows * (th + gap) - gap) as u32,
+        image::Rgb([40, 40, 40]),
+    );
+    // Grey levels span the window: air (fill) black, its top white.
+    let (lo, hi) = (window.apply(window.hu_min), window.apply(window.hu_max));
+    for (t, (xi, yi)) in tiles.iter().enumerate() {
+        let (r0, c0) = ((t / cols) * (th + gap), (t % cols) * (tw + gap));
+        let mid = xi.index_axis(ndarray::Axis(0), xi.dim().0 / 2);
+        for ((r, c), &v) in mid.indexed_iter() {
+            let g = ((v - lo) / (hi - lo)).clamp(0.0, 1.0) * 255.0;
+            let px = match yi[[r, c]] {
+                1 => [0.6 * g, 0.6 * g + 100.0, 0.6 * g],
+                2 => [0.6 * g + 100.0, 0.6 * g, 0.6 * g],
+                _ => [g, g, g],
+            };
+            img.put_pixel(
+                (c0 + c) as u32,
+                (r0 + r) as u32,
+                image::Rgb(px.map(|v| v.min(255.0) as u8)),
+            );
+        }
+    }
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".kseg-augment.")
+        .suffix(".png")
+        .tempfile_in(&dir)
+        .with_context(|| format!("{}: cannot create a file there", dir.display()))?;
+    img.save_with_format(tmp.path(), image::ImageFormat::Png)
+        .with_context(|| format!("{}: cannot write PNG", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("{}: cannot write", out.display()))?;
+    eprintln!(
+        "wrote {} ({} samples of {th}x{tw} + the original)",
+        out.display(),
+        n
+    );
+    Ok(())
 }

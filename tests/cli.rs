@@ -113,3 +113,58 @@ fn synth_then_info_on_a_case_folder() {
         assert!(o.status.success() && !o.stdout.is_empty());
     }
 }
+
+#[test]
+fn augment_writes_a_grid_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args([
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--cases",
+            "1",
+            "--size",
+            "32",
+            "48",
+        ])
+        .args(["--slices", "6", "6"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let case = data.join("case_00000");
+    let png = dir.path().join("grid.png");
+    let run = |slice: &str, n: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kseg"))
+            .args([
+                "augment",
+                "--case",
+                case.to_str().unwrap(),
+                "--slice",
+                slice,
+                "--seed",
+                "3",
+            ])
+            .args(["--n", n, "--out", png.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = run("9", "8");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("slice 9 is out of range (6 slices)"), "{err}");
+    assert!(!png.exists(), "no output on failure");
+    let o = run("2", "8");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // 9 tiles (the original + 8) in a 3x3 grid of 32x48 tiles, 4 px apart.
+    let img = image::open(&png).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (3 * 48 + 2 * 4, 3 * 32 + 2 * 4)
+    );
+    // The grid is reproducible for a seed.
+    let first = std::fs::read(&png).unwrap();
+    assert!(run("2", "8").status.success());
+    assert_eq!(std::fs::read(&png).unwrap(), first);
+}

@@ -1,0 +1,44 @@
+//! Augmentation benches: the seed's full chain on one 3×512×512 sample and
+//! its label (one thread), and a batch of 8 in parallel (rayon).
+//!
+//! `cargo bench -p kseg-augment --bench augment`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kseg_augment::{AugmentConfig, apply, augment_batch};
+use ndarray::{Array2, Array3};
+
+fn sample() -> (Array3<f32>, Array2<u8>) {
+    let img = Array3::from_shape_fn((3, 512, 512), |(c, y, x)| {
+        ((c * 7 + y * 3 + x) % 97) as f32 / 97.0
+    });
+    let lab = Array2::from_shape_fn((512, 512), |(y, x)| ((y / 64 + x / 64) % 3) as u8);
+    (img, lab)
+}
+
+fn benches(c: &mut Criterion) {
+    let (img, lab) = sample();
+    let cfg = AugmentConfig::default();
+    let mut i = 0u64;
+    c.bench_function("seed_chain_512", |b| {
+        b.iter(|| {
+            // Draw and apply, as training does, each iteration a new draw.
+            let mut rng = kseg_volume::sample_rng(0, 0, i);
+            i += 1;
+            let p = cfg.sample((512, 512), &mut rng).unwrap();
+            black_box(apply(&p, img.view(), lab.view()).unwrap())
+        })
+    });
+    let batch: Vec<_> = (0..8).map(|_| (img.clone(), lab.clone())).collect();
+    let mut epoch = 0u64;
+    c.bench_function("seed_chain_512_batch8_rayon", |b| {
+        b.iter(|| {
+            epoch += 1;
+            black_box(augment_batch(&cfg, &batch, 0, epoch, 0).unwrap())
+        })
+    });
+}
+
+criterion_group!(augment, benches);
+criterion_main!(augment);
