@@ -5,8 +5,10 @@
 //!   cache, splits, sampling and the synthetic case generator.
 //! - [`augment`]: the contest's augmentation chain as one warp, seeded and
 //!   parallel.
+//! - [`model`]: the Res-U-Net, PyTorch-checkpoint compatible.
 //! - [`loss`]: weighted cross-entropy, Lovász-Softmax, their combination and
 //!   the KiTS19 Dice metric.
 pub use kseg_augment as augment;
 pub use kseg_loss as loss;
+pub use kseg_model as model;
 pub use kseg_volume as volume;

@@ -1,0 +1,111 @@
+//! Res-U-Net benches: eval forward and a full training step (forward,
+//! weighted CE + Lovász, backward, AdamW step).
+//!
+//! `cargo bench -p kseg-model --bench model` (CPU; add `--features cuda` on
+//! a GPU machine: the CUDA benches then run too, synchronised before the
+//! clock stops).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use criterion::{Criterion, criterion_group, criterion_main};
+use kseg_loss::{SegLoss, SegLossConfig};
+use kseg_model::{ResUNet, ResUNetConfig};
+
+struct Case {
+    name: &'static str,
+    cfg: ResUNetConfig,
+    batch: usize,
+    size: usize,
+}
+
+fn sync(t: &Tensor) {
+    // Reading one value back waits for the device.
+    let _ = t
+        .flatten_all()
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+}
+
+fn bench_case(c: &mut Criterion, dev: &Device, dev_name: &str, case: &Case) {
+    let (model, varmap) = ResUNet::init(&case.cfg, 0, DType::F32, dev).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (case.batch, 3, case.size, case.size), dev).unwrap();
+    let y = Tensor::rand(0f32, 3.0, (case.batch, case.size, case.size), dev)
+        .unwrap()
+        .floor()
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap();
+    let loss = SegLoss::new(
+        SegLossConfig::default(),
+        Some(Tensor::new(&[0.3f32, 1.0, 2.5], dev).unwrap()),
+    )
+    .unwrap();
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let slow = case.size >= 512;
+    let mut g = c.benchmark_group(dev_name.to_string());
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(if slow { 60 } else { 20 }));
+    g.bench_function(format!("forward/{}", case.name), |b| {
+        b.iter(|| {
+            let out = model.forward_t(&x, false).unwrap();
+            sync(&out);
+            black_box(out)
+        })
+    });
+    g.bench_function(format!("train_step/{}", case.name), |b| {
+        b.iter(|| {
+            let logits = model.forward_t(&x, true).unwrap();
+            let parts = loss.forward(&logits, &y).unwrap();
+            opt.backward_step(&parts.total).unwrap();
+            sync(&parts.total);
+        })
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let cases = [
+        Case {
+            name: "base8_depth5_b4_128",
+            cfg: ResUNetConfig {
+                base_channels: 8,
+                ..Default::default()
+            },
+            batch: 4,
+            size: 128,
+        },
+        Case {
+            name: "default_b1_512",
+            cfg: ResUNetConfig::default(),
+            batch: 1,
+            size: 512,
+        },
+    ];
+    for case in &cases {
+        bench_case(c, &Device::Cpu, "cpu", case);
+    }
+    #[cfg(feature = "cuda")]
+    if let Ok(dev) = Device::new_cuda(0) {
+        for case in &cases {
+            bench_case(c, &dev, "cuda", case);
+        }
+    }
+}
+
+criterion_group!(model, benches);
+criterion_main!(model);

@@ -1,0 +1,23 @@
+//! The Res-U-Net of the KiTS19 contest's first-prize method (after
+//! SalsaNext): an encoder of residual down-sampling blocks and a
+//! PixelShuffle decoder with residual concatenation blocks, on candle.
+//! Checkpoint tensor names are PyTorch's, so weights move both ways.
+//!
+//! ```
+//! use candle_core::{DType, Device, ModuleT, Tensor};
+//! use kseg_model::{ResUNet, ResUNetConfig};
+//! # fn main() -> candle_core::Result<()> {
+//! let cfg = ResUNetConfig { base_channels: 4, depth: 2, ..Default::default() };
+//! let (model, _varmap) = ResUNet::init(&cfg, 42, DType::F32, &Device::Cpu)?;
+//! let x = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu)?;
+//! let logits = model.forward_t(&x, false)?;
+//! assert_eq!(logits.dims(), &[1, 3, 16, 16]);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod blocks;
+mod resunet;
+
+pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample, leaky_relu};
+pub use resunet::{ResUNet, ResUNetConfig};
