@@ -167,6 +167,8 @@ fn image_json(img: &NiftiImage, labels: bool, path: &Path) -> Result<Value> {
         "nan_count": nan,
     });
     if labels {
+        // Small whole numbers (every label file) are counted in an array.
+        let mut small = [0u64; 256];
         let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
         for &v in img.data.iter() {
             if v.fract() != 0.0 || !v.is_finite() {
@@ -175,7 +177,16 @@ fn image_json(img: &NiftiImage, labels: bool, path: &Path) -> Result<Value> {
                     path.display()
                 );
             }
-            *counts.entry(v as i64).or_default() += 1;
+            if (0.0..256.0).contains(&v) {
+                small[v as usize] += 1;
+            } else {
+                *counts.entry(v as i64).or_default() += 1;
+            }
+        }
+        for (v, &n) in small.iter().enumerate() {
+            if n > 0 {
+                counts.insert(v as i64, n);
+            }
         }
         let counts: serde_json::Map<String, Value> = counts
             .into_iter()

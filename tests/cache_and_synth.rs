@@ -108,9 +108,10 @@ fn float_imaging_is_cached_as_f32() {
     let dir = tempfile::tempdir().unwrap();
     let case_dir = dir.path().join("case_00000");
     std::fs::create_dir(&case_dir).unwrap();
-    let img = Array3::from_shape_fn((3, 4, 5), |(z, y, x)| {
+    let mut img = Array3::from_shape_fn((3, 4, 5), |(z, y, x)| {
         z as f32 * 100.5 + y as f32 - x as f32 * 0.25
     });
+    img[[1, 2, 3]] = f32::NAN; // a voxel without a value
     let h = Header::kits_like([3, 4, 5], [1.0, 1.0, 1.0], DType::F32).unwrap();
     write_volume(case_dir.join("imaging.nii.gz"), img.view(), &h).unwrap();
     let case = CaseDir::open(&case_dir).unwrap();
@@ -118,9 +119,21 @@ fn float_imaging_is_cached_as_f32() {
     let c = CachedCase::open_or_build(&case, dir.path().join("cache")).unwrap();
     assert!(!c.has_labels());
     for k in 0..3 {
-        assert_eq!(c.hu_slice(k).unwrap(), img.slice(s![k, .., ..]));
+        let got = c.hu_slice(k).unwrap();
+        let want = img.slice(s![k, .., ..]);
+        // Equal, NaN where the file has NaN.
+        assert!(
+            got.iter()
+                .zip(want.iter())
+                .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()))
+        );
     }
-    assert!(c.sample(1, 1, &Intensity::default()).unwrap().1.is_none());
+    assert!(c.hu_slice(1).unwrap()[[2, 3]].is_nan());
+    let w = Intensity::default();
+    let (x, y) = c.sample(1, 1, &w).unwrap();
+    assert!(y.is_none());
+    // The window maps NaN to its lower end, like air.
+    assert_eq!(x[[1, 2, 3]], w.apply(w.hu_min));
 }
 
 #[test]

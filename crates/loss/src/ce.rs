@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Result, Tensor, bail};
 
-use crate::check::{check_labels, check_logits_labels};
+use crate::check::{check_logits_labels, host_labels};
 
 /// Cross-entropy of `logits` against `labels`, optionally weighted per
 /// class, with PyTorch's `F.cross_entropy(logits, labels, weight=w)`
@@ -44,7 +44,7 @@ pub fn cross_entropy_with_ignore(
 ) -> Result<Tensor> {
     let (b, c, h, w) = check_logits_labels(logits, labels, "cross-entropy")?;
     let labels = labels.to_dtype(DType::U32)?;
-    let valid = check_labels(&labels, c, ignore)?;
+    let (_, valid) = host_labels(&labels, c, ignore)?;
     if let Some(wt) = weights {
         if wt.dims() != [c] {
             bail!(

@@ -30,9 +30,14 @@ pub(crate) fn check_logits_labels(
     Ok((b, c, h, w))
 }
 
-/// Checks that every label is below `c` or equal to `ignore`; returns the
-/// number of labels that are not ignored.
-pub(crate) fn check_labels(labels: &Tensor, c: usize, ignore: Option<u32>) -> Result<usize> {
+/// Copies the labels to the host as u32 and checks that every label is
+/// below `c` or equal to `ignore`; returns them with the number of labels
+/// that are not ignored.
+pub(crate) fn host_labels(
+    labels: &Tensor,
+    c: usize,
+    ignore: Option<u32>,
+) -> Result<(Vec<u32>, usize)> {
     let host = labels
         .to_dtype(DType::U32)?
         .flatten_all()?
@@ -52,5 +57,5 @@ pub(crate) fn check_labels(labels: &Tensor, c: usize, ignore: Option<u32>) -> Re
         }
         valid += 1;
     }
-    Ok(valid)
+    Ok((host, valid))
 }

@@ -25,7 +25,7 @@ use candle_core::{DType, Device, Result, Tensor, bail};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{check_labels, check_logits_labels};
+use crate::check::{check_logits_labels, host_labels};
 
 /// Which classes the loss averages over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -229,11 +229,7 @@ pub fn lovasz_softmax_host(
 /// ```
 pub fn lovasz_softmax(probs: &Tensor, labels: &Tensor, cfg: &LovaszConfig) -> Result<Tensor> {
     let (b, c, h, w) = check_logits_labels(probs, labels, "Lovász-Softmax")?;
-    let labels_host = labels
-        .to_dtype(DType::U32)?
-        .flatten_all()?
-        .to_vec1::<u32>()?;
-    check_labels(labels, c, cfg.ignore)?;
+    let (labels_host, _) = host_labels(labels, c, cfg.ignore)?;
     let probs_host = probs
         .detach()
         .to_dtype(DType::F64)?

@@ -250,22 +250,22 @@ impl CachedCase {
         Ok(())
     }
 
-    /// Writes slice `k`'s HU values, normalised with `intensity`, into `out`
-    /// (`H*W` values).
-    fn normalised_slice_into(&self, k: usize, intensity: &Intensity, out: &mut [f32]) {
+    /// Writes slice `k`'s HU values, mapped through `map`, into `out` (`H*W`
+    /// values).
+    fn slice_into(&self, k: usize, out: &mut [f32], map: impl Fn(f32) -> f32) {
         let [_, h, w] = self.meta.shape;
         let plane = h * w;
         match self.image_type {
             ImageType::I16 => {
                 let b = &self.mmap[self.image_at + 2 * k * plane..][..2 * plane];
                 for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
-                    *o = intensity.apply(f32::from(i16::from_le_bytes([c[0], c[1]])));
+                    *o = map(f32::from(i16::from_le_bytes([c[0], c[1]])));
                 }
             }
             ImageType::F32 => {
                 let b = &self.mmap[self.image_at + 4 * k * plane..][..4 * plane];
                 for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
-                    *o = intensity.apply(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                    *o = map(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                 }
             }
         }
@@ -278,14 +278,8 @@ impl CachedCase {
     pub fn hu_slice(&self, k: usize) -> Result<Array2<f32>> {
         self.check_slice(k)?;
         let [_, h, w] = self.meta.shape;
-        let identity = Intensity {
-            hu_min: f32::MIN,
-            hu_max: f32::MAX,
-            mean: 0.0,
-            std: 1.0,
-        };
         let mut out = Array2::zeros((h, w));
-        self.normalised_slice_into(k, &identity, out.as_slice_mut().expect("standard layout"));
+        self.slice_into(k, out.as_slice_mut().expect("standard layout"), |v| v);
         Ok(out)
     }
 
@@ -312,7 +306,9 @@ impl CachedCase {
         let mut out = Array3::zeros((2 * n + 1, h, w));
         let flat = out.as_slice_mut().expect("standard layout");
         for (c, z) in stack_indices(k, n, depth).into_iter().enumerate() {
-            self.normalised_slice_into(z, intensity, &mut flat[c * h * w..(c + 1) * h * w]);
+            self.slice_into(z, &mut flat[c * h * w..(c + 1) * h * w], |v| {
+                intensity.apply(v)
+            });
         }
         Ok(out)
     }
