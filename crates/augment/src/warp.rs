@@ -91,7 +91,27 @@ fn floor_i(v: f32) -> isize {
     (v + 16.0) as isize - 16
 }
 
+/// Dispatches to a warp compiled for the channel count when it is a common
+/// one (the 2.5D stacks have 3 or 5), so the channel loop is unrolled.
 fn warp(
+    p: &AugmentParams,
+    src: &[f32],
+    lab: &[u8],
+    dims: (usize, usize, usize),
+    out: &mut [f32],
+    out_lab: &mut [u8],
+) {
+    match dims.0 {
+        1 => warp_n::<1>(p, src, lab, dims, out, out_lab),
+        3 => warp_n::<3>(p, src, lab, dims, out, out_lab),
+        5 => warp_n::<5>(p, src, lab, dims, out, out_lab),
+        _ => warp_n::<0>(p, src, lab, dims, out, out_lab),
+    }
+}
+
+/// The warp; `N > 0` fixes the channel count at compile time, `N = 0` reads
+/// it from `dims`.
+fn warp_n<const N: usize>(
     p: &AugmentParams,
     src: &[f32],
     lab: &[u8],
@@ -99,6 +119,7 @@ fn warp(
     out: &mut [f32],
     out_lab: &mut [u8],
 ) {
+    let c = if N > 0 { N } else { c };
     let (oh, ow) = p.out_size;
     let plane = h * w;
     let oplane = oh * ow;
@@ -117,15 +138,15 @@ fn warp(
     let t = p.angle_deg.to_radians();
     let (cos, sin) = (t.cos() / p.scale, t.sin() / p.scale);
     let (cosf, sinf) = (cos as f32, sin as f32);
-    // Every row shares the columns' frame positions: x offset from the
-    // centre after the flip, or None in the padding.
-    let cols: Vec<Option<f32>> = (0..ow)
-        .map(|ox| {
-            let xf = crop_x(ox) + bx;
-            let in_frame = xf >= -0.5 && xf < w as f64 - 0.5;
-            let xr = if p.flip { w as f64 - 1.0 - xf } else { xf };
-            in_frame.then_some((xr - cx) as f32)
-        })
+    // Every row shares the columns' frame positions: the column's x offset
+    // from the centre after the flip. xf grows with the column, so the
+    // columns inside the frame are one run c0..c1; the others are padding.
+    let xfs: Vec<f64> = (0..ow).map(|ox| crop_x(ox) + bx).collect();
+    let c0 = xfs.partition_point(|&xf| xf < -0.5);
+    let c1 = xfs.partition_point(|&xf| xf < w as f64 - 0.5).max(c0);
+    let cols: Vec<f32> = xfs
+        .iter()
+        .map(|&xf| ((if p.flip { w as f64 - 1.0 - xf } else { xf }) - cx) as f32)
         .collect();
     let (wi, hi) = (w as isize, h as isize);
     for oy in 0..oh {
@@ -142,27 +163,27 @@ fn warp(
         // s = a + (cos, sin) · dx along the row.
         let ax = (cx - sin * dy) as f32;
         let ay = (cy + cos * dy) as f32;
-        for (ox, col) in cols.iter().enumerate() {
+        for ch in 0..c {
+            let o = ch * oplane + row;
+            out[o..o + c0].fill(fill);
+            out[o + c1..o + ow].fill(fill);
+        }
+        out_lab[row..row + c0].fill(0);
+        out_lab[row + c1..row + ow].fill(0);
+        for (ox, &dx) in cols.iter().enumerate().take(c1).skip(c0) {
             let o = row + ox;
-            let Some(dx) = *col else {
-                for ch in 0..c {
-                    out[ch * oplane + o] = fill;
-                }
-                out_lab[o] = 0;
-                continue;
-            };
             let sx = ax + cosf * dx;
             let sy = ay + sinf * dx;
-            // Nearest for the label.
-            let (nx, ny) = (floor_i(sx + 0.5), floor_i(sy + 0.5));
+            let (x0, y0) = (floor_i(sx), floor_i(sy));
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            // Nearest for the label: floor(s + 0.5).
+            let (nx, ny) = (x0 + isize::from(fx >= 0.5), y0 + isize::from(fy >= 0.5));
             out_lab[o] = if nx >= 0 && nx < wi && ny >= 0 && ny < hi {
                 lab[ny as usize * w + nx as usize]
             } else {
                 0
             };
             // Bilinear for the image.
-            let (x0, y0) = (floor_i(sx), floor_i(sy));
-            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
             let w00 = (1.0 - fx) * (1.0 - fy);
             let w01 = fx * (1.0 - fy);
             let w10 = (1.0 - fx) * fy;
