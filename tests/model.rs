@@ -192,6 +192,24 @@ fn bad_input_shapes_are_errors() {
         "{msg}"
     );
     assert!(ResUNet::init(&ResUNetConfig { depth: 0, ..cfg }, 0, DType::F32, &dev).is_err());
+    // Any depth >= 1 works: depth 1 has no decoder block, only the head.
+    for (depth, base, size) in [(1, 2, 2), (1, 6, 4), (4, 2, 16)] {
+        let cfg = ResUNetConfig {
+            depth,
+            base_channels: base,
+            num_classes: 4,
+            in_channels: 5,
+            ..cfg
+        };
+        let (m, _) = ResUNet::init(&cfg, 0, DType::F32, &dev).unwrap();
+        let y = m
+            .forward_t(
+                &Tensor::zeros((2, 5, size, 2 * size), DType::F32, &dev).unwrap(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(y.dims(), &[2, 4, size, 2 * size], "{cfg:?}");
+    }
     assert!(
         ResUNet::init(
             &ResUNetConfig {
