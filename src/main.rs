@@ -62,6 +62,26 @@ enum Command {
     },
     /// Write synthetic KiTS-like cases (int16 HU imaging, uint8 labels) in
     /// KiTS19's layout: OUT/case_00000/{imaging,segmentation}.nii.gz, ...
+    /// Score predictions against ground truth with the KiTS19 metric:
+    /// per-case kidney (label > 0) and tumour (label 2) Dice on whole
+    /// volumes, their means and the composite. Prints the per-case table as
+    /// CSV; `--out` also writes a JSON report.
+    ///
+    /// A prediction for case `case_XXXXX` is `PRED/case_XXXXX.nii.gz` (or
+    /// `.nii`), or `PRED/case_XXXXX/prediction.nii.gz` or
+    /// `PRED/case_XXXXX/segmentation.nii.gz`; its truth is
+    /// `TRUTH/case_XXXXX/segmentation.nii.gz`. Every prediction found is
+    /// scored; a prediction without truth, a shape mismatch or labels
+    /// outside 0..=2 are errors.
+    Evaluate {
+        #[arg(long)]
+        pred: PathBuf,
+        #[arg(long)]
+        truth: PathBuf,
+        /// JSON report: kidney_dice, tumour_dice, composite, cases.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     Synth {
         /// Output folder (the KiTS19 `data/` equivalent).
         #[arg(long)]
@@ -110,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
             neighbours,
             out,
         } => augment_grid(&case, slice, seed, n, size, neighbours, &out)?,
+        Command::Evaluate { pred, truth, out } => evaluate(&pred, &truth, out.as_deref())?,
         Command::Synth {
             out,
             cases,
@@ -299,23 +320,140 @@ fn augment_grid(
             );
         }
     }
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".kseg-augment.")
-        .suffix(".png")
-        .tempfile_in(&dir)
-        .with_context(|| format!("{}: cannot create a file there", dir.display()))?;
-    img.save_with_format(tmp.path(), image::ImageFormat::Png)
-        .with_context(|| format!("{}: cannot write PNG", out.display()))?;
-    tmp.persist(out)
-        .with_context(|| format!("{}: cannot write", out.display()))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .with_context(|| format!("{}: cannot encode PNG", out.display()))?;
+    write_file_atomic(out, png.get_ref())?;
     eprintln!(
         "wrote {} ({} samples of {th}x{tw} + the original)",
         out.display(),
         n
     );
+    Ok(())
+}
+
+/// The prediction files in `pred`, by case id, in id order.
+fn find_predictions(pred: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut found = BTreeMap::new();
+    let entries = std::fs::read_dir(pred)
+        .with_context(|| format!("{}: cannot list predictions", pred.display()))?;
+    for e in entries {
+        let path = e
+            .with_context(|| format!("{}: cannot list predictions", pred.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.starts_with("case_") {
+            continue;
+        }
+        let hit = if path.is_dir() {
+            [
+                "prediction.nii.gz",
+                "segmentation.nii.gz",
+                "prediction.nii",
+                "segmentation.nii",
+            ]
+            .iter()
+            .map(|f| path.join(f))
+            .find(|p| p.is_file())
+            .map(|p| (name.clone(), p))
+        } else {
+            [".nii.gz", ".nii"]
+                .iter()
+                .find_map(|ext| name.strip_suffix(ext))
+                .map(|id| (id.to_string(), path.clone()))
+        };
+        if let Some((id, p)) = hit {
+            if let Some(prev) = found.insert(id.clone(), p.clone()) {
+                bail!(
+                    "{}: two predictions for {id}: {} and {}",
+                    pred.display(),
+                    prev.display(),
+                    p.display()
+                );
+            }
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "{}: no predictions (case_XXXXX.nii.gz or case_XXXXX/prediction.nii.gz) found",
+            pred.display()
+        );
+    }
+    Ok(found.into_iter().collect())
+}
+
+fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> Result<()> {
+    use kseg::loss::DiceAccumulator;
+    let mut acc = DiceAccumulator::new();
+    for (id, pred_path) in find_predictions(pred)? {
+        let truth_path = truth.join(&id).join(volume::case::SEGMENTATION);
+        if !truth_path.is_file() {
+            bail!(
+                "{}: no ground truth for prediction {} (looked for {})",
+                truth.display(),
+                pred_path.display(),
+                truth_path.display()
+            );
+        }
+        let (p, t) = (
+            volume::read_labels(&pred_path, 2)?,
+            volume::read_labels(&truth_path, 2)?,
+        );
+        if p.shape() != t.shape() {
+            return Err(volume::VolumeError::ShapeMismatch {
+                path: pred_path,
+                got: p.shape().to_vec(),
+                other: truth_path,
+                expected: t.shape().to_vec(),
+            }
+            .into());
+        }
+        let (ps, ts) = (
+            p.data.as_slice().expect("standard layout"),
+            t.data.as_slice().expect("standard layout"),
+        );
+        acc.update(&id, ps, ts)?;
+    }
+    let summary = acc.aggregate();
+    println!("case,kidney_dice,tumour_dice");
+    for c in &summary.cases {
+        println!("{},{:.6},{:.6}", c.case, c.kidney, c.tumour);
+    }
+    eprintln!(
+        "{} cases: kidney {:.4}, tumour {:.4}, composite {:.4}",
+        summary.cases.len(),
+        summary.kidney_mean,
+        summary.tumour_mean,
+        summary.composite
+    );
+    if let Some(out) = out {
+        let report = json!({
+            "kidney_dice": summary.kidney_mean,
+            "tumour_dice": summary.tumour_mean,
+            "composite": summary.composite,
+            "cases": summary.cases,
+        });
+        write_file_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kseg.")
+        .tempfile_in(&dir)
+        .with_context(|| format!("{}: cannot create a file there", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }

@@ -168,3 +168,124 @@ fn augment_writes_a_grid_png() {
     assert!(run("2", "8").status.success());
     assert_eq!(std::fs::read(&png).unwrap(), first);
 }
+
+#[test]
+fn evaluate_scores_predictions_like_the_official_formula() {
+    use kseg::volume::{read_labels, write_volume};
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth");
+    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args([
+            "synth",
+            "--out",
+            truth.to_str().unwrap(),
+            "--cases",
+            "2",
+            "--size",
+            "32",
+            "32",
+        ])
+        .args(["--slices", "20", "24"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let pred = dir.path().join("pred");
+    std::fs::create_dir_all(pred.join("case_00001")).unwrap();
+    // case_00000: the truth itself (file form). case_00001: tumour called
+    // kidney and one kidney slice erased (folder form).
+    let t0 = read_labels(truth.join("case_00000/segmentation.nii.gz"), 2).unwrap();
+    write_volume(pred.join("case_00000.nii.gz"), t0.data.view(), &t0.header).unwrap();
+    let t1 = read_labels(truth.join("case_00001/segmentation.nii.gz"), 2).unwrap();
+    let mut p1 = t1.data.mapv(|v| v.min(1));
+    let k = (0..p1.dim().0)
+        .find(|&k| p1.index_axis(ndarray::Axis(0), k).iter().any(|&v| v > 0))
+        .unwrap();
+    p1.index_axis_mut(ndarray::Axis(0), k).fill(0);
+    write_volume(
+        pred.join("case_00001/prediction.nii.gz"),
+        p1.view(),
+        &t1.header,
+    )
+    .unwrap();
+    // Dice written out here: 2|A∩B| / (|A| + |B|).
+    let dice = |a: &dyn Fn(u8) -> bool, p: &ndarray::Array3<u8>, t: &ndarray::Array3<u8>| {
+        let both = p
+            .iter()
+            .zip(t.iter())
+            .filter(|(x, y)| a(**x) && a(**y))
+            .count() as f64;
+        let n = p.iter().filter(|x| a(**x)).count() + t.iter().filter(|y| a(**y)).count();
+        if n == 0 { 1.0 } else { 2.0 * both / n as f64 }
+    };
+    let k1 = dice(&|v| v > 0, &p1, &t1.data);
+    let u1 = dice(&|v| v == 2, &p1, &t1.data);
+    assert!(k1 < 1.0 && u1 == 0.0);
+    let report = dir.path().join("report.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args([
+            "evaluate",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+        ])
+        .args(["--out", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        csv.starts_with("case,kidney_dice,tumour_dice\ncase_00000,1.000000,1.000000\ncase_00001,"),
+        "{csv}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!((v["kidney_dice"].as_f64().unwrap() - (1.0 + k1) / 2.0).abs() < 1e-12);
+    assert!((v["tumour_dice"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert!((v["composite"].as_f64().unwrap() - ((1.0 + k1) / 2.0 + 0.5) / 2.0).abs() < 1e-12);
+    assert_eq!(v["cases"][1]["case"], "case_00001");
+    // A shape mismatch is an error naming both files; the report stays.
+    let before = std::fs::read(&report).unwrap();
+    let small = ndarray::Array3::<u8>::zeros((2, 32, 32));
+    let h = kseg::volume::Header::kits_like([2, 32, 32], [1.0, 1.0, 1.0], kseg::volume::DType::U8)
+        .unwrap();
+    write_volume(pred.join("case_00000.nii.gz"), small.view(), &h).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args([
+            "evaluate",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+        ])
+        .args(["--out", report.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("case_00000.nii.gz")
+            && err.contains("segmentation.nii.gz")
+            && err.contains("[2, 32, 32]"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&report).unwrap(), before);
+    // A prediction without truth.
+    std::fs::copy(
+        pred.join("case_00001/prediction.nii.gz"),
+        pred.join("case_00007.nii.gz"),
+    )
+    .unwrap();
+    std::fs::remove_file(pred.join("case_00000.nii.gz")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args([
+            "evaluate",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no ground truth for prediction"));
+}
