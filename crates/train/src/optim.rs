@@ -1,0 +1,327 @@
+//! Optimisers with state that goes into checkpoints.
+//!
+//! Both follow PyTorch's update rules (`torch.optim.AdamW`, `torch.optim.SGD`)
+//! and take named variables, so that weight decay skips BatchNorm parameters
+//! and biases ([`decays`]), as nnU-Net and most segmentation recipes do.
+//! State is a map of named tensors plus the step count, saved with
+//! safetensors next to the model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, Var, backprop::GradStore, bail};
+use serde::{Deserialize, Serialize};
+
+/// Whether weight decay applies to a variable: not to BatchNorm parameters
+/// (a `bn` path component) nor to biases, nor to running statistics.
+///
+/// ```
+/// assert!(kseg_train::decays("down.0.conv1.weight"));
+/// assert!(!kseg_train::decays("down.0.bn1.weight"));
+/// assert!(!kseg_train::decays("down.0.shortcut.bn.bias"));
+/// assert!(!kseg_train::decays("head.classifier.bias"));
+/// ```
+pub fn decays(name: &str) -> bool {
+    let is_bn = name.split('.').any(|p| p.starts_with("bn"));
+    !is_bn && !name.ends_with(".bias") && !name.contains("running_")
+}
+
+/// The trainable variables of a `VarMap`, by name (running statistics left
+/// out), in name order.
+fn trainable(vars: &HashMap<String, Var>) -> Vec<(String, Var)> {
+    let mut v: Vec<(String, Var)> = vars
+        .iter()
+        .filter(|(n, _)| !n.contains("running_"))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn save_state(path: &Path, step: u64, tensors: HashMap<String, Tensor>) -> Result<()> {
+    let mut tensors = tensors;
+    tensors.insert("__step".into(), Tensor::new(&[step as f64], &Device::Cpu)?);
+    // Through a temporary file and a rename: a crash never leaves half a state.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = candle_core::safetensors::save(&tensors, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(candle_core::Error::wrap));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn load_state(path: &Path, device: &Device) -> Result<(u64, HashMap<String, Tensor>)> {
+    let mut t = candle_core::safetensors::load(path, device)?;
+    let Some(step) = t.remove("__step") else {
+        bail!("{}: not an optimiser state (no __step)", path.display());
+    };
+    let step = step.to_dtype(DType::F64)?.to_vec1::<f64>()?[0] as u64;
+    Ok((step, t))
+}
+
+/// AdamW settings. `Default`: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight
+/// decay 0.01 (PyTorch's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// AdamW with decoupled weight decay (Loshchilov & Hutter), PyTorch's rule:
+/// `p -= lr·wd·p` (decaying variables only), then the Adam step with bias
+/// correction.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    step: u64,
+}
+
+impl AdamW {
+    pub fn new(vars: &HashMap<String, Var>, cfg: AdamWConfig) -> Result<AdamW> {
+        let vars = trainable(vars);
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
+            cfg,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// One update from the gradients of `backward()`. Variables without a
+    /// gradient are left alone (their moments too).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = self.cfg;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var) else { continue };
+            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let p = var.as_tensor();
+            let p = if decays(name) && c.weight_decay != 0.0 {
+                (p * (1.0 - c.lr * c.weight_decay))?
+            } else {
+                p.clone()
+            };
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
+            var.set(&(p - (update * c.lr)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// `loss.backward()` then [`AdamW::step`].
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+
+    /// Writes the moments and the step count as safetensors.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut t = HashMap::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            t.insert(format!("m.{name}"), self.m[i].clone());
+            t.insert(format!("v.{name}"), self.v[i].clone());
+        }
+        save_state(path.as_ref(), self.step, t)
+    }
+
+    /// Restores what [`AdamW::save`] wrote; every variable must be there.
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let device = self
+            .vars
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let (step, mut t) = load_state(path, &device)?;
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let Some(x) = t.remove(&format!("{prefix}.{name}")) else {
+                    bail!(
+                        "{}: no {prefix}.{name} in the optimiser state",
+                        path.display()
+                    );
+                };
+                if x.dims() != var.dims() {
+                    bail!(
+                        "{}: {prefix}.{name} has shape {:?}, the variable {:?}",
+                        path.display(),
+                        x.dims(),
+                        var.dims()
+                    );
+                }
+                *slot = x.to_dtype(var.dtype())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// SGD settings. `Default`: nnU-Net's lr 0.01, momentum 0.99, Nesterov,
+/// weight decay 3e-5.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SgdConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            lr: 0.01,
+            momentum: 0.99,
+            nesterov: true,
+            weight_decay: 3e-5,
+        }
+    }
+}
+
+/// SGD with momentum, PyTorch's rule: `g += wd·p` (decaying variables only),
+/// `buf = momentum·buf + g` (`buf = g` on the first step), then
+/// `p -= lr·(g + momentum·buf)` with Nesterov or `p -= lr·buf` without.
+pub struct Sgd {
+    cfg: SgdConfig,
+    vars: Vec<(String, Var)>,
+    buf: Vec<Option<Tensor>>,
+    step: u64,
+}
+
+impl Sgd {
+    pub fn new(vars: &HashMap<String, Var>, cfg: SgdConfig) -> Result<Sgd> {
+        let vars = trainable(vars);
+        let buf = vec![None; vars.len()];
+        Ok(Sgd {
+            cfg,
+            vars,
+            buf,
+            step: 0,
+        })
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = self.cfg;
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var) else { continue };
+            let p = var.as_tensor();
+            let g = if decays(name) && c.weight_decay != 0.0 {
+                (g + (p * c.weight_decay)?)?
+            } else {
+                g.clone()
+            };
+            let d = if c.momentum != 0.0 {
+                let b = match &self.buf[i] {
+                    Some(b) => ((b * c.momentum)? + &g)?,
+                    None => g.clone(),
+                };
+                let d = if c.nesterov {
+                    (&g + (&b * c.momentum)?)?
+                } else {
+                    b.clone()
+                };
+                self.buf[i] = Some(b);
+                d
+            } else {
+                g
+            };
+            var.set(&(p - (d * c.lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+
+    /// Writes the momentum buffers and the step count as safetensors.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let mut t = HashMap::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            if let Some(b) = &self.buf[i] {
+                t.insert(format!("buf.{name}"), b.clone());
+            }
+        }
+        save_state(path.as_ref(), self.step, t)
+    }
+
+    /// Restores what [`Sgd::save`] wrote.
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let device = self
+            .vars
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let (step, mut t) = load_state(path, &device)?;
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            self.buf[i] = match t.remove(&format!("buf.{name}")) {
+                Some(b) if b.dims() == var.dims() => Some(b.to_dtype(var.dtype())?),
+                Some(b) => bail!(
+                    "{}: buf.{name} has shape {:?}, the variable {:?}",
+                    path.display(),
+                    b.dims(),
+                    var.dims()
+                ),
+                None => None,
+            };
+        }
+        self.step = step;
+        Ok(())
+    }
+}
