@@ -6,5 +6,5 @@
 pub mod optim;
 pub mod schedule;
 
-pub use optim::{AdamW, AdamWConfig, Sgd, SgdConfig, decays};
+pub use optim::{AdamW, AdamWConfig, Optimiser, Sgd, SgdConfig, decays};
 pub use schedule::Schedule;

@@ -64,6 +64,33 @@ fn load_state(path: &Path, device: &Device) -> Result<(u64, HashMap<String, Tens
     Ok((step, t))
 }
 
+/// What a trainer needs of an optimiser: a step from gradients, the learning
+/// rate, and state in and out of checkpoints.
+pub trait Optimiser {
+    /// One update from the gradients of `backward()`. Variables without a
+    /// gradient are left alone (their state too).
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    fn set_lr(&mut self, lr: f64);
+    /// Updates made so far.
+    fn step_count(&self) -> u64;
+    /// Writes the state and the step count as safetensors (atomically).
+    fn save(&self, path: &Path) -> Result<()>;
+    /// Restores what [`Optimiser::save`] wrote for the same variables.
+    fn load(&mut self, path: &Path) -> Result<()>;
+    /// `loss.backward()` then [`Optimiser::step`].
+    fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+}
+
+/// The device of the first variable (where loaded state must live).
+fn state_device(vars: &[(String, Var)]) -> Device {
+    vars.first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(Device::Cpu)
+}
+
 /// AdamW settings. `Default`: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight
 /// decay 0.01 (PyTorch's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -118,18 +145,20 @@ impl AdamW {
             step: 0,
         })
     }
+}
 
-    pub fn set_lr(&mut self, lr: f64) {
+impl Optimiser for AdamW {
+    fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;
     }
 
-    pub fn step_count(&self) -> u64 {
+    fn step_count(&self) -> u64 {
         self.step
     }
 
     /// One update from the gradients of `backward()`. Variables without a
     /// gradient are left alone (their moments too).
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let c = self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -152,30 +181,19 @@ impl AdamW {
         Ok(())
     }
 
-    /// `loss.backward()` then [`AdamW::step`].
-    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
-        self.step(&grads)
-    }
-
     /// Writes the moments and the step count as safetensors.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+    fn save(&self, path: &Path) -> Result<()> {
         let mut t = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
             t.insert(format!("m.{name}"), self.m[i].clone());
             t.insert(format!("v.{name}"), self.v[i].clone());
         }
-        save_state(path.as_ref(), self.step, t)
+        save_state(path, self.step, t)
     }
 
     /// Restores what [`AdamW::save`] wrote; every variable must be there.
-    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let device = self
-            .vars
-            .first()
-            .map(|(_, v)| v.device().clone())
-            .unwrap_or(Device::Cpu);
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let device = state_device(&self.vars);
         let (step, mut t) = load_state(path, &device)?;
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
@@ -244,16 +262,18 @@ impl Sgd {
             step: 0,
         })
     }
+}
 
-    pub fn set_lr(&mut self, lr: f64) {
+impl Optimiser for Sgd {
+    fn set_lr(&mut self, lr: f64) {
         self.cfg.lr = lr;
     }
 
-    pub fn step_count(&self) -> u64 {
+    fn step_count(&self) -> u64 {
         self.step
     }
 
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let c = self.cfg;
         for (i, (name, var)) in self.vars.iter().enumerate() {
@@ -284,30 +304,20 @@ impl Sgd {
         Ok(())
     }
 
-    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
-        self.step(&grads)
-    }
-
     /// Writes the momentum buffers and the step count as safetensors.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+    fn save(&self, path: &Path) -> Result<()> {
         let mut t = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
             if let Some(b) = &self.buf[i] {
                 t.insert(format!("buf.{name}"), b.clone());
             }
         }
-        save_state(path.as_ref(), self.step, t)
+        save_state(path, self.step, t)
     }
 
     /// Restores what [`Sgd::save`] wrote.
-    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let device = self
-            .vars
-            .first()
-            .map(|(_, v)| v.device().clone())
-            .unwrap_or(Device::Cpu);
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let device = state_device(&self.vars);
         let (step, mut t) = load_state(path, &device)?;
         for (i, (name, var)) in self.vars.iter().enumerate() {
             self.buf[i] = match t.remove(&format!("buf.{name}")) {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use kseg_train::{AdamW, AdamWConfig, Schedule, Sgd, SgdConfig};
+use kseg_train::{AdamW, AdamWConfig, Optimiser, Schedule, Sgd, SgdConfig};
 
 fn vars(values: &[(&str, f64)]) -> HashMap<String, Var> {
     values
