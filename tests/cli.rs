@@ -8,11 +8,16 @@ use std::process::Command;
 use common::testdata;
 use serde_json::Value;
 
-fn kseg(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_kseg"))
+/// Runs the `kseg` binary.
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kseg"))
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn kseg(args: &[&str]) -> Value {
+    let out = run(args);
     assert!(
         out.status.success(),
         "{}",
@@ -77,19 +82,21 @@ fn info_counts_labels_of_a_real_kits19_file() {
 fn synth_then_info_on_a_case_folder() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("data");
-    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-        .args([
-            "synth",
-            "--out",
-            out.to_str().unwrap(),
-            "--cases",
-            "2",
-            "--seed",
-            "4",
-        ])
-        .args(["--size", "32", "48", "--slices", "5", "7"])
-        .output()
-        .unwrap();
+    let o = run(&[
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--cases",
+        "2",
+        "--seed",
+        "4",
+        "--size",
+        "32",
+        "48",
+        "--slices",
+        "5",
+        "7",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let case = out.join("case_00001");
     let v = kseg(&["info", case.to_str().unwrap()]);
@@ -106,10 +113,7 @@ fn synth_then_info_on_a_case_folder() {
     assert!(counts.keys().all(|k| ["0", "1", "2"].contains(&k.as_str())));
     // --help exists for each subcommand.
     for sub in ["info", "synth"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-            .args([sub, "--help"])
-            .output()
-            .unwrap();
+        let o = run(&[sub, "--help"]);
         assert!(o.status.success() && !o.stdout.is_empty());
     }
 }
@@ -118,44 +122,43 @@ fn synth_then_info_on_a_case_folder() {
 fn augment_writes_a_grid_png() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-        .args([
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--cases",
-            "1",
-            "--size",
-            "32",
-            "48",
-        ])
-        .args(["--slices", "6", "6"])
-        .output()
-        .unwrap();
+    let o = run(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--cases",
+        "1",
+        "--size",
+        "32",
+        "48",
+        "--slices",
+        "6",
+        "6",
+    ]);
     assert!(o.status.success());
     let case = data.join("case_00000");
     let png = dir.path().join("grid.png");
-    let run = |slice: &str, n: &str| {
-        Command::new(env!("CARGO_BIN_EXE_kseg"))
-            .args([
-                "augment",
-                "--case",
-                case.to_str().unwrap(),
-                "--slice",
-                slice,
-                "--seed",
-                "3",
-            ])
-            .args(["--n", n, "--out", png.to_str().unwrap()])
-            .output()
-            .unwrap()
+    let augment = |slice: &str, n: &str| {
+        run(&[
+            "augment",
+            "--case",
+            case.to_str().unwrap(),
+            "--slice",
+            slice,
+            "--seed",
+            "3",
+            "--n",
+            n,
+            "--out",
+            png.to_str().unwrap(),
+        ])
     };
-    let o = run("9", "8");
+    let o = augment("9", "8");
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("slice 9 is out of range (6 slices)"), "{err}");
     assert!(!png.exists(), "no output on failure");
-    let o = run("2", "8");
+    let o = augment("2", "8");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // 9 tiles (the original + 8) in a 3x3 grid of 32x48 tiles, 4 px apart.
     let img = image::open(&png).unwrap();
@@ -165,7 +168,7 @@ fn augment_writes_a_grid_png() {
     );
     // The grid is reproducible for a seed.
     let first = std::fs::read(&png).unwrap();
-    assert!(run("2", "8").status.success());
+    assert!(augment("2", "8").status.success());
     assert_eq!(std::fs::read(&png).unwrap(), first);
 }
 
@@ -174,20 +177,19 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     use kseg::volume::{read_labels, write_volume};
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("truth");
-    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-        .args([
-            "synth",
-            "--out",
-            truth.to_str().unwrap(),
-            "--cases",
-            "2",
-            "--size",
-            "32",
-            "32",
-        ])
-        .args(["--slices", "20", "24"])
-        .output()
-        .unwrap();
+    let o = run(&[
+        "synth",
+        "--out",
+        truth.to_str().unwrap(),
+        "--cases",
+        "2",
+        "--size",
+        "32",
+        "32",
+        "--slices",
+        "20",
+        "24",
+    ]);
     assert!(o.status.success());
     let pred = dir.path().join("pred");
     std::fs::create_dir_all(pred.join("case_00001")).unwrap();
@@ -221,17 +223,15 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     let u1 = dice(&|v| v == 2, &p1, &t1.data);
     assert!(k1 < 1.0 && u1 == 0.0);
     let report = dir.path().join("report.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-        .args([
-            "evaluate",
-            "--pred",
-            pred.to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-        ])
-        .args(["--out", report.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = run(&[
+        "evaluate",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csv = String::from_utf8(o.stdout).unwrap();
     assert!(
@@ -249,17 +249,15 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     let h = kseg::volume::Header::kits_like([2, 32, 32], [1.0, 1.0, 1.0], kseg::volume::DType::U8)
         .unwrap();
     write_volume(pred.join("case_00000.nii.gz"), small.view(), &h).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-        .args([
-            "evaluate",
-            "--pred",
-            pred.to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-        ])
-        .args(["--out", report.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = run(&[
+        "evaluate",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -276,16 +274,13 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     )
     .unwrap();
     std::fs::remove_file(pred.join("case_00000.nii.gz")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
-        .args([
-            "evaluate",
-            "--pred",
-            pred.to_str().unwrap(),
-            "--truth",
-            truth.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = run(&[
+        "evaluate",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no ground truth for prediction"));
 }
