@@ -394,18 +394,22 @@ struct Raw {
     bytes: Vec<u8>,
 }
 
-fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read + Send>> {
+/// Opens a file, gunzipping it when it starts with the gzip magic. Also
+/// returns the file's length when it is not gzipped (its voxel data can then
+/// be checked against the header before anything is read).
+fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     let mut file = File::open(path).map_err(|e| VolumeError::io(path, e))?;
     let mut magic = [0u8; 2];
     let n = read_full(&mut file, &mut magic).map_err(|e| VolumeError::io(path, e))?;
     use std::io::Seek;
     file.seek(std::io::SeekFrom::Start(0))
         .map_err(|e| VolumeError::io(path, e))?;
+    let len = file.metadata().map_err(|e| VolumeError::io(path, e))?.len();
     let reader = BufReader::with_capacity(1 << 20, file);
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
+        Ok((Box::new(flate2::bufread::MultiGzDecoder::new(reader)), None))
     } else {
-        Ok(Box::new(reader))
+        Ok((Box::new(reader), Some(len)))
     }
 }
 
@@ -631,7 +635,7 @@ fn parse_extensions(path: &Path, bytes: &[u8], big_endian: bool) -> Result<Vec<i
 pub fn read_header(path: impl AsRef<Path>) -> Result<Header> {
     let path = path.as_ref();
     let (hdr_path, _, pair) = file_pair(path)?;
-    let mut r = open_maybe_gz(&hdr_path)?;
+    let (mut r, _) = open_maybe_gz(&hdr_path)?;
     let (raw, dtype, shape) = parse_header(&hdr_path, &mut r, pair)?;
     let mut extension_codes = Vec::new();
     if !pair {
@@ -662,14 +666,13 @@ struct DataStream {
 impl DataStream {
     fn open(path: &Path) -> Result<DataStream> {
         let (hdr_path, img_path, pair) = file_pair(path)?;
-        let mut r = open_maybe_gz(&hdr_path)?;
+        let (mut r, mut plain_len) = open_maybe_gz(&hdr_path)?;
         let (raw, dtype, shape) = parse_header(&hdr_path, &mut r, pair)?;
         let big = raw.endianness == nifti::Endianness::Big;
-        let nvox = shape
+        let nbytes = shape
             .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .and_then(|n| n.checked_mul(dtype.size()).map(|b| (n, b)));
-        let Some((_, nbytes)) = nvox else {
+            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+        let Some(nbytes) = nbytes else {
             return Err(VolumeError::format(
                 &hdr_path,
                 format!(
@@ -683,7 +686,7 @@ impl DataStream {
         let data_path;
         if pair {
             data_path = img_path;
-            r = open_maybe_gz(&data_path)?;
+            (r, plain_len) = open_maybe_gz(&data_path)?;
             // Skip to vox_offset in the .img file.
             let skipped =
                 std::io::copy(&mut (&mut r).take(vox_offset as u64), &mut std::io::sink())
@@ -711,13 +714,6 @@ impl DataStream {
             extension_codes = parse_extensions(&hdr_path, &ext, big)?;
         }
         // Cheap check for plain files before allocating: the size must match.
-        let plain_len = std::fs::metadata(&data_path).ok().and_then(|m| {
-            let gz = File::open(&data_path).ok().and_then(|mut f| {
-                let mut m = [0u8; 2];
-                read_full(&mut f, &mut m).ok().map(|_| m == [0x1f, 0x8b])
-            });
-            (gz == Some(false)).then_some(m.len())
-        });
         if let Some(len) = plain_len {
             let have = (len as usize).saturating_sub(vox_offset);
             if have != nbytes {
@@ -798,19 +794,67 @@ fn read_raw(path: &Path) -> Result<Raw> {
     })
 }
 
-/// Decodes `bytes` of `dtype` into `out` as f64 with optional scaling.
-macro_rules! decode_with {
-    ($bytes:expr, $out:expr, $ty:ty, $big:expr, $conv:expr) => {{
-        const N: usize = std::mem::size_of::<$ty>();
-        let conv = $conv;
-        if $big {
-            for (o, c) in $out.iter_mut().zip($bytes.chunks_exact(N)) {
-                *o = conv(<$ty>::from_be_bytes(c.try_into().unwrap()));
+/// Reads voxel `i` of a byte buffer as f64: one zero-sized type per datatype
+/// and byte order, so the decoding loops are monomorphised and inlined.
+trait Voxel: Send + Sync {
+    fn at(bytes: &[u8], i: usize) -> f64;
+}
+
+macro_rules! voxel_type {
+    ($name:ident, $ty:ty, $from:ident) => {
+        struct $name;
+        impl Voxel for $name {
+            #[inline(always)]
+            fn at(bytes: &[u8], i: usize) -> f64 {
+                const N: usize = std::mem::size_of::<$ty>();
+                <$ty>::$from(bytes[i * N..i * N + N].try_into().unwrap()) as f64
             }
-        } else {
-            for (o, c) in $out.iter_mut().zip($bytes.chunks_exact(N)) {
-                *o = conv(<$ty>::from_le_bytes(c.try_into().unwrap()));
-            }
+        }
+    };
+}
+voxel_type!(U8v, u8, from_le_bytes);
+voxel_type!(I8v, i8, from_le_bytes);
+voxel_type!(U16le, u16, from_le_bytes);
+voxel_type!(U16be, u16, from_be_bytes);
+voxel_type!(I16le, i16, from_le_bytes);
+voxel_type!(I16be, i16, from_be_bytes);
+voxel_type!(U32le, u32, from_le_bytes);
+voxel_type!(U32be, u32, from_be_bytes);
+voxel_type!(I32le, i32, from_le_bytes);
+voxel_type!(I32be, i32, from_be_bytes);
+voxel_type!(U64le, u64, from_le_bytes);
+voxel_type!(U64be, u64, from_be_bytes);
+voxel_type!(I64le, i64, from_le_bytes);
+voxel_type!(I64be, i64, from_be_bytes);
+voxel_type!(F32le, f32, from_le_bytes);
+voxel_type!(F32be, f32, from_be_bytes);
+voxel_type!(F64le, f64, from_le_bytes);
+voxel_type!(F64be, f64, from_be_bytes);
+
+/// Calls `$f::<V, _, _>($args)` with the [`Voxel`] type of a datatype and
+/// byte order: the one place that maps file formats to decoders.
+macro_rules! with_voxel {
+    ($dtype:expr, $big:expr, $f:ident, ($($arg:expr),*)) => {{
+        use DType::*;
+        match ($dtype, $big) {
+            (U8, _) => $f::<U8v, _, _>($($arg),*),
+            (I8, _) => $f::<I8v, _, _>($($arg),*),
+            (U16, false) => $f::<U16le, _, _>($($arg),*),
+            (U16, true) => $f::<U16be, _, _>($($arg),*),
+            (I16, false) => $f::<I16le, _, _>($($arg),*),
+            (I16, true) => $f::<I16be, _, _>($($arg),*),
+            (U32, false) => $f::<U32le, _, _>($($arg),*),
+            (U32, true) => $f::<U32be, _, _>($($arg),*),
+            (I32, false) => $f::<I32le, _, _>($($arg),*),
+            (I32, true) => $f::<I32be, _, _>($($arg),*),
+            (U64, false) => $f::<U64le, _, _>($($arg),*),
+            (U64, true) => $f::<U64be, _, _>($($arg),*),
+            (I64, false) => $f::<I64le, _, _>($($arg),*),
+            (I64, true) => $f::<I64be, _, _>($($arg),*),
+            (F32, false) => $f::<F32le, _, _>($($arg),*),
+            (F32, true) => $f::<F32be, _, _>($($arg),*),
+            (F64, false) => $f::<F64le, _, _>($($arg),*),
+            (F64, true) => $f::<F64be, _, _>($($arg),*),
         }
     }};
 }
@@ -832,7 +876,8 @@ impl Sample for f64 {
     }
 }
 
-/// Decodes raw voxels into floats, applying `scaling` in f64.
+/// Decodes raw voxels into floats in file (Fortran) order, applying
+/// `scaling` in f64; parallel over chunks.
 fn decode<T: Sample>(
     bytes: &[u8],
     dtype: DType,
@@ -840,27 +885,24 @@ fn decode<T: Sample>(
     scaling: Option<(f64, f64)>,
     out: &mut [T],
 ) {
+    let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
+    let map = move |v: f64| T::from_f64(v * slope + inter);
+    with_voxel!(dtype, big, fortran_into, (bytes, out, map))
+}
+
+fn fortran_into<V, T, F>(bytes: &[u8], out: &mut [T], map: F)
+where
+    V: Voxel,
+    T: Send,
+    F: Fn(f64) -> T + Sync + Copy,
+{
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    let size = dtype.size();
-    let (slope, inter) = scaling.unwrap_or((1.0, 0.0));
-    out.par_chunks_mut(CHUNK)
-        .zip(bytes.par_chunks(CHUNK * size))
-        .for_each(|(out, bytes)| {
-            let s = |v: f64| T::from_f64(v * slope + inter);
-            match dtype {
-                DType::U8 => decode_with!(bytes, out, u8, big, |v: u8| s(f64::from(v))),
-                DType::I8 => decode_with!(bytes, out, i8, big, |v: i8| s(f64::from(v))),
-                DType::U16 => decode_with!(bytes, out, u16, big, |v: u16| s(f64::from(v))),
-                DType::I16 => decode_with!(bytes, out, i16, big, |v: i16| s(f64::from(v))),
-                DType::U32 => decode_with!(bytes, out, u32, big, |v: u32| s(f64::from(v))),
-                DType::I32 => decode_with!(bytes, out, i32, big, |v: i32| s(f64::from(v))),
-                DType::U64 => decode_with!(bytes, out, u64, big, |v: u64| s(v as f64)),
-                DType::I64 => decode_with!(bytes, out, i64, big, |v: i64| s(v as f64)),
-                DType::F32 => decode_with!(bytes, out, f32, big, |v: f32| s(f64::from(v))),
-                DType::F64 => decode_with!(bytes, out, f64, big, |v: f64| s(v)),
-            }
-        });
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = map(V::at(bytes, c * CHUNK + j));
+        }
+    });
 }
 
 /// Reads any NIfTI-1 image (1 to 7 dimensions) as f64, scaled.
@@ -921,43 +963,6 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume<f32>> {
     })
 }
 
-/// Reads voxel `i` of a byte buffer as f64: one zero-sized type per datatype
-/// and byte order, so the decoding loops are monomorphised and inlined.
-trait Voxel: Send + Sync {
-    fn at(bytes: &[u8], i: usize) -> f64;
-}
-
-macro_rules! voxel_type {
-    ($name:ident, $ty:ty, $from:ident) => {
-        struct $name;
-        impl Voxel for $name {
-            #[inline(always)]
-            fn at(bytes: &[u8], i: usize) -> f64 {
-                const N: usize = std::mem::size_of::<$ty>();
-                <$ty>::$from(bytes[i * N..i * N + N].try_into().unwrap()) as f64
-            }
-        }
-    };
-}
-voxel_type!(U8v, u8, from_le_bytes);
-voxel_type!(I8v, i8, from_le_bytes);
-voxel_type!(U16le, u16, from_le_bytes);
-voxel_type!(U16be, u16, from_be_bytes);
-voxel_type!(I16le, i16, from_le_bytes);
-voxel_type!(I16be, i16, from_be_bytes);
-voxel_type!(U32le, u32, from_le_bytes);
-voxel_type!(U32be, u32, from_be_bytes);
-voxel_type!(I32le, i32, from_le_bytes);
-voxel_type!(I32be, i32, from_be_bytes);
-voxel_type!(U64le, u64, from_le_bytes);
-voxel_type!(U64be, u64, from_be_bytes);
-voxel_type!(I64le, i64, from_le_bytes);
-voxel_type!(I64be, i64, from_be_bytes);
-voxel_type!(F32le, f32, from_le_bytes);
-voxel_type!(F32be, f32, from_be_bytes);
-voxel_type!(F64le, f64, from_le_bytes);
-voxel_type!(F64be, f64, from_be_bytes);
-
 /// Decodes raw voxels (any datatype and byte order) straight into a
 /// C-ordered array, mapping each value (as f64) through `map`: one pass, no
 /// intermediate array.
@@ -970,27 +975,12 @@ where
     T: Copy + Send + Sync + Default,
     F: Fn(f64) -> T + Sync + Copy,
 {
-    use DType::*;
-    match (raw.header.dtype, raw.header.is_big_endian()) {
-        (U8, _) => planes_to_c::<U8v, _, _>(raw, shape, map),
-        (I8, _) => planes_to_c::<I8v, _, _>(raw, shape, map),
-        (U16, false) => planes_to_c::<U16le, _, _>(raw, shape, map),
-        (U16, true) => planes_to_c::<U16be, _, _>(raw, shape, map),
-        (I16, false) => planes_to_c::<I16le, _, _>(raw, shape, map),
-        (I16, true) => planes_to_c::<I16be, _, _>(raw, shape, map),
-        (U32, false) => planes_to_c::<U32le, _, _>(raw, shape, map),
-        (U32, true) => planes_to_c::<U32be, _, _>(raw, shape, map),
-        (I32, false) => planes_to_c::<I32le, _, _>(raw, shape, map),
-        (I32, true) => planes_to_c::<I32be, _, _>(raw, shape, map),
-        (U64, false) => planes_to_c::<U64le, _, _>(raw, shape, map),
-        (U64, true) => planes_to_c::<U64be, _, _>(raw, shape, map),
-        (I64, false) => planes_to_c::<I64le, _, _>(raw, shape, map),
-        (I64, true) => planes_to_c::<I64be, _, _>(raw, shape, map),
-        (F32, false) => planes_to_c::<F32le, _, _>(raw, shape, map),
-        (F32, true) => planes_to_c::<F32be, _, _>(raw, shape, map),
-        (F64, false) => planes_to_c::<F64le, _, _>(raw, shape, map),
-        (F64, true) => planes_to_c::<F64be, _, _>(raw, shape, map),
-    }
+    with_voxel!(
+        raw.header.dtype,
+        raw.header.is_big_endian(),
+        planes_to_c,
+        (raw, shape, map)
+    )
 }
 
 fn planes_to_c<V, T, F>(raw: &Raw, shape: [usize; 3], map: F) -> Vec<T>
