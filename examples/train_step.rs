@@ -33,6 +33,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { kseg::train::init_cpu_threads() };
     let a = Args::parse();
     let dev = Device::Cpu;
     let cfg = ResUNetConfig {

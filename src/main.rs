@@ -60,8 +60,6 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write synthetic KiTS-like cases (int16 HU imaging, uint8 labels) in
-    /// KiTS19's layout: OUT/case_00000/{imaging,segmentation}.nii.gz, ...
     /// Score predictions against ground truth with the KiTS19 metric:
     /// per-case kidney (label > 0) and tumour (label 2) Dice on whole
     /// volumes, their means and the composite. Prints the per-case table as
@@ -82,6 +80,43 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Train the Res-U-Net: the same run as `cargo run --example
+    /// train_kits19`, from a configuration file and overrides. Without
+    /// --config and --data-dir: the synthetic CPU setup. The run folder gets
+    /// config.json, split.json, metrics.jsonl, plots/, checkpoints/ and, at
+    /// the end, summary.json.
+    Train(kseg::cli::TrainArgs),
+    /// Segment whole volumes with a trained checkpoint: a uint8 label
+    /// volume (0 background, 1 kidney, 2 tumour) with the input's geometry.
+    ///
+    /// INPUT may be an imaging file (OUTPUT: the file to write), a case
+    /// folder (OUTPUT: a file), or a folder of case folders (OUTPUT: a
+    /// folder that gets case_XXXXX.nii.gz for each, ready for `kseg
+    /// evaluate`). The checkpoint (a model.safetensors or its checkpoint
+    /// folder) carries the model configuration and the preprocessing of
+    /// training (intensity window, stack depth, in-plane resampling).
+    Predict {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Keep only the N largest connected foreground components (2 for
+        /// two kidneys); 0 turns it off. Default: what the checkpoint's
+        /// training validated with (`postprocess.keep_largest`, off unless
+        /// set).
+        #[arg(long, value_name = "N")]
+        lcc: Option<usize>,
+        /// cpu, cuda, cuda:N, metal or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Slices per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
+    /// Write synthetic KiTS-like cases (int16 HU imaging, uint8 labels) in
+    /// KiTS19's layout: OUT/case_00000/{imaging,segmentation}.nii.gz, ...
     Synth {
         /// Output folder (the KiTS19 `data/` equivalent).
         #[arg(long)]
@@ -101,7 +136,12 @@ enum Command {
     },
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe { kseg::train::init_cpu_threads() };
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -131,6 +171,25 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => augment_grid(&case, slice, seed, n, size, neighbours, &out)?,
         Command::Evaluate { pred, truth, out } => evaluate(&pred, &truth, out.as_deref())?,
+        Command::Train(args) => {
+            let (dir, s) = args.run()?;
+            println!("{}", dir.join(kseg::train::trainer::SUMMARY_FILE).display());
+            eprintln!(
+                "kidney Dice {:.4}, tumour Dice {:.4}, composite {:.4}; best checkpoint {}",
+                s.kidney_dice,
+                s.tumour_dice,
+                s.composite,
+                s.best_checkpoint.display()
+            );
+        }
+        Command::Predict {
+            checkpoint,
+            input,
+            output,
+            lcc,
+            device,
+            batch,
+        } => predict(&checkpoint, &input, &output, lcc, &device, batch)?,
         Command::Synth {
             out,
             cases,
@@ -144,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
                 min_slices: slices[0],
                 max_slices: slices[1],
                 seed,
+                ..Default::default()
             };
             let start = std::time::Instant::now();
             let dirs = synth::write_dataset(&out, cases, &cfg)?;
@@ -293,42 +353,75 @@ fn augment_grid(
         tiles.push(apply(&p, x.view(), y.view())?);
     }
     let cols = (tiles.len() as f64).sqrt().ceil() as usize;
-    let rows = tiles.len().div_ceil(cols);
-    let (th, tw) = out_size;
-    let gap = 4;
-    let mut img = image::RgbImage::from_pixel(
-        (cols * (tw + gap) - gap) as u32,
-        (rows * (th + gap) - gap) as u32,
-        image::Rgb([40, 40, 40]),
-    );
     // Grey levels span the window: air (fill) black, its top white.
     let (lo, hi) = (window.apply(window.hu_min), window.apply(window.hu_max));
-    for (t, (xi, yi)) in tiles.iter().enumerate() {
-        let (r0, c0) = ((t / cols) * (th + gap), (t % cols) * (tw + gap));
-        let mid = xi.index_axis(ndarray::Axis(0), xi.dim().0 / 2);
-        for ((r, c), &v) in mid.indexed_iter() {
-            let g = ((v - lo) / (hi - lo)).clamp(0.0, 1.0) * 255.0;
-            let px = match yi[[r, c]] {
-                1 => [0.6 * g, 0.6 * g + 100.0, 0.6 * g],
-                2 => [0.6 * g + 100.0, 0.6 * g, 0.6 * g],
-                _ => [g, g, g],
-            };
-            img.put_pixel(
-                (c0 + c) as u32,
-                (r0 + r) as u32,
-                image::Rgb(px.map(|v| v.min(255.0) as u8)),
-            );
-        }
-    }
-    let mut png = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut png, image::ImageFormat::Png)
-        .with_context(|| format!("{}: cannot encode PNG", out.display()))?;
-    write_file_atomic(out, png.get_ref())?;
+    let images: Vec<image::RgbImage> = tiles
+        .iter()
+        .map(|(xi, yi)| {
+            let mid = xi.index_axis(ndarray::Axis(0), xi.dim().0 / 2);
+            kseg::train::plots::overlay_rgb(mid, yi.view(), (lo, hi))
+        })
+        .collect();
+    let (th, tw) = out_size;
+    kseg::train::plots::write_png(out, &kseg::train::plots::grid(&images, cols))?;
     eprintln!(
         "wrote {} ({} samples of {th}x{tw} + the original)",
         out.display(),
         n
     );
+    Ok(())
+}
+
+fn predict(
+    checkpoint: &Path,
+    input: &Path,
+    output: &Path,
+    lcc: Option<usize>,
+    device: &str,
+    batch: usize,
+) -> Result<()> {
+    use kseg::train::{Segmenter, device as pick_device};
+    let dev = pick_device(device)?;
+    let mut seg = Segmenter::load(checkpoint, &dev, batch)?;
+    if let Some(n) = lcc {
+        seg.set_keep_largest((n > 0).then_some(n));
+    }
+    let keep = seg.meta().keep_largest;
+    // (imaging file, output file) pairs.
+    let jobs: Vec<(PathBuf, PathBuf)> = if input.is_dir()
+        && !input.join(volume::case::IMAGING).exists()
+        && !input.join("imaging.nii").exists()
+    {
+        let cases = volume::list_cases(input)?;
+        std::fs::create_dir_all(output)
+            .with_context(|| format!("{}: cannot create the output folder", output.display()))?;
+        cases
+            .into_iter()
+            .map(|c| (c.imaging, output.join(format!("{}.nii.gz", c.id))))
+            .collect()
+    } else if input.is_dir() {
+        vec![(CaseDir::open(input)?.imaging, output.to_path_buf())]
+    } else {
+        vec![(input.to_path_buf(), output.to_path_buf())]
+    };
+    for (src, dst) in &jobs {
+        let t0 = std::time::Instant::now();
+        let vol = volume::read_volume(src)?;
+        let labels = seg.segment_volume(vol.data.view())?;
+        volume::write_volume(dst, labels.view(), &vol.header)?;
+        let count = |v: u8| labels.iter().filter(|&&x| x == v).count();
+        eprintln!(
+            "{} -> {}: {:?} voxels, kidney {}, tumour {}{} ({:.1} s)",
+            src.display(),
+            dst.display(),
+            vol.shape(),
+            count(1),
+            count(2),
+            keep.map(|n| format!(", {n} largest components kept"))
+                .unwrap_or_default(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }
 

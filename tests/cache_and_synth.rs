@@ -16,6 +16,7 @@ fn small(seed: u64) -> synth::SynthConfig {
         min_slices: 6,
         max_slices: 12,
         seed,
+        ..Default::default()
     }
 }
 
@@ -179,6 +180,7 @@ fn synthetic_anatomy_is_kits_like() {
         min_slices: 40,
         max_slices: 60,
         seed: 3,
+        ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let cases = synth::write_dataset(dir.path(), 4, &cfg).unwrap();
@@ -246,4 +248,47 @@ fn synthetic_anatomy_is_kits_like() {
     }
     // list_cases sees them all.
     assert_eq!(volume::list_cases(dir.path()).unwrap().len(), 4);
+}
+
+#[test]
+fn zoomed_field_of_view_labels_only_what_is_imaged() {
+    // A 150 mm field cuts through the abdomen: outside the reconstruction
+    // circle the image is air (-1024 HU) and nothing is labelled, inside
+    // the kidneys are still there.
+    let cfg = synth::SynthConfig {
+        height: 48,
+        width: 48,
+        min_slices: 24,
+        max_slices: 24,
+        seed: 5,
+        fov_mm: (150.0, 160.0),
+        ..Default::default()
+    };
+    let mut inside_fg = 0;
+    for i in 0..3 {
+        let c = synth::generate_case(&cfg, i).unwrap();
+        let r2 = 24.0f32 * 24.0;
+        for ((z, r, col), &l) in c.labels.indexed_iter() {
+            let (dr, dc) = (r as f32 - 23.5, col as f32 - 23.5);
+            if dr * dr + dc * dc > r2 {
+                assert_eq!(l, 0, "case {i}: label outside the field at {z},{r},{col}");
+                assert_eq!(c.imaging[[z, r, col]], -1024);
+            } else if l > 0 {
+                inside_fg += 1;
+            }
+        }
+        // Pixel size follows the drawn field: 150-160 mm over 48 pixels.
+        assert!((150.0 / 48.0..160.0 / 48.0).contains(&c.spacing[1]));
+    }
+    assert!(inside_fg > 0);
+    let bad = synth::SynthConfig {
+        fov_mm: (300.0, 200.0),
+        ..Default::default()
+    };
+    assert!(synth::generate_case(&bad, 0).is_err());
+    let bad = synth::SynthConfig {
+        tumour_radius_mm: (0.0, 10.0),
+        ..Default::default()
+    };
+    assert!(synth::generate_case(&bad, 0).is_err());
 }

@@ -6,6 +6,9 @@ use candle_core::{D, DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarBuilder;
 use kseg::model::{CatConv, CatResBlock, Conv0, ResDownSample, ResUNet, ResUNetConfig};
 
+mod common;
+use common::max_abs_diff;
+
 fn interop(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/resunet_interop")
@@ -19,21 +22,6 @@ const INTEROP: ResUNetConfig = ResUNetConfig {
     depth: 3,
     negative_slope: 0.2,
 };
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
 
 #[test]
 fn pytorch_checkpoint_reproduces_pytorch_logits() {

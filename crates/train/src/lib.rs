@@ -1,10 +1,35 @@
-//! Training for kseg. So far: optimisers whose state can be checkpointed
-//! (candle's `AdamW` decays every parameter and hides its moments) and the
-//! learning-rate schedules of nnU-Net and of cosine training. The trainer
-//! itself lands with its issue.
+//! Training and inference for kseg: a thin layer that ties the volume,
+//! augmentation, model and loss crates together.
+//!
+//! - [`TrainConfig`]: one nested configuration (TOML or JSON, dotted
+//!   overrides), whose default is the seed's method;
+//! - [`Dataset`] and [`Loader`]: cases behind their slice caches, the split,
+//!   and batches augmented on a background thread;
+//! - [`Trainer`]: the loop, with AdamW or SGD ([`optim`]), learning-rate
+//!   [`Schedule`]s, gradient clipping, validation on whole volumes,
+//!   atomic checkpoints and exact resume;
+//! - [`Segmenter`]: whole-volume inference from a checkpoint;
+//! - [`Observer`]: progress, JSON-lines metrics and PNG plots.
 
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+mod error;
+pub mod infer;
+pub mod observe;
 pub mod optim;
+pub mod plots;
 pub mod schedule;
+pub mod trainer;
 
+pub use checkpoint::{ModelMeta, TrainState};
+pub use config::{
+    ClassWeights, DataConfig, LoopConfig, LossConfig, OptimConfig, PostprocessConfig, TrainConfig,
+};
+pub use data::{Batch, Dataset, Loader};
+pub use error::{Result, TrainError, write_atomic};
+pub use infer::Segmenter;
+pub use observe::{Observer, RunInfo, StepRecord, Summary, ValidationRecord};
 pub use optim::{AdamW, AdamWConfig, Optimiser, Sgd, SgdConfig, decays};
 pub use schedule::Schedule;
+pub use trainer::{Trainer, device, init_cpu_threads};

@@ -28,7 +28,7 @@ pub fn decays(name: &str) -> bool {
 
 /// The trainable variables of a `VarMap`, by name (running statistics left
 /// out), in name order.
-fn trainable(vars: &HashMap<String, Var>) -> Vec<(String, Var)> {
+pub(crate) fn trainable(vars: &HashMap<String, Var>) -> Vec<(String, Var)> {
     let mut v: Vec<(String, Var)> = vars
         .iter()
         .filter(|(n, _)| !n.contains("running_"))
@@ -165,11 +165,14 @@ impl Optimiser for AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (name, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let p = var.as_tensor();
+            // Gradients carry their autograd graph: state kept across steps
+            // must be detached, or every step's graph stays alive.
+            let g = g.detach();
+            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
+            let p = var.as_tensor().detach();
             let p = if decays(name) && c.weight_decay != 0.0 {
-                (p * (1.0 - c.lr * c.weight_decay))?
+                (&p * (1.0 - c.lr * c.weight_decay))?
             } else {
                 p.clone()
             };
@@ -278,15 +281,17 @@ impl Optimiser for Sgd {
         let c = self.cfg;
         for (i, (name, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let p = var.as_tensor();
+            // Detached: the momentum buffer must not keep this step's graph.
+            let g = g.detach();
+            let p = var.as_tensor().detach();
             let g = if decays(name) && c.weight_decay != 0.0 {
-                (g + (p * c.weight_decay)?)?
+                (&g + (&p * c.weight_decay)?)?
             } else {
                 g.clone()
             };
             let d = if c.momentum != 0.0 {
                 let b = match &self.buf[i] {
-                    Some(b) => ((b * c.momentum)? + &g)?,
+                    Some(b) => ((b * c.momentum)? + &g)?.detach(),
                     None => g.clone(),
                 };
                 let d = if c.nesterov {
@@ -299,7 +304,7 @@ impl Optimiser for Sgd {
             } else {
                 g
             };
-            var.set(&(p - (d * c.lr)?)?)?;
+            var.set(&(&p - (d * c.lr)?)?)?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ fn case_dir() -> (tempfile::TempDir, kseg_volume::CaseDir) {
         min_slices: 200,
         max_slices: 200,
         seed: 0,
+        ..Default::default()
     };
     let case = synth::write_dataset(dir.path(), 1, &cfg).unwrap().remove(0);
     (dir, case)

@@ -8,7 +8,7 @@
 //!
 //! # fn main() -> Result<(), kseg_volume::VolumeError> {
 //! let dir = tempfile::tempdir().unwrap();
-//! let cfg = synth::SynthConfig { height: 32, width: 32, min_slices: 8, max_slices: 8, seed: 1 };
+//! let cfg = synth::SynthConfig { height: 32, width: 32, min_slices: 8, max_slices: 8, seed: 1, ..Default::default() };
 //! let cases = synth::write_dataset(dir.path().join("data"), 1, &cfg)?;
 //! let cached = CachedCase::open_or_build(&cases[0], dir.path().join("cache"))?;
 //! let (x, y) = cached.sample(0, 1, &Intensity::default())?;
@@ -24,6 +24,7 @@ mod error;
 pub mod intensity;
 pub mod layout;
 pub mod nifti_io;
+pub mod postprocess;
 mod rng;
 pub mod sampling;
 pub mod split;

@@ -40,6 +40,24 @@ pub struct SynthConfig {
     /// Most slices of a case (inclusive).
     pub max_slices: usize,
     pub seed: u64,
+    /// Range of the reconstruction field of view (mm across the larger
+    /// in-plane side), drawn per case. Default 340-420 mm: the whole
+    /// abdomen, as in KiTS19. A smaller field (a zoomed reconstruction)
+    /// shows the kidneys with more pixels at the same image size.
+    #[serde(default = "default_fov")]
+    pub fov_mm: (f32, f32),
+    /// Range of a tumour's radius in mm. Default 8-32 mm (1.6-6.4 cm
+    /// across; KiTS19's median tumour is about 4 cm).
+    #[serde(default = "default_tumour_radius")]
+    pub tumour_radius_mm: (f32, f32),
+}
+
+fn default_fov() -> (f32, f32) {
+    (340.0, 420.0)
+}
+
+fn default_tumour_radius() -> (f32, f32) {
+    (8.0, 32.0)
 }
 
 impl Default for SynthConfig {
@@ -52,6 +70,8 @@ impl Default for SynthConfig {
             min_slices: 32,
             max_slices: 64,
             seed: 0,
+            fov_mm: default_fov(),
+            tumour_radius_mm: default_tumour_radius(),
         }
     }
 }
@@ -68,6 +88,18 @@ impl SynthConfig {
             return Err(VolumeError::InvalidArgument(format!(
                 "slice range {}..={} must satisfy 1 <= min <= max <= 4096",
                 self.min_slices, self.max_slices
+            )));
+        }
+        let (f0, f1) = self.fov_mm;
+        if !(f0.is_finite() && f1.is_finite() && 50.0 <= f0 && f0 < f1 && f1 <= 1000.0) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "field of view {f0}..{f1} mm must satisfy 50 <= min < max <= 1000"
+            )));
+        }
+        let (r0, r1) = self.tumour_radius_mm;
+        if !(r0.is_finite() && r1.is_finite() && 1.0 <= r0 && r0 < r1 && r1 <= 80.0) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "tumour radius {r0}..{r1} mm must satisfy 1 <= min < max <= 80"
             )));
         }
         Ok(())
@@ -171,7 +203,7 @@ fn u(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
 }
 
 impl Phantom {
-    fn draw(rng: &mut impl Rng) -> Phantom {
+    fn draw(rng: &mut impl Rng, tumour_radius: (f32, f32)) -> Phantom {
         let a = u(rng, 130.0, 165.0);
         let b = u(rng, 95.0, 125.0);
         let body_c = [0.0, u(rng, -10.0, 10.0), u(rng, -10.0, 10.0)];
@@ -261,7 +293,7 @@ impl Phantom {
                 ph.cos() * th.sin() * kb.r[1],
                 ph.cos() * th.cos() * kb.r[2],
             );
-            let r = u(rng, 8.0, 32.0);
+            let r = u(rng, tumour_radius.0, tumour_radius.1);
             let depth = u(rng, -0.4, 0.5) * r; // centre inside or outside the surface
             let scale = 1.0 + depth / (dv * dv + du * du).sqrt().max(1.0);
             let (du, dv) = (du * scale, dv * scale);
@@ -408,10 +440,10 @@ fn blur(plane: &mut Array2<f32>, sigma: f32) {
 pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<SynthCase> {
     cfg.validate()?;
     let mut rng = sample_rng(cfg.seed, u64::MAX, index as u64);
-    let phantom = Phantom::draw(&mut rng);
+    let phantom = Phantom::draw(&mut rng, cfg.tumour_radius_mm);
     let (h, w) = (cfg.height, cfg.width);
     let slices = rng.random_range(cfg.min_slices..=cfg.max_slices);
-    let fov = u(&mut rng, 340.0, 420.0);
+    let fov = u(&mut rng, cfg.fov_mm.0, cfg.fov_mm.1);
     let ps = fov / h.max(w) as f32;
     let coverage = u(&mut rng, 150.0, 260.0);
     let sz = ((coverage / slices as f32).clamp(0.5, 5.0) * 4.0).round() / 4.0;
@@ -446,6 +478,15 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<SynthCase> {
                     -1024
                 } else {
                     (hu[[r, c]] + n).round().clamp(-1024.0, 3071.0) as i16
+                }
+            });
+            // Outside the reconstruction circle nothing is imaged, so nothing
+            // is labelled (only a zoomed field of view cuts into anatomy).
+            lab.indexed_iter_mut().for_each(|((r, c), l)| {
+                let dr = r as f32 - (h as f32 - 1.0) / 2.0;
+                let dc = c as f32 - (w as f32 - 1.0) / 2.0;
+                if dr * dr + dc * dc > fov_r {
+                    *l = 0;
                 }
             });
             (img, lab)

@@ -1,0 +1,186 @@
+//! Whole-volume inference: every slice of a volume, stacked with its
+//! neighbours, normalised and brought to the network's size as in training,
+//! segmented in batches, and the labels brought back to the volume's grid.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use kseg_augment::{AugmentParams, apply};
+use kseg_model::ResUNet;
+use kseg_volume::{CachedCase, stack_slices};
+use ndarray::{Array2, Array3, ArrayView3, Axis, s};
+use rayon::prelude::*;
+
+use crate::checkpoint::{ModelMeta, model_path, read_meta};
+use crate::error::{Result, TrainError};
+
+/// A model with its preprocessing, ready to segment volumes.
+#[derive(Clone)]
+pub struct Segmenter {
+    model: ResUNet,
+    meta: ModelMeta,
+    device: Device,
+    batch: usize,
+}
+
+impl Segmenter {
+    pub fn new(model: ResUNet, meta: ModelMeta, device: Device, batch: usize) -> Segmenter {
+        Segmenter {
+            model,
+            meta,
+            device,
+            batch: batch.max(1),
+        }
+    }
+
+    /// Loads a kseg model file (or checkpoint folder): weights and the
+    /// preprocessing recorded in its metadata.
+    pub fn load(checkpoint: &Path, device: &Device, batch: usize) -> Result<Segmenter> {
+        let path = model_path(checkpoint);
+        let meta = read_meta(&path)?;
+        let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        Ok(Segmenter::new(model, meta, device.clone(), batch))
+    }
+
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// Overrides the clean-up recorded in the checkpoint (`None`: off).
+    pub fn set_keep_largest(&mut self, keep: Option<usize>) {
+        self.meta.keep_largest = keep;
+    }
+
+    /// Segments a volume of HU values (then keeps the largest foreground
+    /// components when the checkpoint says so).
+    ///
+    /// # Shapes
+    /// `hu`: `[slices, H, W]` → labels `[slices, H, W]` (0, 1, 2).
+    pub fn segment_volume(&self, hu: ArrayView3<f32>) -> Result<Array3<u8>> {
+        let (d, h, w) = hu.dim();
+        let (n, int) = (self.meta.context, self.meta.intensity);
+        self.segment_with(d, (h, w), |k| Ok(stack_slices(hu, k, n, &int)?))
+    }
+
+    /// Segments a cached case (the validation path).
+    pub fn segment_cached(&self, case: &CachedCase) -> Result<Array3<u8>> {
+        let [d, h, w] = case.shape();
+        let (n, int) = (self.meta.context, self.meta.intensity);
+        self.segment_with(d, (h, w), |k| Ok(case.stack(k, n, &int)?))
+    }
+
+    /// Segments `depth` slices of size `(h, w)` whose normalised stacks
+    /// `stack(k)` gives (`[2n+1, h, w]`).
+    pub fn segment_with(
+        &self,
+        depth: usize,
+        (h, w): (usize, usize),
+        stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
+    ) -> Result<Array3<u8>> {
+        let m = 1usize << self.meta.model.depth;
+        let fill = self.meta.intensity.air();
+        // The network's input size: the training size when training
+        // resampled, else the slice padded up to a multiple of 2^depth.
+        let (nh, nw) = match self.meta.in_plane {
+            Some(s) => s,
+            None => (h.div_ceil(m) * m, w.div_ceil(m) * m),
+        };
+        let resample = self.meta.in_plane.is_some_and(|s| s != (h, w));
+        let c = 2 * self.meta.context + 1;
+        let mut out = Array3::<u8>::zeros((depth, h, w));
+        let ks: Vec<usize> = (0..depth).collect();
+        for chunk in ks.chunks(self.batch) {
+            let inputs: Vec<Array3<f32>> = chunk
+                .par_iter()
+                .map(|&k| {
+                    let x = stack(k)?;
+                    if resample {
+                        resize(&x, (nh, nw), fill)
+                    } else {
+                        Ok(pad(&x, (nh, nw), fill))
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let flat: Vec<f32> = inputs.iter().flat_map(|a| a.iter().copied()).collect();
+            let x = Tensor::from_vec(flat, (chunk.len(), c, nh, nw), &self.device)?;
+            let logits = self.model.forward_t(&x, false)?;
+            if resample {
+                let probs = candle_nn::ops::softmax(&logits, 1)?
+                    .to_device(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let classes = self.meta.model.num_classes;
+                let per = classes * nh * nw;
+                let labels: Vec<Array2<u8>> = (0..chunk.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let p = Array3::from_shape_vec(
+                            (classes, nh, nw),
+                            probs[i * per..(i + 1) * per].to_vec(),
+                        )
+                        .expect("sizes agree");
+                        Ok(argmax(&resize(&p, (h, w), 0.0)?))
+                    })
+                    .collect::<Result<_>>()?;
+                for (&k, lab) in chunk.iter().zip(labels) {
+                    out.index_axis_mut(Axis(0), k).assign(&lab);
+                }
+            } else {
+                let pred = logits
+                    .narrow(2, 0, h)?
+                    .narrow(3, 0, w)?
+                    .argmax(1)?
+                    .to_dtype(DType::U8)?
+                    .to_device(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<u8>()?;
+                let plane = h * w;
+                for (i, &k) in chunk.iter().enumerate() {
+                    let v = &pred[i * plane..(i + 1) * plane];
+                    out.index_axis_mut(Axis(0), k)
+                        .assign(&ndarray::ArrayView2::from_shape((h, w), v).expect("sizes agree"));
+                }
+            }
+        }
+        if let Some(keep) = self.meta.keep_largest {
+            kseg_volume::postprocess::keep_largest_components(&mut out, keep);
+        }
+        Ok(out)
+    }
+}
+
+/// Bilinear resize (`align_corners = false`) through the augmentation's
+/// warp with identity parameters.
+fn resize(x: &Array3<f32>, size: (usize, usize), fill: f32) -> Result<Array3<f32>> {
+    let (_, h, w) = x.dim();
+    let mut p = AugmentParams::identity((h, w), 0, fill);
+    p.out_size = size;
+    let dummy = Array2::<u8>::zeros((h, w));
+    Ok(apply(&p, x.view(), dummy.view())?.0)
+}
+
+/// Pads at the bottom and right with `fill` up to `size`.
+fn pad(x: &Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
+    let (c, h, w) = x.dim();
+    if (h, w) == (nh, nw) {
+        return x.clone();
+    }
+    let mut out = Array3::from_elem((c, nh, nw), fill);
+    out.slice_mut(s![.., ..h, ..w]).assign(x);
+    out
+}
+
+/// The class of highest score at each pixel (the first on ties).
+fn argmax(p: &Array3<f32>) -> Array2<u8> {
+    let (c, h, w) = p.dim();
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        let mut best = 0;
+        for k in 1..c {
+            if p[[k, y, x]] > p[[best, y, x]] {
+                best = k;
+            }
+        }
+        best as u8
+    })
+}

@@ -1,0 +1,276 @@
+//! Reporting: what the trainer tells observers, and the observers kseg
+//! ships (a progress bar, a JSON-lines log, PNG plots).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kseg_loss::DiceSummary;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// One training step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Steps done after this one (1-based).
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub ce: f64,
+    pub lovasz: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Samples per second over the last `log_every` steps.
+    pub samples_per_s: f64,
+}
+
+/// A slice shown in the overlay figure.
+#[derive(Debug, Clone)]
+pub struct OverlaySlice {
+    pub case: String,
+    pub slice: usize,
+    /// The middle channel, normalised.
+    pub image: Array2<f32>,
+    pub truth: Array2<u8>,
+    pub pred: Array2<u8>,
+}
+
+/// One validation.
+#[derive(Debug, Clone)]
+pub struct ValidationRecord {
+    pub step: usize,
+    pub dice: DiceSummary,
+    pub seconds: f64,
+    pub is_best: bool,
+    pub overlays: Vec<OverlaySlice>,
+}
+
+/// What a run ends with; written as `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Means over the validation cases at the end of the run.
+    pub kidney_dice: f64,
+    pub tumour_dice: f64,
+    pub composite: f64,
+    pub best_step: usize,
+    pub best_composite: f64,
+    pub best_checkpoint: PathBuf,
+    pub last_checkpoint: PathBuf,
+    pub steps: usize,
+    pub epochs: f64,
+    /// Training seconds over all sessions of the run (resumes included).
+    pub wall_seconds: f64,
+    pub samples_per_second: f64,
+    pub device: String,
+    pub parameters: usize,
+    pub validation: DiceSummary,
+    pub config: crate::TrainConfig,
+}
+
+/// Facts about the run, at its start.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub run_dir: PathBuf,
+    pub first_step: usize,
+    pub total_steps: usize,
+    pub batch_size: usize,
+    pub train_cases: usize,
+    pub val_cases: usize,
+    pub train_slices: usize,
+    pub parameters: usize,
+    pub device: String,
+}
+
+/// Receives the run's events. Every method has a do-nothing default.
+pub trait Observer {
+    fn on_start(&mut self, _info: &RunInfo) -> Result<()> {
+        Ok(())
+    }
+    /// Called every step.
+    fn on_step(&mut self, _rec: &StepRecord) -> Result<()> {
+        Ok(())
+    }
+    fn on_validation(&mut self, _rec: &ValidationRecord) -> Result<()> {
+        Ok(())
+    }
+    fn on_checkpoint(&mut self, _step: usize, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+    fn on_end(&mut self, _summary: &Summary) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A progress bar on stderr (step, loss, learning rate, samples/s, ETA);
+/// where stderr is not a terminal, one line every `every` steps instead.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    every: usize,
+}
+
+impl Progress {
+    pub fn new(every: usize) -> Progress {
+        Progress {
+            bar: None,
+            every: every.max(1),
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_start(&mut self, info: &RunInfo) -> Result<()> {
+        eprintln!(
+            "kseg train: {} train / {} val cases ({} training slices), {} parameters on {}, steps {}..{} of batch {}; run folder {}",
+            info.train_cases,
+            info.val_cases,
+            info.train_slices,
+            info.parameters,
+            info.device,
+            info.first_step,
+            info.total_steps,
+            info.batch_size,
+            info.run_dir.display()
+        );
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let bar = indicatif::ProgressBar::new(info.total_steps as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(info.first_step as u64);
+            bar.reset_eta();
+            self.bar = Some(bar);
+        }
+        Ok(())
+    }
+
+    fn on_step(&mut self, r: &StepRecord) -> Result<()> {
+        let msg = format!(
+            "loss {:.4} (ce {:.4}, lovasz {:.4}) lr {:.2e} {:.1} samples/s",
+            r.loss, r.ce, r.lovasz, r.lr, r.samples_per_s
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step as u64);
+                bar.set_message(msg);
+            }
+            None if r.step % self.every == 0 => eprintln!("step {} {msg}", r.step),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn on_validation(&mut self, r: &ValidationRecord) -> Result<()> {
+        let line = format!(
+            "validation at step {}: kidney {:.4} tumour {:.4} composite {:.4}{} ({:.1} s)",
+            r.step,
+            r.dice.kidney_mean,
+            r.dice.tumour_mean,
+            r.dice.composite,
+            if r.is_best { " (best)" } else { "" },
+            r.seconds
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, s: &Summary) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        eprintln!(
+            "done: {} steps in {:.0} s ({:.1} samples/s); kidney Dice {:.4}, tumour Dice {:.4}, composite {:.4}; best {:.4} at step {} ({})",
+            s.steps,
+            s.wall_seconds,
+            s.samples_per_second,
+            s.kidney_dice,
+            s.tumour_dice,
+            s.composite,
+            s.best_composite,
+            s.best_step,
+            s.best_checkpoint.display()
+        );
+        Ok(())
+    }
+}
+
+/// Appends one JSON object per line to `<run>/metrics.jsonl`: step records
+/// every `every` steps (`"kind": "step"`) and every validation
+/// (`"kind": "validation"`).
+pub struct JsonLines {
+    path: PathBuf,
+    file: std::fs::File,
+    every: usize,
+}
+
+impl JsonLines {
+    pub fn new(path: &Path, every: usize) -> Result<JsonLines> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io(path, e))?;
+        Ok(JsonLines {
+            path: path.to_path_buf(),
+            file,
+            every: every.max(1),
+        })
+    }
+
+    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+impl Observer for JsonLines {
+    fn on_step(&mut self, r: &StepRecord) -> Result<()> {
+        if r.step % self.every != 0 {
+            return Ok(());
+        }
+        let mut v = serde_json::to_value(r).expect("record serialises");
+        v["kind"] = "step".into();
+        self.write(v)
+    }
+
+    fn on_validation(&mut self, r: &ValidationRecord) -> Result<()> {
+        let v = serde_json::json!({
+            "kind": "validation",
+            "step": r.step,
+            "kidney_dice": r.dice.kidney_mean,
+            "tumour_dice": r.dice.tumour_mean,
+            "composite": r.dice.composite,
+            "is_best": r.is_best,
+            "seconds": r.seconds,
+            "cases": r.dice.cases,
+        });
+        self.write(v)
+    }
+
+    fn on_end(&mut self, _s: &Summary) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+}
+
+/// Reads back the records of a metrics log up to step `upto` (for resume:
+/// the log then holds what an uninterrupted run's would).
+pub fn read_metrics(path: &Path, upto: usize) -> Result<Vec<serde_json::Value>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= upto))
+        .collect())
+}

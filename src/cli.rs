@@ -1,0 +1,107 @@
+//! What `kseg train` and the `train_kits19` example share: their arguments
+//! and how a run is started or resumed from them.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use kseg_train::{Summary, TrainConfig, Trainer};
+
+/// Arguments of a training run.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    /// A KiTS19 `data/` folder (case_XXXXX/imaging.nii.gz +
+    /// segmentation.nii.gz). Without it: synthetic KiTS-like cases, made
+    /// once and cached.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A configuration file (TOML or JSON) to start from.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The run folder (default: runs/<date-time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its latest checkpoint.
+    #[arg(long, conflicts_with_all = ["data_dir", "config", "out"])]
+    pub resume: Option<PathBuf>,
+    /// Training steps (same as --set train.steps=N).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// cpu, cuda, cuda:N, metal or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Override any configuration value: --set train.batch_size=4
+    /// --set optim.lr=0.0005 (repeatable; values are JSON or strings).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+impl TrainArgs {
+    /// The overrides, the shorthand flags last.
+    fn all_overrides(&self) -> Vec<String> {
+        let mut o = self.overrides.clone();
+        if let Some(s) = self.steps {
+            o.push(format!("train.steps={s}"));
+        }
+        if let Some(d) = &self.device {
+            o.push(format!("device={d}"));
+        }
+        o
+    }
+
+    /// The configuration of a new run: `--config`, else the seed's setup
+    /// when `--data-dir` is given, else the synthetic CPU setup; then
+    /// `--data-dir` and the overrides.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let mut cfg = match (&self.config, &self.data_dir) {
+            (Some(path), _) => TrainConfig::from_file(path)?,
+            (None, Some(_)) => TrainConfig::default(),
+            (None, None) => TrainConfig::synthetic_cpu(),
+        };
+        if let Some(d) = &self.data_dir {
+            cfg.data.data_dir = Some(d.clone());
+        }
+        cfg.apply_overrides(&self.all_overrides())?;
+        Ok(cfg)
+    }
+
+    /// Starts (or resumes) the run and trains it to the end.
+    pub fn run(&self) -> Result<(PathBuf, Summary)> {
+        let trainer = match &self.resume {
+            Some(dir) => Trainer::resume(dir, &self.all_overrides())
+                .with_context(|| format!("cannot resume the run in {}", dir.display()))?,
+            None => {
+                let cfg = self.config()?;
+                let out = self.out.clone().unwrap_or_else(default_run_dir);
+                Trainer::new(cfg, &out)?
+            }
+        };
+        let mut trainer = trainer.with_default_observers()?;
+        let summary = trainer.run()?;
+        Ok((trainer.run_dir().to_path_buf(), summary))
+    }
+}
+
+/// `runs/<YYYYmmdd-HHMMSS>` in UTC.
+pub fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    PathBuf::from(format!(
+        "runs/{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}

@@ -1,0 +1,596 @@
+//! The trainer end to end on tiny synthetic cases: loss goes down, resume
+//! equals an uninterrupted run, checkpoints reload, `kseg predict` writes
+//! volumes with the input's geometry, `kseg evaluate` agrees with Dice
+//! counted here, and bad input fails clearly without overwriting anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kseg::train::observe::{Observer, StepRecord};
+use kseg::train::{Segmenter, TrainConfig, TrainError, Trainer};
+use kseg::volume;
+use serde_json::Value;
+
+mod common;
+
+/// A run small enough for CI: 6 cases of 32×32×(8..12), a depth-2 base-4
+/// Res-U-Net, batch 4. `data` is shared by the runs of one test.
+fn tiny_config(data: &Path, steps: usize) -> TrainConfig {
+    let mut c = TrainConfig::synthetic_cpu();
+    let g = &mut c.data.synthetic;
+    g.cases = 6;
+    g.dir = Some(data.to_path_buf());
+    g.generator.height = 32;
+    g.generator.width = 32;
+    g.generator.min_slices = 8;
+    g.generator.max_slices = 12;
+    c.data.n_val = 2;
+    c.augment.out_size = Some((32, 32));
+    c.model.base_channels = 4;
+    c.model.depth = 2;
+    c.train.steps = steps;
+    c.train.batch_size = 4;
+    c.train.log_every = 1;
+    c.train.validate_every = 10;
+    c.train.checkpoint_every = 5;
+    c.train.val_batch_size = 4;
+    c.train.prefetch = 2;
+    c.schedule = kseg::train::Schedule::Cosine {
+        warmup: 3,
+        min_lr: 1e-4,
+    };
+    c.device = "cpu".into();
+    c
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn step_losses(run: &Path) -> Vec<(u64, f64)> {
+    metrics(run)
+        .iter()
+        .filter(|v| v["kind"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn kseg_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Dice written out from its definition: 2|A∩B| / (|A| + |B|), 1 when both
+/// are empty.
+fn dice(pred: &[u8], truth: &[u8], f: impl Fn(u8) -> bool) -> f64 {
+    let (mut a, mut b, mut both) = (0.0, 0.0, 0.0);
+    for (&p, &t) in pred.iter().zip(truth) {
+        a += f64::from(u8::from(f(p)));
+        b += f64::from(u8::from(f(t)));
+        both += f64::from(u8::from(f(p) && f(t)));
+    }
+    if a + b == 0.0 {
+        1.0
+    } else {
+        2.0 * both / (a + b)
+    }
+}
+
+#[test]
+fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let mut cfg = tiny_config(&data, 40);
+    cfg.optim = kseg::train::OptimConfig::AdamW(kseg::train::AdamWConfig {
+        lr: 1e-2,
+        ..Default::default()
+    });
+    let mut t = Trainer::new(cfg.clone(), &run)
+        .unwrap()
+        .with_default_observers()
+        .unwrap();
+    let summary = t.run().unwrap();
+
+    // The loss goes down: the last 8 steps average well below the first 8.
+    let losses = step_losses(&run);
+    assert_eq!(losses.len(), 40);
+    let mean = |v: &[(u64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&losses[..8]), mean(&losses[32..]));
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+
+    // The run folder holds what the issue lists.
+    for f in [
+        "config.json",
+        "split.json",
+        "metrics.jsonl",
+        "summary.json",
+        "plots/loss.png",
+        "plots/dice.png",
+        "plots/overlay.png",
+        "checkpoints/latest.json",
+        "checkpoints/best/model.safetensors",
+        "checkpoints/step_000040/optimizer.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let sj: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    for k in [
+        "kidney_dice",
+        "tumour_dice",
+        "composite",
+        "best_checkpoint",
+        "steps",
+        "wall_seconds",
+        "config",
+    ] {
+        assert!(!sj[k].is_null(), "summary.json lacks {k}");
+    }
+    assert_eq!(sj["steps"], 40);
+    let saved: TrainConfig = serde_json::from_value(sj["config"].clone()).unwrap();
+    assert_eq!(saved, cfg);
+    // Only `keep_checkpoints` (2) step folders remain.
+    let steps = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("step_")
+        })
+        .count();
+    assert_eq!(steps, 2);
+
+    // The last checkpoint reloads and segments a validation case as the
+    // trainer did: its Dice equals the summary's.
+    let last = run.join("checkpoints/step_000040");
+    let seg = Segmenter::load(&last, &candle_core::Device::Cpu, 4).unwrap();
+    let split: volume::Split = volume::Split::load(run.join("split.json")).unwrap();
+    let mut kidney = Vec::new();
+    let pred_dir = tmp.path().join("pred");
+    std::fs::create_dir_all(&pred_dir).unwrap();
+    for id in &split.val {
+        let case = volume::CaseDir::open(data.join(id))
+            .unwrap()
+            .load()
+            .unwrap();
+        let pred = seg.segment_volume(case.imaging.data.view()).unwrap();
+        let truth = case.labels.unwrap().data;
+        let (p, t) = (pred.as_slice().unwrap(), truth.as_slice().unwrap());
+        kidney.push((dice(p, t, |v| v > 0), dice(p, t, |v| v == 2)));
+    }
+    let n = kidney.len() as f64;
+    let k_mean = kidney.iter().map(|d| d.0).sum::<f64>() / n;
+    let t_mean = kidney.iter().map(|d| d.1).sum::<f64>() / n;
+    assert!((k_mean - summary.kidney_dice).abs() < 1e-12);
+    assert!((t_mean - summary.tumour_dice).abs() < 1e-12);
+
+    // `kseg predict` on the validation cases (folder mode), then `kseg
+    // evaluate`: the same numbers, and the predictions carry the imaging's
+    // geometry.
+    let val_dir = tmp.path().join("val");
+    for id in &split.val {
+        std::fs::create_dir_all(val_dir.join(id)).unwrap();
+        for f in ["imaging.nii.gz", "segmentation.nii.gz"] {
+            std::fs::copy(data.join(id).join(f), val_dir.join(id).join(f)).unwrap();
+        }
+    }
+    let out = kseg_cli(&[
+        "predict",
+        "--checkpoint",
+        s(&last.join("model.safetensors")),
+        "--input",
+        s(&val_dir),
+        "--output",
+        s(&pred_dir),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in &split.val {
+        let p = volume::read_labels(pred_dir.join(format!("{id}.nii.gz")), 2).unwrap();
+        let img = volume::read_header(data.join(id).join("imaging.nii.gz")).unwrap();
+        assert_eq!(p.header.shape(), img.shape());
+        assert_eq!(p.header.affine(), img.affine());
+        assert_eq!(p.header.dtype(), volume::DType::U8);
+    }
+    // In-plane resampling: a model trained at 32×32 that records it
+    // segments a volume upsampled 2× (nearest) by resampling to 32×32 and
+    // back. Its labels must match the native prediction upsampled the same
+    // way on nearly every voxel (the boundaries may move by a pixel).
+    let case = volume::CaseDir::open(data.join(&split.val[0]))
+        .unwrap()
+        .load()
+        .unwrap();
+    let native = seg.segment_volume(case.imaging.data.view()).unwrap();
+    let (d, h, w) = native.dim();
+    let up = |a: &ndarray::Array3<f32>| {
+        ndarray::Array3::from_shape_fn((d, 2 * h, 2 * w), |(z, y, x)| a[[z, y / 2, x / 2]])
+    };
+    let big = up(&case.imaging.data);
+    let native_up = up(&native.mapv(f32::from));
+    let mut meta = seg.meta().clone();
+    meta.in_plane = Some((32, 32));
+    let (model, _) = kseg::model::ResUNet::load(
+        &meta.model,
+        last.join("model.safetensors"),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let resampling = Segmenter::new(model, meta, candle_core::Device::Cpu, 4);
+    let pred_big = resampling.segment_volume(big.view()).unwrap();
+    assert_eq!(pred_big.dim(), (d, 2 * h, 2 * w));
+    let fg = native_up.iter().filter(|&&v| v > 0.0).count().max(1);
+    let differ = pred_big
+        .iter()
+        .zip(native_up.iter())
+        .filter(|(a, b)| f32::from(**a) != **b)
+        .count();
+    assert!(
+        differ * 4 < fg,
+        "{differ} voxels differ, {fg} foreground voxels"
+    );
+
+    let report = tmp.path().join("report.json");
+    let out = kseg_cli(&[
+        "evaluate",
+        "--pred",
+        s(&pred_dir),
+        "--truth",
+        s(&val_dir),
+        "--out",
+        s(&report),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!((r["kidney_dice"].as_f64().unwrap() - k_mean).abs() < 1e-12);
+    assert!((r["tumour_dice"].as_f64().unwrap() - t_mean).abs() < 1e-12);
+}
+
+/// Stops the run (as a crash would) once `at` steps are done.
+struct CrashAt(usize);
+
+impl Observer for CrashAt {
+    fn on_step(&mut self, r: &StepRecord) -> kseg::train::Result<()> {
+        if r.step == self.0 {
+            return Err(TrainError::Other("simulated crash".into()));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = tiny_config(&data, 20);
+
+    let whole = tmp.path().join("whole");
+    let mut t = Trainer::new(cfg.clone(), &whole)
+        .unwrap()
+        .with_default_observers()
+        .unwrap();
+    t.run().unwrap();
+
+    // Crash at step 13: the last checkpoint is step 10, so steps 11-13 are
+    // redone after the resume.
+    let broken = tmp.path().join("broken");
+    let mut t = Trainer::new(cfg.clone(), &broken)
+        .unwrap()
+        .with_default_observers()
+        .unwrap();
+    t.add_observer(Box::new(CrashAt(13)));
+    let err = t.run().unwrap_err().to_string();
+    assert!(err.contains("simulated crash"), "{err}");
+    drop(t);
+    let mut t = Trainer::resume(&broken, &[])
+        .unwrap()
+        .with_default_observers()
+        .unwrap();
+    assert_eq!(t.step(), 10);
+    t.run().unwrap();
+
+    // Identical losses (bit for bit through JSON's shortest round-trip
+    // representation) and identical validation records.
+    assert_eq!(step_losses(&whole), step_losses(&broken));
+    let val = |run: &Path| -> Vec<Value> {
+        metrics(run)
+            .into_iter()
+            .filter(|v| v["kind"] == "validation")
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(val(&whole), val(&broken));
+    // And identical weights at the end.
+    let w = |run: &Path| {
+        candle_core::safetensors::load(
+            run.join("checkpoints/step_000020/model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (a, b) = (w(&whole), w(&broken));
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let diff = common::max_abs_diff(ta, &b[name]);
+        assert_eq!(diff, 0.0, "{name} differs");
+    }
+}
+
+#[test]
+fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cfg = tiny_config(&data, 30);
+    cfg.train.checkpoint_every = 1;
+    cfg.train.grad_clip = None;
+    // A learning rate that sends the weights to infinity within a few steps.
+    cfg.optim = kseg::train::OptimConfig::Sgd(kseg::train::SgdConfig {
+        lr: 1e30,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
+    let run = tmp.path().join("run");
+    let mut t = Trainer::new(cfg, &run).unwrap();
+    let err = t.run().unwrap_err();
+    let TrainError::NonFinite {
+        step, last_good, ..
+    } = &err
+    else {
+        panic!("expected a non-finite error, got {err}");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("at step {step}")), "{msg}");
+    assert!(msg.contains("stops"), "{msg}");
+    // Steps before the bad one were checkpointed and still load.
+    if *step > 1 {
+        let good = last_good.as_ref().expect("a checkpoint before the failure");
+        assert!(msg.contains(&good.display().to_string()), "{msg}");
+        Segmenter::load(good, &candle_core::Device::Cpu, 2).unwrap();
+        assert!(!run.join("summary.json").exists());
+    }
+}
+
+#[test]
+fn bad_input_fails_clearly_and_overwrites_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let cfg = tiny_config(&data, 5);
+    Trainer::new(cfg.clone(), &run).unwrap().run().unwrap();
+    let ckpt = run.join("checkpoints/step_000005");
+    let model = ckpt.join("model.safetensors");
+
+    // A second run into the same folder is refused.
+    let err = Trainer::new(cfg.clone(), &run).err().unwrap().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+
+    // A split that names a case the data lacks.
+    let mut missing = cfg.clone();
+    let split = tmp.path().join("split.json");
+    std::fs::write(
+        &split,
+        r#"{"seed": 0, "train": ["case_00000", "case_00099"], "val": ["case_00001"]}"#,
+    )
+    .unwrap();
+    missing.data.split_file = Some(split.clone());
+    let err = Trainer::new(missing, &tmp.path().join("run2"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("case_00099") && err.contains(s(&split)),
+        "{err}"
+    );
+
+    // A corrupt (truncated) checkpoint: predict fails naming it and writes
+    // nothing; an existing output stays as it was.
+    let bad = tmp.path().join("bad.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let out_file = tmp.path().join("pred.nii.gz");
+    std::fs::write(&out_file, b"keep me").unwrap();
+    let input = data.join("case_00000").join("imaging.nii.gz");
+    let out = kseg_cli(&[
+        "predict",
+        "--checkpoint",
+        s(&bad),
+        "--input",
+        s(&input),
+        "--output",
+        s(&out_file),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(s(&bad)) && e.contains("truncated"), "{e}");
+    assert_eq!(std::fs::read(&out_file).unwrap(), b"keep me");
+
+    // A checkpoint from another architecture: a depth-3 model's weights
+    // under this run's name. Resume refuses it, naming the file.
+    let other_run = tmp.path().join("other");
+    let mut other = cfg.clone();
+    other.model.depth = 3;
+    Trainer::new(other, &other_run).unwrap().run().unwrap();
+    let before = std::fs::read(&model).unwrap();
+    std::fs::copy(
+        other_run.join("checkpoints/step_000005/model.safetensors"),
+        &model,
+    )
+    .unwrap();
+    let err = Trainer::resume(&run, &["train.steps=10".into()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(s(&model)) && err.contains("depth: 3"), "{err}");
+    // Weights that disagree with the metadata they carry: predict names the
+    // tensor.
+    let mixed = tmp.path().join("mixed.safetensors");
+    let meta = kseg::train::checkpoint::read_meta(&model).unwrap();
+    let mut wrong = meta.clone();
+    wrong.model.depth = 2; // the tensors are depth 3
+    let tensors = candle_core::safetensors::load(&model, &candle_core::Device::Cpu).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut d = varmap.data().lock().unwrap();
+        for (n, t) in tensors {
+            d.insert(n, candle_core::Var::from_tensor(&t).unwrap());
+        }
+    }
+    kseg::train::checkpoint::save_model(&varmap, &wrong, &mixed).unwrap();
+    std::fs::write(&model, before).unwrap();
+    let out = kseg_cli(&[
+        "predict",
+        "--checkpoint",
+        s(&mixed),
+        "--input",
+        s(&input),
+        "--output",
+        s(&out_file),
+    ]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(s(&mixed)) && e.contains("shape"), "{e}");
+    assert_eq!(std::fs::read(&out_file).unwrap(), b"keep me");
+
+    // A missing case folder for predict.
+    let out = kseg_cli(&[
+        "predict",
+        "--checkpoint",
+        s(&model),
+        "--input",
+        s(&data.join("case_00077")),
+        "--output",
+        s(&out_file),
+    ]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("case_00077"), "{e}");
+}
+
+#[test]
+fn config_files_and_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("c.toml");
+    std::fs::write(
+        &toml,
+        "[train]\nsteps = 12\nbatch_size = 2\n[optim]\nkind = \"sgd\"\nlr = 0.02\n[model]\nbase_channels = 8\n",
+    )
+    .unwrap();
+    let c = TrainConfig::from_file(&toml).unwrap();
+    assert_eq!((c.train.steps, c.train.batch_size), (12, 2));
+    assert_eq!(c.model.base_channels, 8);
+    assert_eq!(c.optim.lr(), 0.02);
+    // Everything unnamed keeps the seed's defaults.
+    assert_eq!(c.model.depth, 5);
+    assert_eq!(c.augment, kseg::augment::AugmentConfig::default());
+
+    // JSON round trip of the full default.
+    let json = tmp.path().join("c.json");
+    std::fs::write(
+        &json,
+        serde_json::to_string(&TrainConfig::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        TrainConfig::from_file(&json).unwrap(),
+        TrainConfig::default()
+    );
+
+    // Unknown keys and impossible values are errors naming the file.
+    std::fs::write(&toml, "[train]\nstepz = 12\n").unwrap();
+    let e = TrainConfig::from_file(&toml).unwrap_err().to_string();
+    assert!(e.contains(s(&toml)) && e.contains("stepz"), "{e}");
+    std::fs::write(&toml, "[model]\nin_channels = 5\n").unwrap();
+    let e = TrainConfig::from_file(&toml).unwrap_err().to_string();
+    assert!(e.contains("in_channels") && e.contains("context"), "{e}");
+
+    let mut c = TrainConfig::default();
+    c.apply_overrides(&["data.in_plane=[256,256]", "augment.out_size=[256,256]"])
+        .unwrap();
+    assert_eq!(c.data.in_plane, Some((256, 256)));
+    let e = c
+        .apply_overrides(&["data.in_plane=[250,250]"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in_plane"), "{e}");
+    assert!(c.apply_overrides(&["train"]).is_err());
+    assert!(c.apply_overrides(&["train.steps=-1"]).is_err());
+    let _ = PathBuf::new();
+}
+
+#[test]
+fn kseg_train_cli_runs_from_a_config_file_and_resumes_longer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg_path = tmp.path().join("tiny.json");
+    let cfg = tiny_config(&data, 4);
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let run = tmp.path().join("run");
+    let out = kseg_cli(&[
+        "train",
+        "--config",
+        s(&cfg_path),
+        "--out",
+        s(&run),
+        "--set",
+        "train.validate_every=0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // stdout: the summary's path.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.trim(), s(&run.join("summary.json")));
+    let saved: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved.train.validate_every, 0);
+    assert_eq!(saved.train.steps, 4);
+
+    // Resume with more steps: it continues from step 4 to 7.
+    let out = kseg_cli(&["train", "--resume", s(&run), "--steps", "7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sj: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(sj["steps"], 7);
+    let steps: Vec<u64> = step_losses(&run).iter().map(|x| x.0).collect();
+    assert_eq!(steps, (1..=7).collect::<Vec<_>>());
+
+    // --resume of a folder without a run names what is missing.
+    let out = kseg_cli(&["train", "--resume", s(&tmp.path().join("nothing"))]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("latest.json"), "{e}");
+}
