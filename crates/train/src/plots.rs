@@ -60,18 +60,34 @@ impl Plots {
 
     fn draw_curves(&self) -> Result<()> {
         if !self.losses.is_empty() {
+            // Step losses are noisy (a batch of a few slices): plot their
+            // exponential moving average.
+            let ema = |f: fn(&(usize, f64, f64, f64)) -> f64| -> Vec<(usize, f64)> {
+                let mut m = f64::NAN;
+                self.losses
+                    .iter()
+                    .map(|r| {
+                        let v = f(r);
+                        m = if m.is_finite() {
+                            0.95 * m + 0.05 * v
+                        } else {
+                            v
+                        };
+                        (r.0, m)
+                    })
+                    .collect()
+            };
             let series = [
-                (
-                    "loss",
-                    self.losses.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
-                ),
-                (
-                    "cross-entropy",
-                    self.losses.iter().map(|r| (r.0, r.2)).collect(),
-                ),
-                ("lovasz", self.losses.iter().map(|r| (r.0, r.3)).collect()),
+                ("loss", ema(|r| r.1)),
+                ("cross-entropy", ema(|r| r.2)),
+                ("lovasz", ema(|r| r.3)),
             ];
-            line_chart(&self.dir.join("loss.png"), "training loss", &series, None)?;
+            line_chart(
+                &self.dir.join("loss.png"),
+                "training loss (moving average, 0.95)",
+                &series,
+                None,
+            )?;
         }
         if !self.dice.is_empty() {
             let series = [
