@@ -1,10 +1,14 @@
 //! The seed's building blocks, named as in its code (SPEC §2).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{
-    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder, batch_norm, conv2d,
-    conv2d_no_bias,
-};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2dConfig, VarBuilder, batch_norm};
+
+use crate::conv::Conv;
+
+/// A convolution with a bias (PyTorch names `weight`, `bias`).
+fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv> {
+    Ok(Conv::new(candle_nn::conv2d(cin, cout, k, cfg, vb)?))
+}
 
 /// LeakyReLU as `x >= 0 ? x : a·x`: candle's `ops::leaky_relu` is correct
 /// but keeps many activation copies; this form has a cheap, correct
@@ -27,8 +31,8 @@ fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
     )
 }
 
-fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d_no_bias(
+fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    Ok(Conv::new(candle_nn::conv2d_no_bias(
         cin,
         cout,
         3,
@@ -38,14 +42,14 @@ fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2
             ..Default::default()
         },
         vb,
-    )
+    )?))
 }
 
 /// C(3, stride) without bias, `bn`, LeakyReLU: what `conv0` and a
 /// shortcut [`Connector`] both are.
 #[derive(Debug, Clone)]
 struct ConvBnAct {
-    conv: Conv2d,
+    conv: Conv,
     bn: BatchNorm,
     slope: f64,
 }
@@ -112,9 +116,9 @@ impl ModuleT for Connector {
 /// `(B, c, H, W)` → `(B, 2c, H/2, W/2)`.
 #[derive(Debug, Clone)]
 pub struct ResDownSample {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm,
-    conv2: Conv2d,
+    conv2: Conv,
     bn2: BatchNorm,
     shortcut: Connector,
     slope: f64,
@@ -163,10 +167,10 @@ impl Module for UpSample {
 /// `x`: `(B, c, H, W)`, `skip`: `(B, s, 2H, 2W)` → `(B, m, 2H, 2W)`.
 #[derive(Debug, Clone)]
 pub struct CatResBlock {
-    skip: Conv2d,
-    conv1: Conv2d,
+    skip: Conv,
+    conv1: Conv,
     bn1: BatchNorm,
-    conv2: Conv2d,
+    conv2: Conv,
     bn2: BatchNorm,
     slope: f64,
 }
@@ -204,9 +208,9 @@ impl CatResBlock {
 /// `x`: `(B, c, H/2, W/2)`, `first`: `(B, base, H, W)` → `(B, classes, H, W)`.
 #[derive(Debug, Clone)]
 pub struct CatConv {
-    conv: Conv2d,
+    conv: Conv,
     bn: BatchNorm,
-    classifier: Conv2d,
+    classifier: Conv,
     slope: f64,
 }
 

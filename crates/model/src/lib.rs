@@ -17,6 +17,7 @@
 //! ```
 
 pub mod blocks;
+pub mod conv;
 mod resunet;
 
 pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample, leaky_relu};

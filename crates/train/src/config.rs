@@ -284,9 +284,9 @@ impl TrainConfig {
             warmup: 30,
             min_lr: 1e-5,
         };
-        c.train.steps = 1100;
+        c.train.steps = 1800;
         c.train.batch_size = 4;
-        c.train.validate_every = 275;
+        c.train.validate_every = 450;
         c.train.checkpoint_every = 100;
         c.train.val_batch_size = 8;
         c.postprocess.keep_largest = Some(2);

@@ -1,0 +1,114 @@
+//! The gemm convolution against candle's own `conv2d`: outputs and the
+//! gradients of input, weight and bias, for the shapes the Res-U-Net uses
+//! (3×3 stride 1 and 2, 1×1) and odd ones; and im2col/col2im as adjoints.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{Conv2d, Conv2dConfig};
+use kseg_model::conv::{Col2Im, Conv, Im2Col};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn gemm_conv_matches_candle_conv_and_its_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // (batch, cin, cout, h, w, k, stride, pad, bias)
+    let cases = [
+        (2, 3, 4, 8, 8, 3, 1, 1, false),
+        (2, 4, 6, 8, 8, 3, 2, 1, false),
+        (1, 5, 3, 7, 9, 3, 1, 1, true),
+        (3, 4, 2, 9, 7, 3, 2, 1, true),
+        (2, 6, 3, 6, 6, 1, 1, 0, true),
+        (1, 2, 2, 6, 6, 3, 1, 0, false),
+        (1, 2, 3, 5, 5, 5, 2, 2, true),
+    ];
+    for (b, ci, co, h, w, k, stride, pad, with_bias) in cases {
+        let x = Var::from_tensor(&randn(&[b, ci, h, w], &mut rng)).unwrap();
+        let wt = Var::from_tensor(&randn(&[co, ci, k, k], &mut rng)).unwrap();
+        let bias = Var::from_tensor(&randn(&[co], &mut rng)).unwrap();
+        let cfg = Conv2dConfig {
+            padding: pad,
+            stride,
+            ..Default::default()
+        };
+        let reference = Conv2d::new(
+            wt.as_tensor().clone(),
+            with_bias.then(|| bias.as_tensor().clone()),
+            cfg,
+        );
+        let ours = Conv::new(reference.clone());
+        let y_ref = reference.forward(x.as_tensor()).unwrap();
+        let y = ours.forward(x.as_tensor()).unwrap();
+        assert_eq!(y.dims(), y_ref.dims());
+        let case = format!("b{b} {ci}->{co} {h}x{w} k{k} s{stride} p{pad}");
+        assert!(max_diff(&y, &y_ref) < 1e-5, "{case}: forward");
+        // A loss that weighs every output differently.
+        let g = randn(y.dims(), &mut rng);
+        let gr = (&y_ref * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let go = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut vars = vec![("input", &x), ("weight", &wt)];
+        if with_bias {
+            vars.push(("bias", &bias));
+        }
+        for (name, v) in vars {
+            let (a, r) = (go.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(max_diff(a, r) < 1e-4, "{case}: {name} gradient");
+        }
+    }
+}
+
+/// `Σ a·b` in f64.
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    let p = (a.to_dtype(DType::F64).unwrap() * b.to_dtype(DType::F64).unwrap()).unwrap();
+    p.sum_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn im2col_and_col2im_are_adjoint() {
+    // <im2col(x), y> = <x, col2im(y)> for any x, y: col2im is the exact
+    // transpose, so the input gradient is exact.
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (k, stride, pad, h, w) in [(3, 1, 1, 6, 5), (3, 2, 1, 7, 8), (5, 2, 2, 9, 6)] {
+        let x = randn(&[2, 3, h, w], &mut rng);
+        let cols = x.apply_op1(Im2Col { k, stride, pad }).unwrap();
+        let y = randn(cols.dims(), &mut rng);
+        let back = y
+            .apply_op1(Col2Im {
+                k,
+                stride,
+                pad,
+                c: 3,
+                h,
+                w,
+            })
+            .unwrap();
+        let (lhs, rhs) = (dot(&cols, &y), dot(&x, &back));
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
+    }
+}
