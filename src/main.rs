@@ -529,24 +529,7 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> Result<()> {
             "composite": summary.composite,
             "cases": summary.cases,
         });
-        write_file_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        kseg::train::write_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder.
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kseg.")
-        .tempfile_in(&dir)
-        .with_context(|| format!("{}: cannot create a file there", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
