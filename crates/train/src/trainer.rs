@@ -169,7 +169,9 @@ impl Trainer {
         let (model, varmap) = ResUNet::load(&cfg.model, &path, DType::F32, &device)
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         let dataset = Dataset::prepare(&cfg.data)?;
-        if dataset.split.train != state.config_split_train(run_dir)? {
+        // The run's saved split must be the one the data gives now.
+        let saved = kseg_volume::Split::load(run_dir.join(SPLIT_FILE))?;
+        if (&dataset.split.train, &dataset.split.val) != (&saved.train, &saved.val) {
             return Err(TrainError::Config {
                 path: Some(run_dir.join(SPLIT_FILE)),
                 msg: "the data's split differs from the run's split".into(),
@@ -516,14 +518,6 @@ impl Trainer {
             truth: truth.index_axis(Axis(0), k).to_owned(),
             pred: pred.index_axis(Axis(0), k).to_owned(),
         })
-    }
-}
-
-impl TrainState {
-    /// The training ids of the run's saved split.
-    fn config_split_train(&self, run_dir: &Path) -> Result<Vec<String>> {
-        let split = kseg_volume::Split::load(run_dir.join(SPLIT_FILE))?;
-        Ok(split.train)
     }
 }
 
