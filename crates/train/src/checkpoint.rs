@@ -122,7 +122,12 @@ pub fn save_model(varmap: &VarMap, meta: &ModelMeta, path: &Path) -> Result<()> 
 /// Reads [`ModelMeta`] from a model file, with errors that say what is
 /// wrong with it.
 pub fn read_meta(path: &Path) -> Result<ModelMeta> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    // Mapped, not read: the model is mapped again to load its weights, and
+    // a full model file is 126 MB.
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    // SAFETY: the file is only read; checkpoints are replaced by rename,
+    // never rewritten in place.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TrainError::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         TrainError::checkpoint(
             path,

@@ -98,7 +98,7 @@ impl Segmenter {
                     if resample {
                         resize(&x, (nh, nw), fill)
                     } else {
-                        Ok(pad(&x, (nh, nw), fill))
+                        Ok(pad(x, (nh, nw), fill))
                     }
                 })
                 .collect::<Result<_>>()?;
@@ -160,14 +160,15 @@ fn resize(x: &Array3<f32>, size: (usize, usize), fill: f32) -> Result<Array3<f32
     Ok(apply(&p, x.view(), dummy.view())?.0)
 }
 
-/// Pads at the bottom and right with `fill` up to `size`.
-fn pad(x: &Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
+/// Pads at the bottom and right with `fill` up to `size` (no copy when the
+/// size already fits).
+fn pad(x: Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
     let (c, h, w) = x.dim();
     if (h, w) == (nh, nw) {
-        return x.clone();
+        return x;
     }
     let mut out = Array3::from_elem((c, nh, nw), fill);
-    out.slice_mut(s![.., ..h, ..w]).assign(x);
+    out.slice_mut(s![.., ..h, ..w]).assign(&x);
     out
 }
 
