@@ -1,9 +1,10 @@
 //! The seed's building blocks, named as in its code (SPEC §2).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2dConfig, VarBuilder, batch_norm};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use crate::conv::Conv;
+use crate::norm::BatchNorm2d;
 
 /// A convolution with a bias (PyTorch names `weight`, `bias`).
 fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv> {
@@ -17,18 +18,8 @@ pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
     x.ge(0.0)?.where_cond(x, &x.affine(negative_slope, 0.0)?)
 }
 
-fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    // PyTorch's BatchNorm2d: eps 1e-5, momentum 0.1.
-    batch_norm(
-        c,
-        BatchNormConfig {
-            eps: 1e-5,
-            remove_mean: true,
-            affine: true,
-            momentum: 0.1,
-        },
-        vb,
-    )
+fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
+    BatchNorm2d::new(c, vb)
 }
 
 fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
@@ -50,7 +41,7 @@ fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv>
 #[derive(Debug, Clone)]
 struct ConvBnAct {
     conv: Conv,
-    bn: BatchNorm,
+    bn: BatchNorm2d,
     slope: f64,
 }
 
@@ -64,10 +55,8 @@ impl ConvBnAct {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        leaky_relu(
-            &self.bn.forward_t(&self.conv.forward(x)?, train)?,
-            self.slope,
-        )
+        self.bn
+            .forward_act(&self.conv.forward(x)?, None, self.slope, train)
     }
 }
 
@@ -117,9 +106,9 @@ impl ModuleT for Connector {
 #[derive(Debug, Clone)]
 pub struct ResDownSample {
     conv1: Conv,
-    bn1: BatchNorm,
+    bn1: BatchNorm2d,
     conv2: Conv,
-    bn2: BatchNorm,
+    bn2: BatchNorm2d,
     shortcut: Connector,
     slope: f64,
 }
@@ -139,13 +128,12 @@ impl ResDownSample {
 
 impl ModuleT for ResDownSample {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let m = leaky_relu(
-            &self.bn1.forward_t(&self.conv1.forward(x)?, train)?,
-            self.slope,
-        )?;
-        let m = self.bn2.forward_t(&self.conv2.forward(&m)?, train)?;
+        let m = self
+            .bn1
+            .forward_act(&self.conv1.forward(x)?, None, self.slope, train)?;
         let s = self.shortcut.forward_t(x, train)?;
-        leaky_relu(&(m + s)?, self.slope)
+        self.bn2
+            .forward_act(&self.conv2.forward(&m)?, Some(&s), self.slope, train)
     }
 }
 
@@ -169,9 +157,9 @@ impl Module for UpSample {
 pub struct CatResBlock {
     skip: Conv,
     conv1: Conv,
-    bn1: BatchNorm,
+    bn1: BatchNorm2d,
     conv2: Conv,
-    bn2: BatchNorm,
+    bn2: BatchNorm2d,
     slope: f64,
 }
 
@@ -192,12 +180,11 @@ impl CatResBlock {
     pub fn forward_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
         let u = UpSample.forward(x)?;
         let cat = Tensor::cat(&[&u, &self.skip.forward(skip)?], 1)?;
-        let m = leaky_relu(
-            &self.bn1.forward_t(&self.conv1.forward(&cat)?, train)?,
-            self.slope,
-        )?;
-        let m = self.bn2.forward_t(&self.conv2.forward(&m)?, train)?;
-        leaky_relu(&(m + cat)?, self.slope)
+        let m = self
+            .bn1
+            .forward_act(&self.conv1.forward(&cat)?, None, self.slope, train)?;
+        self.bn2
+            .forward_act(&self.conv2.forward(&m)?, Some(&cat), self.slope, train)
     }
 }
 
@@ -209,7 +196,7 @@ impl CatResBlock {
 #[derive(Debug, Clone)]
 pub struct CatConv {
     conv: Conv,
-    bn: BatchNorm,
+    bn: BatchNorm2d,
     classifier: Conv,
     slope: f64,
 }
@@ -233,10 +220,9 @@ impl CatConv {
     pub fn forward_t(&self, x: &Tensor, first: &Tensor, train: bool) -> Result<Tensor> {
         let u = UpSample.forward(x)?;
         let cat = Tensor::cat(&[&u, first], 1)?;
-        let h = leaky_relu(
-            &self.bn.forward_t(&self.conv.forward(&cat)?, train)?,
-            self.slope,
-        )?;
+        let h = self
+            .bn
+            .forward_act(&self.conv.forward(&cat)?, None, self.slope, train)?;
         self.classifier.forward(&h)
     }
 }

@@ -9,7 +9,9 @@
 //! (`col2im(Wᵀ · dY)`) are both gemm plus a scatter. Other devices and
 //! dtypes use candle's own `conv2d`.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor, bail,
+};
 use candle_nn::{Conv2d, Conv2dConfig};
 use rayon::prelude::*;
 
@@ -37,7 +39,8 @@ fn out_size(n: usize, k: usize, stride: usize, pad: usize) -> usize {
     (n + 2 * pad - k) / stride + 1
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU storage.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("{what}: f32 only")
     };
@@ -47,11 +50,110 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     Ok(&v[a..b])
 }
 
+/// [`f32_slice`] of a tensor's storage (in a custom op's backward).
+pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(cs) => f32_slice(cs, l, what),
+        _ => bail!("{what}: CPU storage expected"),
+    }
+}
+
 /// For output position `o` along one axis and kernel offset `ki`, the input
 /// index, if inside.
 #[inline]
 fn src_index(o: usize, ki: usize, stride: usize, pad: usize, n: usize) -> Option<usize> {
     (o * stride + ki).checked_sub(pad).filter(|&i| i < n)
+}
+
+/// The geometry of one convolution: input plane `h`×`w`, square kernel
+/// `k`, stride, zero padding, output plane `ho`×`wo`.
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geo {
+    fn new(h: usize, w: usize, k: usize, stride: usize, pad: usize) -> Geo {
+        Geo {
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho: out_size(h, k, stride, pad),
+            wo: out_size(w, k, stride, pad),
+        }
+    }
+
+    /// Writes the patch row of kernel offset `kk` = ki·k + kj of one input
+    /// `plane` into `dst` (`ho·wo`, zero where the patch is in the padding).
+    fn unfold_row(&self, plane: &[f32], kk: usize, dst: &mut [f32]) {
+        let (w, wo) = (self.w, self.wo);
+        let (ki, kj) = (kk / self.k, kk % self.k);
+        for oy in 0..self.ho {
+            let d = &mut dst[oy * wo..(oy + 1) * wo];
+            let Some(iy) = src_index(oy, ki, self.stride, self.pad, self.h) else {
+                d.fill(0.0);
+                continue;
+            };
+            let src = &plane[iy * w..(iy + 1) * w];
+            if self.stride == 1 {
+                let (lo, hi, src_lo) = self.span(kj);
+                d[..lo].fill(0.0);
+                d[hi..].fill(0.0);
+                d[lo..hi].copy_from_slice(&src[src_lo..src_lo + hi - lo]);
+            } else {
+                for (ox, v) in d.iter_mut().enumerate() {
+                    *v = src_index(ox, kj, self.stride, self.pad, w).map_or(0.0, |ix| src[ix]);
+                }
+            }
+        }
+    }
+
+    /// Stride 1, kernel column `kj`: output columns `lo..hi` read the
+    /// input columns from `src_lo` on (`ix = ox + kj - pad`); the others
+    /// fall in the padding.
+    fn span(&self, kj: usize) -> (usize, usize, usize) {
+        let lo = self.pad.saturating_sub(kj).min(self.wo);
+        let hi = (self.w + self.pad).saturating_sub(kj).min(self.wo).max(lo);
+        (lo, hi, lo + kj - self.pad)
+    }
+
+    /// Adds the `k·k` patch rows of one channel (`rows`, `k·k·ho·wo`) back
+    /// into its input `plane` (the adjoint of [`Geo::unfold_row`]).
+    fn fold_rows(&self, rows: &[f32], plane: &mut [f32]) {
+        let (k, w, n) = (self.k, self.w, self.ho * self.wo);
+        for ki in 0..k {
+            for kj in 0..k {
+                let src = &rows[(ki * k + kj) * n..][..n];
+                for oy in 0..self.ho {
+                    let Some(iy) = src_index(oy, ki, self.stride, self.pad, self.h) else {
+                        continue;
+                    };
+                    let d = &mut plane[iy * w..(iy + 1) * w];
+                    let s = &src[oy * self.wo..(oy + 1) * self.wo];
+                    if self.stride == 1 {
+                        let (lo, hi, src_lo) = self.span(kj);
+                        for (dv, sv) in d[src_lo..src_lo + hi - lo].iter_mut().zip(&s[lo..hi]) {
+                            *dv += sv;
+                        }
+                    } else {
+                        for (ox, sv) in s.iter().enumerate() {
+                            if let Some(ix) = src_index(ox, kj, self.stride, self.pad, w) {
+                                d[ix] += sv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl CustomOp1 for Im2Col {
@@ -68,32 +170,10 @@ impl CustomOp1 for Im2Col {
         let mut out = vec![0f32; b * c * k * k * cols];
         // One output row per (batch, channel, ki, kj): rows are independent.
         out.par_chunks_mut(cols).enumerate().for_each(|(row, dst)| {
-            let kj = row % k;
-            let ki = row / k % k;
-            let ch = row / (k * k) % c;
-            let bi = row / (k * k * c);
-            let plane = &x[(bi * c + ch) * h * w..][..h * w];
-            for oy in 0..ho {
-                let d = &mut dst[oy * wo..(oy + 1) * wo];
-                let Some(iy) = src_index(oy, ki, stride, pad, h) else {
-                    continue; // stays zero
-                };
-                let src = &plane[iy * w..(iy + 1) * w];
-                if stride == 1 {
-                    // ix = ox + kj - pad: a shifted copy.
-                    let lo = pad.saturating_sub(kj);
-                    let hi = (w + pad).saturating_sub(kj).min(wo);
-                    if lo < hi {
-                        d[lo..hi].copy_from_slice(&src[lo + kj - pad..hi + kj - pad]);
-                    }
-                } else {
-                    for (ox, v) in d.iter_mut().enumerate() {
-                        if let Some(ix) = src_index(ox, kj, stride, pad, w) {
-                            *v = src[ix];
-                        }
-                    }
-                }
-            }
+            let (bi, r) = (row / (c * k * k), row % (c * k * k));
+            let geo = Geo::new(h, w, k, stride, pad);
+            let ch = r / (k * k);
+            geo.unfold_row(&x[(bi * c + ch) * h * w..][..h * w], r % (k * k), dst);
         });
         Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, cols))))
     }
@@ -137,40 +217,14 @@ impl CustomOp1 for Col2Im {
             );
         }
         let mut out = vec![0f32; b * c * h * w];
+        let geo = Geo::new(h, w, k, stride, pad);
         // One output plane per (batch, channel): it gathers its k·k rows.
         out.par_chunks_mut(h * w)
             .enumerate()
             .for_each(|(plane_i, dst)| {
                 let (bi, ch) = (plane_i / c, plane_i % c);
-                for ki in 0..k {
-                    for kj in 0..k {
-                        let row = (ch * k + ki) * k + kj;
-                        let src = &g[(bi * rows + row) * cols..][..cols];
-                        for oy in 0..ho {
-                            let Some(iy) = src_index(oy, ki, stride, pad, h) else {
-                                continue;
-                            };
-                            let d = &mut dst[iy * w..(iy + 1) * w];
-                            let s = &src[oy * wo..(oy + 1) * wo];
-                            if stride == 1 {
-                                let lo = pad.saturating_sub(kj);
-                                let hi = (w + pad).saturating_sub(kj).min(wo);
-                                if lo < hi {
-                                    let d = &mut d[lo + kj - pad..hi + kj - pad];
-                                    for (dv, sv) in d.iter_mut().zip(&s[lo..hi]) {
-                                        *dv += sv;
-                                    }
-                                }
-                            } else {
-                                for (ox, sv) in s.iter().enumerate() {
-                                    if let Some(ix) = src_index(ox, kj, stride, pad, w) {
-                                        d[ix] += sv;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                let rows_of = &g[(bi * rows + ch * k * k) * cols..][..k * k * cols];
+                geo.fold_rows(rows_of, dst);
             });
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
@@ -182,6 +236,316 @@ impl CustomOp1 for Col2Im {
             stride,
             pad,
         })?))
+    }
+}
+
+/// A row-major view of a matrix: element (i, j) at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn rows(data: &'a [f32], cols: usize) -> Mat<'a> {
+        Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `(n, cols)` matrix.
+    fn transposed(data: &'a [f32], cols: usize) -> Mat<'a> {
+        Mat {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
+/// `dst (m×n, row-major) [+]= a (m×k) · b (k×n)` with the gemm crate.
+fn sgemm(
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
+    assert!(
+        dst.len() >= m * n && a.data.len() > last(a, m, k) && b.data.len() > last(b, k, n),
+        "sgemm: operands smaller than {m}x{k} · {k}x{n}"
+    );
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds are checked above; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// A convolution without bias, `y = W ⋆ x`, as one custom op on the CPU
+/// (f32): per sample, `y_b = W · im2col(x_b)` with the gemm crate. Its
+/// backward recomputes the patches instead of keeping them (less memory),
+/// accumulates `dW = Σ_b dy_b · im2col(x_b)ᵀ` in place, and computes
+/// `dx_b = col2im(Wᵀ · dy_b)` only when `x` is tracked by autograd (not for
+/// the network's input). Samples run in parallel when there are enough of
+/// them for the threads, else each product is parallel.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGemm {
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// How a batch is spread over the threads.
+fn batch_parallel(b: usize) -> (bool, usize) {
+    let threads = rayon::current_num_threads();
+    let per_sample = b >= threads && (b % threads == 0 || b >= 2 * threads);
+    (per_sample, threads)
+}
+
+impl ConvGemm {
+    fn dims(&self, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, usize, usize, Geo)> {
+        let (b, c, h, w) = xl.shape().dims4()?;
+        let (o, ci, k, k2) = wl.shape().dims4()?;
+        if ci != c || k != k2 {
+            bail!(
+                "conv: input {:?} and weight {:?} do not fit",
+                xl.shape(),
+                wl.shape()
+            );
+        }
+        if h + 2 * self.pad < k || w + 2 * self.pad < k {
+            bail!(
+                "conv: input {h}x{w} is smaller than the kernel {k} with padding {}",
+                self.pad
+            );
+        }
+        Ok((b, c, h, w, o, Geo::new(h, w, k, self.stride, self.pad)))
+    }
+
+    /// `true` when the patches of a sample are the sample itself.
+    fn pointwise(geo: &Geo) -> bool {
+        geo.k == 1 && geo.stride == 1 && geo.pad == 0
+    }
+
+    /// The `(c·k·k, ho·wo)` patches of one sample into `cols`.
+    fn unfold(geo: &Geo, xb: &[f32], c: usize, cols: &mut [f32], threads: usize) {
+        let (kk, n, hw) = (geo.k * geo.k, geo.ho * geo.wo, geo.h * geo.w);
+        let row =
+            |(r, dst): (usize, &mut [f32])| geo.unfold_row(&xb[r / kk * hw..][..hw], r % kk, dst);
+        if threads > 1 {
+            cols[..c * kk * n]
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(row);
+        } else {
+            cols[..c * kk * n].chunks_mut(n).enumerate().for_each(row);
+        }
+    }
+}
+
+impl CustomOp2 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "kseg-conv-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "conv")?;
+        let wt = f32_slice(ws, wl, "conv weight")?;
+        let (b, c, h, w, o, geo) = self.dims(xl, wl)?;
+        let (ckk, n) = (c * geo.k * geo.k, geo.ho * geo.wo);
+        let mut y = vec![0f32; b * o * n];
+        let sample = |xb: &[f32], yb: &mut [f32], cols: &mut Vec<f32>, threads: usize| {
+            let patches: &[f32] = if Self::pointwise(&geo) {
+                xb
+            } else {
+                cols.resize(ckk * n, 0.0);
+                Self::unfold(&geo, xb, c, cols, threads);
+                cols
+            };
+            sgemm(
+                yb,
+                false,
+                Mat::rows(wt, ckk),
+                Mat::rows(patches, n),
+                (o, n, ckk),
+                threads,
+            );
+        };
+        let (per_sample, threads) = batch_parallel(b);
+        if per_sample {
+            y.par_chunks_mut(o * n)
+                .zip(x.par_chunks(c * h * w))
+                .for_each_init(Vec::new, |cols, (yb, xb)| sample(xb, yb, cols, 1));
+        } else {
+            let mut cols = Vec::new();
+            for (yb, xb) in y.chunks_mut(o * n).zip(x.chunks(c * h * w)) {
+                sample(xb, yb, &mut cols, threads);
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, o, geo.ho, geo.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let want_dx = x.track_op();
+        let (xt, wtt, dyt) = (x.contiguous()?, wt.contiguous()?, dy.contiguous()?);
+        let (xs, xl) = xt.storage_and_layout();
+        let (ws, wl) = wtt.storage_and_layout();
+        let (dys, dyl) = dyt.storage_and_layout();
+        let xv = storage_f32(&xs, xl, "conv input")?;
+        let wv = storage_f32(&ws, wl, "conv weight")?;
+        let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
+        let (b, c, h, w, o, geo) = self.dims(xl, wl)?;
+        let (ckk, n, chw) = (c * geo.k * geo.k, geo.ho * geo.wo, c * h * w);
+        if dyv.len() != b * o * n {
+            bail!(
+                "conv backward: output gradient {:?} does not fit",
+                dyl.shape()
+            );
+        }
+        let pointwise = Self::pointwise(&geo);
+        // One sample: dW (+)= dy_b · patchesᵀ; dx_b = fold(Wᵀ · dy_b).
+        let sample = |xb: &[f32],
+                      dyb: &[f32],
+                      dw: &mut [f32],
+                      acc: bool,
+                      dxb: Option<&mut [f32]>,
+                      cols: &mut Vec<f32>,
+                      threads: usize| {
+            let dy_m = Mat::rows(dyb, n);
+            if pointwise {
+                sgemm(dw, acc, dy_m, Mat::transposed(xb, n), (o, ckk, n), threads);
+                if let Some(dxb) = dxb {
+                    sgemm(
+                        dxb,
+                        false,
+                        Mat::transposed(wv, ckk),
+                        dy_m,
+                        (ckk, n, o),
+                        threads,
+                    );
+                }
+                return;
+            }
+            cols.resize(ckk * n, 0.0);
+            Self::unfold(&geo, xb, c, cols, threads);
+            sgemm(
+                dw,
+                acc,
+                dy_m,
+                Mat::transposed(cols, n),
+                (o, ckk, n),
+                threads,
+            );
+            if let Some(dxb) = dxb {
+                // The patches are no longer needed: their buffer takes Wᵀ·dy_b.
+                sgemm(
+                    cols,
+                    false,
+                    Mat::transposed(wv, ckk),
+                    dy_m,
+                    (ckk, n, o),
+                    threads,
+                );
+                let kk = geo.k * geo.k;
+                let fold = |(ch, plane): (usize, &mut [f32])| {
+                    geo.fold_rows(&cols[ch * kk * n..][..kk * n], plane)
+                };
+                if threads > 1 {
+                    dxb.par_chunks_mut(h * w).enumerate().for_each(fold);
+                } else {
+                    dxb.chunks_mut(h * w).enumerate().for_each(fold);
+                }
+            }
+        };
+        let mut dw = vec![0f32; o * ckk];
+        let mut dx = if want_dx {
+            vec![0f32; b * chw]
+        } else {
+            Vec::new()
+        };
+        let (per_sample, threads) = batch_parallel(b);
+        if per_sample {
+            // Per-sample weight gradients, summed afterwards.
+            let partial: Vec<Vec<f32>> = if want_dx {
+                dx.par_chunks_mut(chw)
+                    .zip(xv.par_chunks(chw).zip(dyv.par_chunks(o * n)))
+                    .map_init(Vec::new, |cols, (dxb, (xb, dyb))| {
+                        let mut dwb = vec![0f32; o * ckk];
+                        sample(xb, dyb, &mut dwb, false, Some(dxb), cols, 1);
+                        dwb
+                    })
+                    .collect()
+            } else {
+                xv.par_chunks(chw)
+                    .zip(dyv.par_chunks(o * n))
+                    .map_init(Vec::new, |cols, (xb, dyb)| {
+                        let mut dwb = vec![0f32; o * ckk];
+                        sample(xb, dyb, &mut dwb, false, None, cols, 1);
+                        dwb
+                    })
+                    .collect()
+            };
+            for p in &partial {
+                for (d, v) in dw.iter_mut().zip(p) {
+                    *d += v;
+                }
+            }
+        } else {
+            let mut cols = Vec::new();
+            let mut dx_chunks = dx.chunks_mut(chw);
+            for (i, (xb, dyb)) in xv.chunks(chw).zip(dyv.chunks(o * n)).enumerate() {
+                let dxb = if want_dx { dx_chunks.next() } else { None };
+                sample(xb, dyb, &mut dw, i > 0, dxb, &mut cols, threads);
+            }
+        }
+        let dev = x.device();
+        let dx = if want_dx {
+            Some(Tensor::from_vec(dx, (b, c, h, w), dev)?)
+        } else {
+            None
+        };
+        Ok((dx, Some(Tensor::from_vec(dw, wt.shape(), dev)?)))
     }
 }
 
@@ -218,26 +582,14 @@ impl Module for Conv {
         if !usable {
             return self.inner.forward(x);
         }
-        let (b, c, h, w) = x.dims4()?;
+        let c = x.dims4()?.1;
         if c != ci {
             bail!("conv: input has {c} channels, the weight expects {ci}");
         }
         let (s, p) = (cfg.stride, cfg.padding);
-        if h + 2 * p < k || w + 2 * p < k {
-            bail!("conv: input {h}x{w} is smaller than the kernel {k} with padding {p}");
-        }
-        let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-        let cols = if k == 1 && s == 1 && p == 0 {
-            x.reshape((b, c, h * w))?
-        } else {
-            x.contiguous()?.apply_op1(Im2Col {
-                k,
-                stride: s,
-                pad: p,
-            })?
-        };
-        let w2 = wt.reshape((o, c * k * k))?;
-        let y = w2.broadcast_matmul(&cols)?.reshape((b, o, ho, wo))?;
+        let y = x
+            .contiguous()?
+            .apply_op2(&wt.contiguous()?, ConvGemm { stride: s, pad: p })?;
         match self.inner.bias() {
             Some(bias) => y.broadcast_add(&bias.reshape((1, o, 1, 1))?),
             None => Ok(y),

@@ -18,7 +18,9 @@
 
 pub mod blocks;
 pub mod conv;
+pub mod norm;
 mod resunet;
 
 pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample, leaky_relu};
+pub use norm::BatchNorm2d;
 pub use resunet::{ResUNet, ResUNetConfig};

@@ -39,6 +39,9 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         (2, 6, 3, 6, 6, 1, 1, 0, true),
         (1, 2, 2, 6, 6, 3, 1, 0, false),
         (1, 2, 3, 5, 5, 5, 2, 2, true),
+        // Four samples: the batch runs one sample per thread.
+        (4, 3, 5, 10, 6, 3, 2, 1, false),
+        (4, 4, 4, 6, 6, 1, 1, 0, true),
     ];
     for (b, ci, co, h, w, k, stride, pad, with_bias) in cases {
         let x = Var::from_tensor(&randn(&[b, ci, h, w], &mut rng)).unwrap();
@@ -77,6 +80,30 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
             let (a, r) = (go.get(v).unwrap(), gr.get(v).unwrap());
             assert!(max_diff(a, r) < 1e-4, "{case}: {name} gradient");
         }
+    }
+}
+
+/// The network's input is not tracked by autograd: the convolution skips
+/// its input gradient but still gives the weight gradient of candle's conv.
+#[test]
+fn untracked_input_gets_no_gradient_and_the_weight_the_right_one() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for b in [1, 2, 4] {
+        let x = randn(&[b, 3, 8, 6], &mut rng);
+        let wt = Var::from_tensor(&randn(&[4, 3, 3, 3], &mut rng)).unwrap();
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let reference = Conv2d::new(wt.as_tensor().clone(), None, cfg);
+        let ours = Conv::new(reference.clone());
+        let g = randn(&[b, 4, 8, 6], &mut rng);
+        let loss = |y: Tensor| (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let go = loss(ours.forward(&x).unwrap());
+        let gr = loss(reference.forward(&x).unwrap());
+        assert!(go.get(&x).is_none(), "b{b}: untracked input got a gradient");
+        let d = max_diff(go.get(&wt).unwrap(), gr.get(&wt).unwrap());
+        assert!(d < 1e-4, "b{b}: weight gradient off by {d}");
     }
 }
 
