@@ -7,7 +7,8 @@
 //! /usr/bin/time -v target/release/examples/train_step --base 8 --depth 5 --batch 4 --size 128
 //! ```
 //!
-//! ("Maximum resident set size"). docs/PERFORMANCE.md records the figures.
+//! ("Maximum resident set size"). docs/PERFORMANCE.md records the figures;
+//! benches/compare/train_step.sh runs this beside PyTorch's same step.
 
 use std::time::Instant;
 
@@ -17,6 +18,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use clap::Parser;
 use kseg::loss::{SegLoss, SegLossConfig};
 use kseg::model::{ResUNet, ResUNetConfig};
+
+// The allocator the kseg binaries use (see Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 struct Args {
@@ -30,6 +35,9 @@ struct Args {
     size: usize,
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// Time the eval-mode forward instead of a training step.
+    #[arg(long)]
+    eval: bool,
 }
 
 fn main() -> Result<()> {
@@ -47,7 +55,11 @@ fn main() -> Result<()> {
     let y = Tensor::rand(0f32, 3.0, (a.batch, a.size, a.size), &dev)?
         .floor()?
         .to_dtype(DType::U32)?;
-    let loss = SegLoss::new(SegLossConfig::default(), None)?;
+    // The criterion bench's class weights (and benches/compare's).
+    let loss = SegLoss::new(
+        SegLossConfig::default(),
+        Some(Tensor::new(&[0.3f32, 1.0, 2.5], &dev)?),
+    )?;
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW {
@@ -57,6 +69,15 @@ fn main() -> Result<()> {
     )?;
     for step in 0..a.steps {
         let t = Instant::now();
+        if a.eval {
+            let logits = model.forward_t(&x, false)?;
+            logits.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+            println!(
+                "step {step}: eval forward {:.3} s",
+                t.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         let logits = model.forward_t(&x, true)?;
         let parts = loss.forward(&logits, &y)?;
         opt.backward_step(&parts.total)?;

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""kseg's Res-U-Net training step beside PyTorch's identical one.
+
+Usage (not part of CI; benches/compare/train_step.sh sets up PyTorch in a
+local virtual environment and calls this):
+
+    benches/compare/train_step.sh                 # both standard cases
+    benches/compare/train_step.sh --cases small   # only base8_depth5_b4_128
+
+For each case (the criterion bench's `train_step/*` and `forward/*` shapes:
+forward, class-weighted CE + Lovász-Softmax, backward, AdamW step on random
+input and labels) it runs kseg's `train_step` example and a PyTorch worker
+(this file with --torch), each in its own process with the same number of
+threads, and prints the median step time of each, the ratio kseg / PyTorch
+(< 1: kseg is faster) and each process's peak resident memory.
+
+The PyTorch model is SPEC §2's Res-U-Net written out below (the same module
+tree as the state_dict names kseg reads); the Lovász-Softmax is the reference
+`lovasz_softmax` (Berman et al.), flat, classes present.
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = {
+    # name: (base, depth, batch, size, steps)
+    "small": ("base8_depth5_b4_128", 8, 5, 4, 128, 12),
+    "default": ("default_b1_512", 32, 5, 1, 512, 4),
+}
+WARMUP = 2
+
+
+def torch_worker(args):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    slope = 0.2
+
+    def conv3(cin, cout, stride):
+        return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+    class ConvBnAct(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv, self.bn = conv3(cin, cout, stride), nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            return F.leaky_relu(self.bn(self.conv(x)), slope)
+
+    class ResDownSample(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1, self.bn1 = conv3(c, 2 * c, 2), nn.BatchNorm2d(2 * c)
+            self.conv2, self.bn2 = conv3(2 * c, 2 * c, 1), nn.BatchNorm2d(2 * c)
+            self.shortcut = ConvBnAct(c, 2 * c, 2)
+
+        def forward(self, x):
+            m = F.leaky_relu(self.bn1(self.conv1(x)), slope)
+            m = self.bn2(self.conv2(m))
+            return F.leaky_relu(m + self.shortcut(x), slope)
+
+    class CatResBlock(nn.Module):
+        def __init__(self, c, s):
+            super().__init__()
+            m = c // 4 + s // 2
+            self.skip = nn.Conv2d(s, s // 2, 1)
+            self.conv1, self.bn1 = conv3(m, m, 1), nn.BatchNorm2d(m)
+            self.conv2, self.bn2 = conv3(m, m, 1), nn.BatchNorm2d(m)
+
+        def forward(self, x, skip):
+            cat = torch.cat([F.pixel_shuffle(x, 2), self.skip(skip)], 1)
+            m = F.leaky_relu(self.bn1(self.conv1(cat)), slope)
+            return F.leaky_relu(self.bn2(self.conv2(m)) + cat, slope)
+
+    class CatConv(nn.Module):
+        def __init__(self, c, base, classes):
+            super().__init__()
+            self.conv, self.bn = conv3(c // 4 + base, base, 1), nn.BatchNorm2d(base)
+            self.classifier = nn.Conv2d(base, classes, 1)
+
+        def forward(self, x, first):
+            cat = torch.cat([F.pixel_shuffle(x, 2), first], 1)
+            return self.classifier(F.leaky_relu(self.bn(self.conv(cat)), slope))
+
+    class ResUNet(nn.Module):
+        def __init__(self, base, depth, cin=3, classes=3):
+            super().__init__()
+            self.conv0 = ConvBnAct(cin, base, 1)
+            chans = [base * 2**i for i in range(depth + 1)]
+            self.down = nn.ModuleList(ResDownSample(chans[i]) for i in range(depth))
+            ups, c = [], chans[depth]
+            for j in range(depth - 1):
+                s = chans[depth - 1 - j]
+                ups.append(CatResBlock(c, s))
+                c = c // 4 + s // 2
+            self.up = nn.ModuleList(ups)
+            self.head = CatConv(c, base, classes)
+
+        def forward(self, x):
+            first = self.conv0(x)
+            feats, h = [], first
+            for d in self.down:
+                h = d(h)
+                feats.append(h)
+            for j, u in enumerate(self.up):
+                h = u(h, feats[len(feats) - 2 - j])
+            return self.head(h, first)
+
+    def lovasz_grad(gt_sorted):
+        gts = gt_sorted.sum()
+        intersection = gts - gt_sorted.float().cumsum(0)
+        union = gts + (1 - gt_sorted).float().cumsum(0)
+        jaccard = 1.0 - intersection / union
+        if len(gt_sorted) > 1:
+            jaccard[1:] = jaccard[1:] - jaccard[:-1]
+        return jaccard
+
+    def lovasz_softmax_flat(probas, labels):
+        losses = []
+        for c in range(probas.size(1)):
+            fg = (labels == c).float()
+            if fg.sum() == 0:
+                continue
+            errors = (fg - probas[:, c]).abs()
+            errors_sorted, perm = torch.sort(errors, 0, descending=True)
+            losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
+        return torch.stack(losses).mean()
+
+    model = ResUNet(args.base, args.depth).to(dev)
+    if args.eval:
+        model.eval()
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    y = torch.randint(0, 3, (args.batch, args.size, args.size), device=dev)
+    w = torch.tensor([0.3, 1.0, 2.5], device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for step in range(args.steps):
+        sync()
+        t = time.perf_counter()
+        if args.eval:
+            with torch.no_grad():
+                model(x)
+        else:
+            logits = model(x)
+            probas = logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, 3)
+            loss = F.cross_entropy(logits, y, weight=w) + lovasz_softmax_flat(probas, y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        print(f"step {step}: {time.perf_counter() - t:.3f} s", flush=True)
+    n = sum(p.numel() for p in model.parameters())
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {n:,} parameters", flush=True)
+
+
+def run(cmd, env):
+    """Runs cmd, returns (step times after warm-up, peak RSS in MB, output)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out}")
+    times = [float(m) for m in re.findall(r"step \d+: .*?([0-9.]+) s$", out, re.M)]
+    return times[WARMUP:], usage.ru_maxrss / 1024, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--torch", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--base", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--eval", action="store_true", help="time the eval forward instead of a training step")
+    ap.add_argument("--device", default="cpu", help="PyTorch worker: cpu or cuda")
+    ap.add_argument("--tf32", action="store_true", help="PyTorch worker: TF32 matmuls and convolutions")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--cases", default="small,default", help="comma list of: " + ", ".join(CASES))
+    ap.add_argument("--kseg", default="target/release/examples/train_step", help="kseg's train_step binary")
+    args = ap.parse_args()
+    if args.torch:
+        return torch_worker(args)
+
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    rows = []
+    for key in args.cases.split(","):
+        name, base, depth, batch, size, steps = CASES[key]
+        for mode in ["train_step", "forward"]:
+            common = ["--base", str(base), "--depth", str(depth), "--batch", str(batch), "--size", str(size),
+                      "--steps", str(steps)] + (["--eval"] if mode == "forward" else [])
+            ours, our_rss, _ = run([args.kseg] + common, env)
+            theirs, their_rss, out = run([sys.executable, __file__, "--torch", "--threads", str(args.threads)] + common,
+                                         env)
+            version = out.strip().splitlines()[-1]
+            a, b = statistics.median(ours), statistics.median(theirs)
+            rows.append((f"{mode}/{name}", a, b, a / b, our_rss, their_rss))
+            print(f"{mode}/{name}: kseg {a:.3f} s, PyTorch {b:.3f} s ({version})", file=sys.stderr, flush=True)
+    print(f"\n{args.threads} threads; median of the steps after {WARMUP} warm-up steps")
+    print(f"| case | kseg (s) | PyTorch (s) | kseg / PyTorch | kseg peak RSS (MB) | PyTorch peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.2f} | {r[4]:.0f} | {r[5]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
