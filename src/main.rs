@@ -108,6 +108,12 @@ enum Command {
         /// set).
         #[arg(long, value_name = "N")]
         lcc: Option<usize>,
+        /// Mirroring test-time augmentation (true/false): average each
+        /// slice's class probabilities with its mirror image's, at twice
+        /// the cost. Default: what the checkpoint's training validated
+        /// with (`postprocess.mirror`).
+        #[arg(long, value_name = "BOOL")]
+        mirror: Option<bool>,
         /// cpu, cuda, cuda:N, metal or auto.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -187,9 +193,10 @@ fn run(cli: Cli) -> Result<()> {
             input,
             output,
             lcc,
+            mirror,
             device,
             batch,
-        } => predict(&checkpoint, &input, &output, lcc, &device, batch)?,
+        } => predict(&checkpoint, &input, &output, lcc, mirror, &device, batch)?,
         Command::Synth {
             out,
             cases,
@@ -377,6 +384,7 @@ fn predict(
     input: &Path,
     output: &Path,
     lcc: Option<usize>,
+    mirror: Option<bool>,
     device: &str,
     batch: usize,
 ) -> Result<()> {
@@ -385,6 +393,9 @@ fn predict(
     let mut seg = Segmenter::load(checkpoint, &dev, batch)?;
     if let Some(n) = lcc {
         seg.set_keep_largest((n > 0).then_some(n));
+    }
+    if let Some(m) = mirror {
+        seg.set_mirror(m);
     }
     let keep = seg.meta().keep_largest;
     // (imaging file, output file) pairs.

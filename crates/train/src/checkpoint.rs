@@ -50,6 +50,9 @@ pub struct ModelMeta {
     /// (`None`: no clean-up).
     #[serde(default)]
     pub keep_largest: Option<usize>,
+    /// Average each slice's prediction with that of its mirror image.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 impl ModelMeta {
@@ -62,6 +65,7 @@ impl ModelMeta {
             in_plane: cfg.data.in_plane,
             step,
             keep_largest: cfg.postprocess.keep_largest,
+            mirror: cfg.postprocess.mirror,
         }
     }
 }

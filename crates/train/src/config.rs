@@ -61,6 +61,10 @@ pub struct PostprocessConfig {
     /// Keep only this many largest 6-connected foreground components (2:
     /// the two kidneys). `None` (default): off.
     pub keep_largest: Option<usize>,
+    /// Mirroring test-time augmentation (nnU-Net's): average the class
+    /// probabilities of each slice and of its left-right mirror image
+    /// (mirrored back). Twice the inference cost. Default off.
+    pub mirror: bool,
 }
 
 /// Where the cases come from and how slices become samples.

@@ -52,6 +52,29 @@ impl Segmenter {
         self.meta.keep_largest = keep;
     }
 
+    /// Overrides the mirroring test-time augmentation recorded in the
+    /// checkpoint.
+    pub fn set_mirror(&mut self, mirror: bool) {
+        self.meta.mirror = mirror;
+    }
+
+    /// Per-class scores whose argmax is the prediction: the logits, or with
+    /// mirroring the sum of the class probabilities of `x` and of its
+    /// mirror image (mirrored back), i.e. twice their mean.
+    fn scores(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.model.forward_t(x, false)?;
+        if !self.meta.mirror {
+            return Ok(logits);
+        }
+        let w = x.dim(3)?;
+        let rev: Vec<u32> = (0..w as u32).rev().collect();
+        let rev = Tensor::from_vec(rev, w, x.device())?;
+        let mirrored = self.model.forward_t(&x.index_select(&rev, 3)?, false)?;
+        let p = candle_nn::ops::softmax(&logits, 1)?;
+        let q = candle_nn::ops::softmax(&mirrored, 1)?.index_select(&rev, 3)?;
+        Ok((p + q)?)
+    }
+
     /// Segments a volume of HU values (then keeps the largest foreground
     /// components when the checkpoint says so).
     ///
@@ -104,9 +127,14 @@ impl Segmenter {
                 .collect::<Result<_>>()?;
             let flat: Vec<f32> = inputs.iter().flat_map(|a| a.iter().copied()).collect();
             let x = Tensor::from_vec(flat, (chunk.len(), c, nh, nw), &self.device)?;
-            let logits = self.model.forward_t(&x, false)?;
+            let scores = self.scores(&x)?;
             if resample {
-                let probs = candle_nn::ops::softmax(&logits, 1)?
+                let probs = if self.meta.mirror {
+                    (scores * 0.5)?
+                } else {
+                    candle_nn::ops::softmax(&scores, 1)?
+                };
+                let probs = probs
                     .to_device(&Device::Cpu)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
@@ -127,7 +155,7 @@ impl Segmenter {
                     out.index_axis_mut(Axis(0), k).assign(&lab);
                 }
             } else {
-                let pred = logits
+                let pred = scores
                     .narrow(2, 0, h)?
                     .narrow(3, 0, w)?
                     .argmax(1)?
