@@ -14,6 +14,12 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use kseg_loss::{SegLoss, SegLossConfig};
 use kseg_model::{ResUNet, ResUNetConfig};
 
+// The allocator the kseg binaries use (see the workspace Cargo.toml): with
+// glibc's, fresh per-op buffers cost page faults that the trainer does not
+// pay (forward/default_b1_512: 2.33 s with glibc, see docs/PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Case {
     name: &'static str,
     cfg: ResUNetConfig,
