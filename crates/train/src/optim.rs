@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Result, Tensor, Var, backprop::GradStore, bail};
+use candle_core::{DType, Device, Result, Storage, Tensor, Var, backprop::GradStore, bail};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Whether weight decay applies to a variable: not to BatchNorm parameters
@@ -168,6 +169,26 @@ impl Optimiser for AdamW {
             // Gradients carry their autograd graph: state kept across steps
             // must be detached, or every step's graph stays alive.
             let g = g.detach();
+            let decay = if decays(name) {
+                c.lr * c.weight_decay
+            } else {
+                0.0
+            };
+            let rule = AdamRule {
+                beta1: c.beta1,
+                beta2: c.beta2,
+                bc1,
+                bc2,
+                eps: c.eps,
+                lr: c.lr,
+                decay,
+            };
+            if let Some((p, m, v)) = rule.fused_cpu(var.as_tensor(), &g, &self.m[i], &self.v[i])? {
+                var.set(&p)?;
+                self.m[i] = m;
+                self.v[i] = v;
+                continue;
+            }
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let p = var.as_tensor().detach();
@@ -219,6 +240,93 @@ impl Optimiser for AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// The values of a contiguous f32 CPU storage.
+fn cpu_f32<'a>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [f32]> {
+    match s {
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+            l.contiguous_offsets().map(|(a, b)| &v[a..b])
+        }
+        _ => None,
+    }
+}
+
+/// One AdamW update's constants: `decay` is `lr · weight_decay` for
+/// decaying variables, else 0.
+#[derive(Debug, Clone, Copy)]
+struct AdamRule {
+    beta1: f64,
+    beta2: f64,
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+    lr: f64,
+    decay: f64,
+}
+
+impl AdamRule {
+    /// The whole update in one parallel pass over `p`, `g`, `m`, `v` when
+    /// all four are contiguous f32 on the CPU (new `p`, `m`, `v`); `None`
+    /// otherwise (the tensor-op path then runs). A dozen tensor ops, each
+    /// allocating a buffer the size of the variable, become three buffers.
+    fn fused_cpu(
+        &self,
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        let ok = |t: &Tensor| {
+            t.device().is_cpu()
+                && t.dtype() == DType::F32
+                && t.is_contiguous()
+                && t.dims() == p.dims()
+        };
+        if ![p, g, m, v].into_iter().all(ok) {
+            return Ok(None);
+        }
+        let (ps, pl) = p.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (ms, ml) = m.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (Some(pv), Some(gv), Some(mv), Some(vv)) = (
+            cpu_f32(&ps, pl),
+            cpu_f32(&gs, gl),
+            cpu_f32(&ms, ml),
+            cpu_f32(&vs, vl),
+        ) else {
+            return Ok(None);
+        };
+        let n = pv.len();
+        let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let (ib1, ib2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
+        let (bc1, bc2) = (self.bc1 as f32, self.bc2 as f32);
+        let (eps, lr, keep) = (self.eps as f32, self.lr as f32, (1.0 - self.decay) as f32);
+        const CHUNK: usize = 1 << 14;
+        np.par_chunks_mut(CHUNK)
+            .zip(nm.par_chunks_mut(CHUNK))
+            .zip(nv.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(ci, ((op, om), ov))| {
+                let o = ci * CHUNK;
+                for j in 0..op.len() {
+                    let gj = gv[o + j];
+                    let mj = b1 * mv[o + j] + ib1 * gj;
+                    let vj = b2 * vv[o + j] + ib2 * gj * gj;
+                    om[j] = mj;
+                    ov[j] = vj;
+                    op[j] = pv[o + j] * keep - lr * ((mj / bc1) / ((vj / bc2).sqrt() + eps));
+                }
+            });
+        let (dev, shape) = (p.device(), p.shape());
+        Ok(Some((
+            Tensor::from_vec(np, shape, dev)?,
+            Tensor::from_vec(nm, shape, dev)?,
+            Tensor::from_vec(nv, shape, dev)?,
+        )))
     }
 }
 
