@@ -342,6 +342,9 @@ impl ConvGemm {
                 wl.shape()
             );
         }
+        if self.stride == 0 || k == 0 {
+            bail!("conv: stride and kernel size must be at least 1");
+        }
         if h + 2 * self.pad < k || w + 2 * self.pad < k {
             bail!(
                 "conv: input {h}x{w} is smaller than the kernel {k} with padding {}",

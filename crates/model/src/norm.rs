@@ -68,7 +68,11 @@ impl BatchNorm2d {
         slope: f64,
         train: bool,
     ) -> Result<Tensor> {
-        let fused = x.device().is_cpu()
+        // The fused backward reads the activation's side from the sign of
+        // the output, which needs a positive slope (0, ReLU, takes the
+        // tensor ops).
+        let fused = slope > 0.0
+            && x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.running_mean.dtype() == DType::F32
             && residual.is_none_or(|r| r.dtype() == DType::F32);

@@ -125,7 +125,7 @@ fn fused_batch_norm_matches_candle_ops() {
     let c = case(7);
     for train in [true, false] {
         for residual in [false, true] {
-            for slope in [0.2, 1.0] {
+            for slope in [0.2, 1.0, 0.0] {
                 let what = format!("train {train}, residual {residual}, slope {slope}");
                 let fused = run(&c, DType::F32, train, residual, slope);
                 let reference = run(&c, DType::F64, train, residual, slope);
