@@ -256,7 +256,7 @@ impl TrainConfig {
     /// The configuration that `train_kits19` runs with no arguments: small
     /// synthetic cases and a model sized for a 2-core CPU, aiming at kidney
     /// Dice >= 0.95 and tumour Dice >= 0.85 within 10 minutes (measured on a
-    /// 2-core EPYC: 7.6 minutes, kidney 0.978, tumour 0.796; the figures
+    /// 2-core EPYC: 7.5 minutes, kidney 0.969, tumour 0.802; the figures
     /// and what was tried are in docs/PERFORMANCE.md).
     pub fn synthetic_cpu() -> TrainConfig {
         let mut c = TrainConfig::default();
