@@ -38,29 +38,39 @@ _kseg_cuda_env() {
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || return 1
     local dir="${KSEG_CUDA_DIR:-$repo/.cuda}"
     local py="${PYTHON:-python3}"
-    local pkgs=(
+    local base=(
         "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*"
         "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*"
         "nvidia-cuda-nvrtc==13.0.*" "nvidia-cublas==13.0.*" "nvidia-curand==10.4.0.*"
     )
-    [ "$cudnn" = 1 ] && pkgs+=("nvidia-cudnn-cu13==9.*")
-    local stamp="$dir/.installed-$(printf '%s\n' "${pkgs[@]}" | cksum | cut -d' ' -f1)"
-    if [ ! -e "$stamp" ]; then
+    local cudnn_pkgs=("nvidia-cudnn-cu13==9.*")
+    # One folder and stamp per package set (pip --target --upgrade replaces
+    # the whole nvidia/ folder), so that adding --cudnn later installs only
+    # cuDNN, beside the rest.
+    _kseg_cuda_install() {
+        local target="$dir/$1"
+        shift
+        local stamp="$target.installed-$(printf '%s\n' "$@" | cksum | cut -d' ' -f1)"
+        [ -e "$stamp" ] && return 0
         command -v gcc >/dev/null || { echo "cuda-env.sh: gcc is needed (nvcc's host compiler)" >&2; return 1; }
-        echo "cuda-env.sh: installing ${#pkgs[@]} CUDA wheels from PyPI into $dir" >&2
+        echo "cuda-env.sh: installing $# CUDA wheel(s) from PyPI into $dir" >&2
         mkdir -p "$dir" || return 1
         "$py" -m pip install --quiet --disable-pip-version-check --no-deps \
-            --upgrade --target "$dir/site" "${pkgs[@]}" || {
+            --upgrade --target "$target" "$@" || {
             echo "cuda-env.sh: pip install failed (is PyPI reachable?)" >&2
             return 1
         }
-    fi
+        touch "$stamp"
+    }
+    _kseg_cuda_install site "${base[@]}" || return 1
+    if [ "$cudnn" = 1 ]; then _kseg_cuda_install cudnn-site "${cudnn_pkgs[@]}" || return 1; fi
+    unset -f _kseg_cuda_install
     local cu="$dir/site/nvidia/cu13"
     [ -x "$cu/bin/nvcc" ] || { echo "cuda-env.sh: $cu/bin/nvcc missing after install" >&2; return 1; }
 
     # Unversioned links: the linker looks for libX.so.
     local lib f
-    for lib in "$cu"/lib/lib*.so.* "$dir"/site/nvidia/cudnn/lib/libcudnn*.so.*; do
+    for lib in "$cu"/lib/lib*.so.* "$dir"/cudnn-site/nvidia/cudnn/lib/libcudnn*.so.*; do
         [ -e "$lib" ] || continue
         f="${lib%%.so.*}.so"
         [ -e "$f" ] || ln -s "$(basename "$lib")" "$f"
@@ -79,13 +89,12 @@ _kseg_cuda_env() {
         gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cu/lib/stubs/libcuda.so" \
             "$cu/lib/stubs/libcuda_stub.c" || { echo "cuda-env.sh: building the libcuda stub failed" >&2; return 1; }
     fi
-    touch "$stamp"
 
     export CUDA_HOME="$cu" CUDA_PATH="$cu" CUDA_ROOT="$cu"
     export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     case ":$PATH:" in *":$cu/bin:"*) ;; *) export PATH="$cu/bin:$PATH" ;; esac
     if [ "$cudnn" = 1 ]; then
-        export CUDNN_LIB="$dir/site/nvidia/cudnn"
+        export CUDNN_LIB="$dir/cudnn-site/nvidia/cudnn"
     fi
     echo "cuda-env.sh: $(nvcc --version | sed -n 4p); CUDA_HOME=$CUDA_HOME CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP${CUDNN_LIB:+ CUDNN_LIB=$CUDNN_LIB}" >&2
     echo "cuda-env.sh: a build that ran before this (without the stub folder) needs 'cargo clean -p cudarc'" >&2

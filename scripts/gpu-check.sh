@@ -65,7 +65,7 @@ for p in "${PYTHON:-}" /opt/torch/.venv/bin/python3 python3; do
     if [ -n "$p" ] && "$p" -c "import torch" >/dev/null 2>&1; then py="$p"; break; fi
 done
 libs=""
-for root in ${py:+"$("$py" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null)"} .cuda/site; do
+for root in ${py:+"$("$py" -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null)"} .cuda/site .cuda/cudnn-site; do
     [ -d "$root/nvidia" ] || continue
     for d in $(find "$root/nvidia" -name 'lib*.so*' -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u); do
         libs="$libs:$d"
