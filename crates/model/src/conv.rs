@@ -359,6 +359,23 @@ impl ConvGemm {
         geo.k == 1 && geo.stride == 1 && geo.pad == 0
     }
 
+    /// The `(c·k·k, ho·wo)` patches of one sample: the sample itself for a
+    /// pointwise convolution, else unfolded into `cols`.
+    fn patches<'a>(
+        geo: &Geo,
+        xb: &'a [f32],
+        c: usize,
+        cols: &'a mut Vec<f32>,
+        threads: usize,
+    ) -> &'a [f32] {
+        if Self::pointwise(geo) {
+            return xb;
+        }
+        cols.resize(c * geo.k * geo.k * geo.ho * geo.wo, 0.0);
+        Self::unfold(geo, xb, c, cols, threads);
+        cols
+    }
+
     /// The `(c·k·k, ho·wo)` patches of one sample into `cols`.
     fn unfold(geo: &Geo, xb: &[f32], c: usize, cols: &mut [f32], threads: usize) {
         let (kk, n, hw) = (geo.k * geo.k, geo.ho * geo.wo, geo.h * geo.w);
@@ -393,13 +410,7 @@ impl CustomOp2 for ConvGemm {
         let (ckk, n) = (c * geo.k * geo.k, geo.ho * geo.wo);
         let mut y = vec![0f32; b * o * n];
         let sample = |xb: &[f32], yb: &mut [f32], cols: &mut Vec<f32>, threads: usize| {
-            let patches: &[f32] = if Self::pointwise(&geo) {
-                xb
-            } else {
-                cols.resize(ckk * n, 0.0);
-                Self::unfold(&geo, xb, c, cols, threads);
-                cols
-            };
+            let patches = Self::patches(&geo, xb, c, cols, threads);
             sgemm(
                 yb,
                 false,
@@ -456,49 +467,33 @@ impl CustomOp2 for ConvGemm {
                       cols: &mut Vec<f32>,
                       threads: usize| {
             let dy_m = Mat::rows(dyb, n);
-            if pointwise {
-                sgemm(dw, acc, dy_m, Mat::transposed(xb, n), (o, ckk, n), threads);
-                if let Some(dxb) = dxb {
-                    sgemm(
-                        dxb,
-                        false,
-                        Mat::transposed(wv, ckk),
-                        dy_m,
-                        (ckk, n, o),
-                        threads,
-                    );
-                }
-                return;
-            }
-            cols.resize(ckk * n, 0.0);
-            Self::unfold(&geo, xb, c, cols, threads);
+            let patches = Self::patches(&geo, xb, c, cols, threads);
             sgemm(
                 dw,
                 acc,
                 dy_m,
-                Mat::transposed(cols, n),
+                Mat::transposed(patches, n),
                 (o, ckk, n),
                 threads,
             );
-            if let Some(dxb) = dxb {
-                // The patches are no longer needed: their buffer takes Wᵀ·dy_b.
-                sgemm(
-                    cols,
-                    false,
-                    Mat::transposed(wv, ckk),
-                    dy_m,
-                    (ckk, n, o),
-                    threads,
-                );
-                let kk = geo.k * geo.k;
-                let fold = |(ch, plane): (usize, &mut [f32])| {
-                    geo.fold_rows(&cols[ch * kk * n..][..kk * n], plane)
-                };
-                if threads > 1 {
-                    dxb.par_chunks_mut(h * w).enumerate().for_each(fold);
-                } else {
-                    dxb.chunks_mut(h * w).enumerate().for_each(fold);
-                }
+            let Some(dxb) = dxb else { return };
+            let wt_m = Mat::transposed(wv, ckk);
+            if pointwise {
+                // The input gradient is Wᵀ·dy_b itself.
+                sgemm(dxb, false, wt_m, dy_m, (ckk, n, o), threads);
+                return;
+            }
+            // The patches are no longer needed: their buffer takes Wᵀ·dy_b,
+            // which folds back onto the input.
+            sgemm(cols, false, wt_m, dy_m, (ckk, n, o), threads);
+            let kk = geo.k * geo.k;
+            let fold = |(ch, plane): (usize, &mut [f32])| {
+                geo.fold_rows(&cols[ch * kk * n..][..kk * n], plane)
+            };
+            if threads > 1 {
+                dxb.par_chunks_mut(h * w).enumerate().for_each(fold);
+            } else {
+                dxb.chunks_mut(h * w).enumerate().for_each(fold);
             }
         };
         let mut dw = vec![0f32; o * ckk];
