@@ -66,6 +66,17 @@ fn kseg_cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `kseg` with these arguments, which must succeed (its stderr otherwise).
+fn kseg_ok(args: &[&str]) -> std::process::Output {
+    let out = kseg_cli(args);
+    assert!(
+        out.status.success(),
+        "kseg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -187,7 +198,7 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
             std::fs::copy(data.join(id).join(f), val_dir.join(id).join(f)).unwrap();
         }
     }
-    let out = kseg_cli(&[
+    kseg_ok(&[
         "predict",
         "--checkpoint",
         s(&last.join("model.safetensors")),
@@ -198,11 +209,6 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
         "--device",
         "cpu",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     for id in &split.val {
         let p = volume::read_labels(pred_dir.join(format!("{id}.nii.gz")), 2).unwrap();
         let img = volume::read_header(data.join(id).join("imaging.nii.gz")).unwrap();
@@ -268,7 +274,7 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
     assert!(a.iter().any(|&v| v > 0), "the mirrored prediction is empty");
 
     let report = tmp.path().join("report.json");
-    let out = kseg_cli(&[
+    kseg_ok(&[
         "evaluate",
         "--pred",
         s(&pred_dir),
@@ -277,11 +283,6 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
         "--out",
         s(&report),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert!((r["kidney_dice"].as_f64().unwrap() - k_mean).abs() < 1e-12);
     assert!((r["tumour_dice"].as_f64().unwrap() - t_mean).abs() < 1e-12);
@@ -572,7 +573,7 @@ fn kseg_train_cli_runs_from_a_config_file_and_resumes_longer() {
     let cfg = tiny_config(&data, 4);
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     let run = tmp.path().join("run");
-    let out = kseg_cli(&[
+    let out = kseg_ok(&[
         "train",
         "--config",
         s(&cfg_path),
@@ -581,11 +582,6 @@ fn kseg_train_cli_runs_from_a_config_file_and_resumes_longer() {
         "--set",
         "train.validate_every=0",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // stdout: the summary's path.
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(printed.trim(), s(&run.join("summary.json")));
@@ -595,12 +591,7 @@ fn kseg_train_cli_runs_from_a_config_file_and_resumes_longer() {
     assert_eq!(saved.train.steps, 4);
 
     // Resume with more steps: it continues from step 4 to 7.
-    let out = kseg_cli(&["train", "--resume", s(&run), "--steps", "7"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kseg_ok(&["train", "--resume", s(&run), "--steps", "7"]);
     let sj: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(sj["steps"], 7);
