@@ -139,6 +139,13 @@ enum Command {
         /// Slice-count range A B (inclusive).
         #[arg(long, num_args = 2, value_names = ["A", "B"], default_values_t = [32, 64])]
         slices: Vec<usize>,
+        /// Range of the field of view in mm, drawn per case (smaller: the
+        /// kidneys cover more pixels; `train_kits19`'s preset uses 240 280).
+        #[arg(long, num_args = 2, value_names = ["A", "B"], default_values_t = [340.0, 420.0])]
+        fov: Vec<f32>,
+        /// Range of a tumour's radius in mm (`train_kits19`'s preset: 14 36).
+        #[arg(long, num_args = 2, value_names = ["A", "B"], default_values_t = [8.0, 32.0])]
+        tumour_radius: Vec<f32>,
     },
 }
 
@@ -203,6 +210,8 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             size,
             slices,
+            fov,
+            tumour_radius,
         } => {
             let cfg = synth::SynthConfig {
                 height: size[0],
@@ -210,7 +219,8 @@ fn run(cli: Cli) -> Result<()> {
                 min_slices: slices[0],
                 max_slices: slices[1],
                 seed,
-                ..Default::default()
+                fov_mm: (fov[0], fov[1]),
+                tumour_radius_mm: (tumour_radius[0], tumour_radius[1]),
             };
             let start = std::time::Instant::now();
             let dirs = synth::write_dataset(&out, cases, &cfg)?;

@@ -514,6 +514,54 @@ fn bad_input_fails_clearly_and_overwrites_nothing() {
     assert!(e.contains("case_00077"), "{e}");
 }
 
+/// Growing the synthetic case count in the same folder must train on the
+/// new cases too: the cached split belongs to the case set it was made for.
+#[test]
+fn more_cases_in_the_same_folder_make_a_new_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny_config(&tmp.path().join("data"), 1);
+    let sorted = |ds: &kseg::train::Dataset| {
+        let mut all: Vec<String> = ds
+            .split
+            .train
+            .iter()
+            .chain(&ds.split.val)
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    };
+    let ds = kseg::train::Dataset::prepare(&c.data).unwrap();
+    assert_eq!(
+        sorted(&ds),
+        (0..6).map(volume::synth::case_id).collect::<Vec<_>>()
+    );
+    c.data.synthetic.cases = 8;
+    let ds = kseg::train::Dataset::prepare(&c.data).unwrap();
+    assert_eq!(
+        sorted(&ds),
+        (0..8).map(volume::synth::case_id).collect::<Vec<_>>()
+    );
+    assert_eq!((ds.train.len(), ds.val.len()), (6, 2));
+    // An explicit split file is the user's choice and is kept as it is.
+    let split = tmp.path().join("split.json");
+    volume::split::Split::random(
+        &[
+            "case_00000".into(),
+            "case_00001".into(),
+            "case_00002".into(),
+        ],
+        1,
+        0,
+    )
+    .unwrap()
+    .save(&split)
+    .unwrap();
+    c.data.split_file = Some(split);
+    let ds = kseg::train::Dataset::prepare(&c.data).unwrap();
+    assert_eq!((ds.train.len(), ds.val.len()), (2, 1));
+}
+
 #[test]
 fn config_files_and_overrides() {
     let tmp = tempfile::tempdir().unwrap();

@@ -49,14 +49,20 @@ impl Dataset {
             .cache_dir
             .clone()
             .unwrap_or_else(|| data_dir.join(".kseg-cache"));
+        let ids: Vec<String> = labelled.iter().map(|c| c.id.clone()).collect();
+        // The cached split is named after the labelled case set, so that
+        // cases added to (or removed from) the folder make a new split
+        // instead of being left out of training by an old one.
         let split_file = cfg.split_file.clone().unwrap_or_else(|| {
             cache_dir.join(format!(
-                "split-seed{}-val{}.json",
-                cfg.split_seed, cfg.n_val
+                "split-seed{}-val{}-{}cases-{:016x}.json",
+                cfg.split_seed,
+                cfg.n_val,
+                ids.len(),
+                case_set_hash(&ids)
             ))
         });
         std::fs::create_dir_all(&cache_dir).map_err(|e| TrainError::io(&cache_dir, e))?;
-        let ids: Vec<String> = labelled.iter().map(|c| c.id.clone()).collect();
         let split = Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?;
         if split.train.is_empty() {
             return Err(TrainError::config(
@@ -115,6 +121,20 @@ impl Dataset {
     pub fn train_slices(&self) -> usize {
         self.sampler.len()
     }
+}
+
+/// FNV-1a over the sorted case ids: names the default split file after the
+/// case set it splits.
+fn case_set_hash(ids: &[String]) -> u64 {
+    let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in sorted {
+        for b in id.bytes().chain(std::iter::once(0)) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// The synthetic data folder, with any missing case generated (a second run
