@@ -314,7 +314,7 @@ fn loader(args: &Args, dev: &Device, rows: &mut Vec<Row>) -> Result<()> {
 
 fn main() -> Result<()> {
     // SAFETY: first thing in main, no other thread yet.
-    unsafe { kseg::train::init_cpu_threads() };
+    unsafe { kseg::init_cpu_runtime() };
     let args = Args::parse();
     let dev = kseg::train::device(&args.device)?;
     let name = match &dev {

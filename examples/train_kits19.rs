@@ -30,7 +30,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     // SAFETY: first thing in main, no other thread yet.
-    unsafe { kseg::train::init_cpu_threads() };
+    unsafe { kseg::init_cpu_runtime() };
     let args = Args::parse();
     match args.train.run() {
         Ok((dir, s)) => {

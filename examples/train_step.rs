@@ -42,7 +42,7 @@ struct Args {
 
 fn main() -> Result<()> {
     // SAFETY: first thing in main, no other thread yet.
-    unsafe { kseg::train::init_cpu_threads() };
+    unsafe { kseg::init_cpu_runtime() };
     let a = Args::parse();
     let dev = Device::Cpu;
     let cfg = ResUNetConfig {

@@ -17,3 +17,30 @@ pub use kseg_loss as loss;
 pub use kseg_model as model;
 pub use kseg_train as train;
 pub use kseg_volume as volume;
+
+/// mimalloc's `mi_option_purge_delay` (its `mi_option_e`, 15 in mimalloc 2
+/// and 3; libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Process-wide CPU settings of the kseg binaries and examples, which use
+/// mimalloc as their global allocator: [`train::init_cpu_threads`], and
+/// mimalloc keeps the pages it frees instead of returning them to the OS
+/// a second after they fall idle (mimalloc 3's default; unless
+/// `MIMALLOC_PURGE_DELAY` is set). candle allocates a fresh buffer for every op; returned
+/// pages come back zeroed by the kernel at the next step (12-15% of a
+/// training step's samples were the kernel clearing pages). Measured on a
+/// 2-core machine: the 1×3×512² default-model step 4.0-4.2 → 3.3 s, peak
+/// memory 2.05 → 2.50 GB (docs/PERFORMANCE.md).
+///
+/// # Safety
+/// Call it first thing in `main`, before any thread is started.
+pub unsafe fn init_cpu_runtime() {
+    // SAFETY: the caller guarantees no other thread exists yet (the
+    // environment and mimalloc's options are not thread-safe to change).
+    unsafe {
+        train::init_cpu_threads();
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use kseg_loss::{SegLoss, SegLossConfig};
 use kseg_model::{ResUNet, ResUNetConfig};
 
@@ -114,4 +114,25 @@ fn benches(c: &mut Criterion) {
 }
 
 criterion_group!(model, benches);
-criterion_main!(model);
+
+/// `criterion_main!` plus the kseg binaries' CPU settings
+/// (`kseg::init_cpu_runtime`, which this crate cannot call: candle's
+/// element-wise ops on the calling thread, mimalloc keeping freed pages),
+/// so that the bench measures what the trainer runs.
+fn main() {
+    // SAFETY: first thing in main, no other thread yet.
+    unsafe {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(15, -1);
+        }
+    }
+    model();
+    Criterion::default().configure_from_args().final_summary();
+}

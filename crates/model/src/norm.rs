@@ -149,6 +149,85 @@ impl BatchNorm2d {
     }
 }
 
+/// LeakyReLU as a closure that holds its slope by value. Made inside each
+/// parallel closure: a slope read through a captured reference, and only
+/// on the negative side, kept the per-plane loops from vectorising (scalar
+/// loads and branches; the 128² training step was 20% slower).
+#[inline(always)]
+fn leaky(slope: f32) -> impl Fn(f32) -> f32 + Copy {
+    move |z| if z >= 0.0 { z } else { slope * z }
+}
+
+/// The gradient through [`leaky`], read off the sign of its output `y`.
+#[inline(always)]
+fn leaky_grad(slope: f32) -> impl Fn(f32, f32) -> f32 + Copy {
+    move |y, g| if y >= 0.0 { g } else { slope * g }
+}
+
+/// Lanes of the per-plane sums: independent partial sums that the compiler
+/// keeps in vector registers (one running f32 sum waits an add's latency
+/// per element and does not vectorise).
+const LANES: usize = 16;
+
+/// `Σ f(v)` over `p` for each of the `K` outputs of `f`, in [`LANES`]
+/// partial sums.
+#[inline(always)]
+fn lane_sums<const K: usize>(p: &[f32], f: impl Fn(f32) -> [f32; K]) -> [f32; K] {
+    let mut acc = [[0f32; LANES]; K];
+    let chunks = p.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (l, &v) in ch.iter().enumerate() {
+            let t = f(v);
+            for k in 0..K {
+                acc[k][l] += t[k];
+            }
+        }
+    }
+    let mut out = acc.map(|a| a.iter().sum::<f32>());
+    for &v in rest {
+        let t = f(v);
+        for k in 0..K {
+            out[k] += t[k];
+        }
+    }
+    out
+}
+
+/// [`lane_sums`] of `f(a, b, c)` over three planes of the same length.
+#[inline(always)]
+fn lane_sums3<const K: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> [f32; K],
+) -> [f32; K] {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [[0f32; LANES]; K];
+    let full = n / LANES * LANES;
+    for ((ca, cb), cc) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+        .zip(c[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let t = f(ca[l], cb[l], cc[l]);
+            for k in 0..K {
+                acc[k][l] += t[k];
+            }
+        }
+    }
+    let mut out = acc.map(|s| s.iter().sum::<f32>());
+    for i in full..n {
+        let t = f(a[i], b[i], c[i]);
+        for k in 0..K {
+            out[k] += t[k];
+        }
+    }
+    out
+}
+
 /// Batch statistics of one training forward: per channel mean and biased
 /// variance (for the running statistics) and 1/sqrt(var + eps).
 #[derive(Debug)]
@@ -208,9 +287,7 @@ impl BnAct {
                     for bi in 0..b {
                         let p = &x[(bi * c + ch) * hw..][..hw];
                         // f32 partial sums over a plane, f64 across planes.
-                        let (ps, ps2) = p
-                            .iter()
-                            .fold((0f32, 0f32), |(a, a2), &v| (a + v, a2 + v * v));
+                        let [ps, ps2] = lane_sums(p, |v| [v, v * v]);
                         s += ps as f64;
                         s2 += ps2 as f64;
                     }
@@ -227,7 +304,7 @@ impl BnAct {
                     let mut acc = 0f64;
                     for bi in 0..b {
                         let p = &x[(bi * c + ch) * hw..][..hw];
-                        acc += p.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() as f64;
+                        acc += lane_sums(p, |v| [(v - m) * (v - m)])[0] as f64;
                     }
                     acc / n
                 })
@@ -252,7 +329,7 @@ impl BnAct {
             let scale = gb[ch] * invstd[ch];
             let shift = gb[c + ch] - mean[ch] * scale;
             let xp = &x[plane * hw..][..hw];
-            let act = |z: f32| if z >= 0.0 { z } else { slope * z };
+            let act = leaky(slope);
             match r {
                 Some(r) => {
                     let rp = &r[plane * hw..][..hw];
@@ -301,23 +378,20 @@ impl BnAct {
         }
         let (mean, invstd) = self.mean_invstd()?;
         let slope = self.slope;
-        let dz = move |yv: f32, g: f32| if yv >= 0.0 { g } else { slope * g };
         // Per channel: sum(dz) (= d beta) and sum(dz · x̂) (= d gamma).
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let (m, is) = (mean[ch], invstd[ch]);
+                let dz = leaky_grad(slope);
                 let (mut sd, mut sdx) = (0f64, 0f64);
                 for bi in 0..b {
                     let o = (bi * c + ch) * hw;
-                    let (mut a, mut a2) = (0f32, 0f32);
-                    for ((&xv, &yv), &g) in
-                        x[o..o + hw].iter().zip(&y[o..o + hw]).zip(&dy[o..o + hw])
-                    {
-                        let d = dz(yv, g);
-                        a += d;
-                        a2 += d * (xv - m);
-                    }
+                    let [a, a2] =
+                        lane_sums3(&x[o..o + hw], &y[o..o + hw], &dy[o..o + hw], |xv, yv, g| {
+                            let d = dz(yv, g);
+                            [d, d * (xv - m)]
+                        });
                     sd += a as f64;
                     sdx += (a2 * is) as f64;
                 }
@@ -334,6 +408,7 @@ impl BnAct {
         };
         let plane_grad = |plane: usize, dxp: &mut [f32], mut drp: Option<&mut [f32]>| {
             let ch = plane % c;
+            let dz = leaky_grad(slope);
             let (m, is, g) = (mean[ch], invstd[ch], gbv[ch]);
             let o = plane * hw;
             // Training: dx = γσ⁻¹(dz − mean(dz) − x̂·mean(dz·x̂));
@@ -343,17 +418,23 @@ impl BnAct {
             } else {
                 (0.0, 0.0)
             };
+            // dx = k·d + k0 + k1·x with the constants folded.
             let k = g * is;
-            for (i, ((&xv, &yv), &gv)) in x[o..o + hw]
-                .iter()
-                .zip(&y[o..o + hw])
-                .zip(&dy[o..o + hw])
-                .enumerate()
-            {
-                let d = dz(yv, gv);
-                dxp[i] = k * (d - md - (xv - m) * is * mdx);
-                if let Some(drp) = drp.as_deref_mut() {
-                    drp[i] = d;
+            let k1 = -k * is * mdx;
+            let k0 = -k * md - k1 * m;
+            let src = x[o..o + hw].iter().zip(&y[o..o + hw]).zip(&dy[o..o + hw]);
+            match drp.as_deref_mut() {
+                Some(drp) => {
+                    for ((dxv, drv), ((&xv, &yv), &gv)) in dxp.iter_mut().zip(drp).zip(src) {
+                        let d = dz(yv, gv);
+                        *dxv = k * d + k0 + k1 * xv;
+                        *drv = d;
+                    }
+                }
+                None => {
+                    for (dxv, ((&xv, &yv), &gv)) in dxp.iter_mut().zip(src) {
+                        *dxv = k * dz(yv, gv) + k0 + k1 * xv;
+                    }
                 }
             }
         };

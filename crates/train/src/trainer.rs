@@ -39,6 +39,13 @@ pub const SPLIT_FILE: &str = "split.json";
 /// (`num_cpus::get_physical`): about 5% of a CPU training step. This sets
 /// `RAYON_NUM_THREADS` to the available parallelism when it is unset.
 ///
+/// It also sets `CANDLE_NUM_THREADS=1` when unset: candle's element-wise
+/// ops then run on the calling thread instead of candle's own worker pool,
+/// whose workers spin between ops and took CPU from the rayon threads that
+/// run the convolutions, BatchNorms and optimiser (on a 2-core machine
+/// 13% of a training step's samples were such spinning; the 128² step got
+/// about 10% faster, docs/PERFORMANCE.md). Set either variable to override.
+///
 /// # Safety
 /// Call it first thing in `main`, before any thread is started (it changes
 /// the environment).
@@ -47,6 +54,10 @@ pub unsafe fn init_cpu_threads() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: the caller guarantees no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
 }
 
