@@ -116,6 +116,27 @@ fn synth_then_info_on_a_case_folder() {
         let o = run(&[sub, "--help"]);
         assert!(o.status.success() && !o.stdout.is_empty());
     }
+    // The field of view and tumour size reach the generator (its settings
+    // stamp), and impossible ones are refused with what is wrong.
+    let zoomed = dir.path().join("zoomed");
+    let synth = |fov: [&str; 2]| {
+        let out = zoomed.to_str().unwrap();
+        let mut a = vec!["synth", "--out", out, "--cases", "1", "--size", "32", "32"];
+        a.extend(["--slices", "4", "4", "--fov", fov[0], fov[1]]);
+        run(&[&a[..], &["--tumour-radius", "14", "36"]].concat())
+    };
+    let o = synth(["240", "280"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stamp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zoomed.join("synth.json")).unwrap()).unwrap();
+    assert_eq!(stamp["fov_mm"], serde_json::json!([240.0, 280.0]));
+    assert_eq!(stamp["tumour_radius_mm"], serde_json::json!([14.0, 36.0]));
+    let o = synth(["10", "20"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("field of view"),
+        "{err}"
+    );
 }
 
 #[test]
