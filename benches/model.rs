@@ -1,18 +1,20 @@
 //! Res-U-Net benches: eval forward and a full training step (forward,
-//! weighted CE + Lovász, backward, AdamW step).
+//! weighted CE + Lovász, backward, the trainer's AdamW step), with the
+//! kseg binaries' allocator and CPU settings, so that they measure what
+//! `train_kits19` runs.
 //!
-//! `cargo bench -p kseg-model --bench model` (CPU; add `--features cuda` on
-//! a GPU machine: the CUDA benches then run too, synchronised before the
-//! clock stops).
+//! `cargo bench --bench model` (CPU; add `--features cuda` on a GPU
+//! machine: the CUDA benches then run too, synchronised before the clock
+//! stops).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use criterion::{Criterion, criterion_group};
-use kseg_loss::{SegLoss, SegLossConfig};
-use kseg_model::{ResUNet, ResUNetConfig};
+use kseg::loss::{SegLoss, SegLossConfig};
+use kseg::model::{ResUNet, ResUNetConfig};
+use kseg::train::{AdamW, AdamWConfig, Optimiser};
 
 // The allocator the kseg binaries use (see the workspace Cargo.toml): with
 // glibc's, fresh per-op buffers cost page faults that the trainer does not
@@ -54,9 +56,12 @@ fn bench_case(c: &mut Criterion, dev: &Device, dev_name: &str, case: &Case) {
         Some(Tensor::new(&[0.3f32, 1.0, 2.5], dev).unwrap()),
     )
     .unwrap();
+    // The trainer's AdamW (decoupled decay skipping BN and biases; on the
+    // CPU one fused pass per variable).
+    let vars = varmap.data().lock().expect("varmap").clone();
     let mut opt = AdamW::new(
-        varmap.all_vars(),
-        ParamsAdamW {
+        &vars,
+        AdamWConfig {
             lr: 1e-4,
             ..Default::default()
         },
@@ -77,7 +82,7 @@ fn bench_case(c: &mut Criterion, dev: &Device, dev_name: &str, case: &Case) {
         b.iter(|| {
             let logits = model.forward_t(&x, true).unwrap();
             let parts = loss.forward(&logits, &y).unwrap();
-            opt.backward_step(&parts.total).unwrap();
+            opt.step(&parts.total.backward().unwrap()).unwrap();
             sync(&parts.total);
         })
     });
@@ -115,24 +120,10 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(model, benches);
 
-/// `criterion_main!` plus the kseg binaries' CPU settings
-/// (`kseg::init_cpu_runtime`, which this crate cannot call: candle's
-/// element-wise ops on the calling thread, mimalloc keeping freed pages),
-/// so that the bench measures what the trainer runs.
+/// `criterion_main!` after the kseg binaries' CPU settings.
 fn main() {
     // SAFETY: first thing in main, no other thread yet.
-    unsafe {
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
-        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-            std::env::set_var("CANDLE_NUM_THREADS", "1");
-        }
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            libmimalloc_sys::mi_option_set(15, -1);
-        }
-    }
+    unsafe { kseg::init_cpu_runtime() };
     model();
     Criterion::default().configure_from_args().final_summary();
 }
