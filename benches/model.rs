@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use criterion::{Criterion, criterion_group};
-use kseg::loss::{SegLoss, SegLossConfig};
-use kseg::model::{ResUNet, ResUNetConfig};
-use kseg::train::{AdamW, AdamWConfig, Optimiser};
+use kseg::model::ResUNetConfig;
+use kseg::train::Optimiser;
+
+#[path = "../examples/common/step.rs"]
+mod step;
+use step::StepProblem;
 
 // The allocator the kseg binaries use (see the workspace Cargo.toml): with
 // glibc's, fresh per-op buffers cost page faults that the trainer does not
@@ -43,30 +46,13 @@ fn sync(t: &Tensor) {
 }
 
 fn bench_case(c: &mut Criterion, dev: &Device, dev_name: &str, case: &Case) {
-    let (model, varmap) = ResUNet::init(&case.cfg, 0, DType::F32, dev).unwrap();
-    let x = Tensor::randn(0f32, 1.0, (case.batch, 3, case.size, case.size), dev).unwrap();
-    let y = Tensor::rand(0f32, 3.0, (case.batch, case.size, case.size), dev)
-        .unwrap()
-        .floor()
-        .unwrap()
-        .to_dtype(DType::U32)
-        .unwrap();
-    let loss = SegLoss::new(
-        SegLossConfig::default(),
-        Some(Tensor::new(&[0.3f32, 1.0, 2.5], dev).unwrap()),
-    )
-    .unwrap();
-    // The trainer's AdamW (decoupled decay skipping BN and biases; on the
-    // CPU one fused pass per variable).
-    let vars = varmap.data().lock().expect("varmap").clone();
-    let mut opt = AdamW::new(
-        &vars,
-        AdamWConfig {
-            lr: 1e-4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let StepProblem {
+        model,
+        x,
+        y,
+        loss,
+        mut opt,
+    } = StepProblem::new(&case.cfg, case.batch, case.size, dev).unwrap();
     let slow = case.size >= 512;
     let mut g = c.benchmark_group(dev_name.to_string());
     g.sample_size(10)

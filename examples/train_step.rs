@@ -13,11 +13,14 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{Device, ModuleT};
 use clap::Parser;
-use kseg::loss::{SegLoss, SegLossConfig};
-use kseg::model::{ResUNet, ResUNetConfig};
-use kseg::train::{AdamW, AdamWConfig, Optimiser};
+use kseg::model::ResUNetConfig;
+use kseg::train::Optimiser;
+
+#[path = "common/step.rs"]
+mod step;
+use step::StepProblem;
 
 // The allocator the kseg binaries use (see Cargo.toml).
 #[global_allocator]
@@ -50,26 +53,13 @@ fn main() -> Result<()> {
         depth: a.depth,
         ..Default::default()
     };
-    let (model, varmap) = ResUNet::init(&cfg, 0, DType::F32, &dev)?;
-    let x = Tensor::randn(0f32, 1.0, (a.batch, 3, a.size, a.size), &dev)?;
-    let y = Tensor::rand(0f32, 3.0, (a.batch, a.size, a.size), &dev)?
-        .floor()?
-        .to_dtype(DType::U32)?;
-    // The criterion bench's class weights (and benches/compare's).
-    let loss = SegLoss::new(
-        SegLossConfig::default(),
-        Some(Tensor::new(&[0.3f32, 1.0, 2.5], &dev)?),
-    )?;
-    // The trainer's AdamW (decoupled decay skipping BN and biases; on the
-    // CPU one fused pass per variable).
-    let vars = varmap.data().lock().expect("varmap").clone();
-    let mut opt = AdamW::new(
-        &vars,
-        AdamWConfig {
-            lr: 1e-4,
-            ..Default::default()
-        },
-    )?;
+    let StepProblem {
+        model,
+        x,
+        y,
+        loss,
+        mut opt,
+    } = StepProblem::new(&cfg, a.batch, a.size, &dev)?;
     for step in 0..a.steps {
         let t = Instant::now();
         if a.eval {
