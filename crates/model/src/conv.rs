@@ -103,26 +103,37 @@ impl Geo {
                 continue;
             };
             let src = &plane[iy * w..(iy + 1) * w];
+            let (lo, hi, src_lo) = self.span(kj);
+            d[..lo].fill(0.0);
+            d[hi..].fill(0.0);
             if self.stride == 1 {
-                let (lo, hi, src_lo) = self.span(kj);
-                d[..lo].fill(0.0);
-                d[hi..].fill(0.0);
                 d[lo..hi].copy_from_slice(&src[src_lo..src_lo + hi - lo]);
             } else {
-                for (ox, v) in d.iter_mut().enumerate() {
-                    *v = src_index(ox, kj, self.stride, self.pad, w).map_or(0.0, |ix| src[ix]);
+                let from = src[src_lo..].iter().step_by(self.stride);
+                for (v, &sv) in d[lo..hi].iter_mut().zip(from) {
+                    *v = sv;
                 }
             }
         }
     }
 
-    /// Stride 1, kernel column `kj`: output columns `lo..hi` read the
-    /// input columns from `src_lo` on (`ix = ox + kj - pad`); the others
-    /// fall in the padding.
+    /// Kernel column `kj`: output columns `lo..hi` read the input columns
+    /// `src_lo, src_lo + stride, ...` (`ix = ox·stride + kj - pad`); the
+    /// others fall in the padding (all of them when `lo == hi`, and then
+    /// `src_lo` is 0).
     fn span(&self, kj: usize) -> (usize, usize, usize) {
-        let lo = self.pad.saturating_sub(kj).min(self.wo);
-        let hi = (self.w + self.pad).saturating_sub(kj).min(self.wo).max(lo);
-        (lo, hi, lo + kj - self.pad)
+        let s = self.stride;
+        let lo = self.pad.saturating_sub(kj).div_ceil(s).min(self.wo);
+        let hi = (self.w + self.pad)
+            .saturating_sub(kj)
+            .div_ceil(s)
+            .min(self.wo)
+            .max(lo);
+        if lo == hi {
+            return (lo, hi, 0);
+        }
+        // lo·s + kj >= pad by the choice of lo.
+        (lo, hi, lo * s + kj - self.pad)
     }
 
     /// Adds the `k·k` patch rows of one channel (`rows`, `k·k·ho·wo`) back
@@ -138,16 +149,15 @@ impl Geo {
                     };
                     let d = &mut plane[iy * w..(iy + 1) * w];
                     let s = &src[oy * self.wo..(oy + 1) * self.wo];
+                    let (lo, hi, src_lo) = self.span(kj);
                     if self.stride == 1 {
-                        let (lo, hi, src_lo) = self.span(kj);
                         for (dv, sv) in d[src_lo..src_lo + hi - lo].iter_mut().zip(&s[lo..hi]) {
                             *dv += sv;
                         }
                     } else {
-                        for (ox, sv) in s.iter().enumerate() {
-                            if let Some(ix) = src_index(ox, kj, self.stride, self.pad, w) {
-                                d[ix] += sv;
-                            }
+                        let to = d[src_lo..].iter_mut().step_by(self.stride);
+                        for (dv, sv) in to.zip(&s[lo..hi]) {
+                            *dv += sv;
                         }
                     }
                 }
