@@ -24,13 +24,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Process-wide CPU settings of the kseg binaries and examples, which use
 /// mimalloc as their global allocator: [`train::init_cpu_threads`], and
-/// mimalloc keeps the pages it frees instead of returning them to the OS
-/// a second after they fall idle (mimalloc 3's default; unless
-/// `MIMALLOC_PURGE_DELAY` is set). candle allocates a fresh buffer for every op; returned
-/// pages come back zeroed by the kernel at the next step (12-15% of a
-/// training step's samples were the kernel clearing pages). Measured on a
-/// 2-core machine: the 1×3×512² default-model step 4.0-4.2 → 3.3 s, peak
-/// memory 2.05 → 2.50 GB (docs/PERFORMANCE.md).
+/// mimalloc keeps the pages it frees instead of returning them to the OS a
+/// second after they fall idle (mimalloc 3's default; unless
+/// `MIMALLOC_PURGE_DELAY` is set). candle allocates a fresh buffer for
+/// every op, and returned pages come back zeroed by the kernel at the next
+/// step (12-16% of a training step's profile was the kernel clearing
+/// pages). Measured on a 2-core machine with both settings: the 1×3×512²
+/// default-model step 4.0-4.2 → 3.3 s, peak memory 2.05 → 2.50 GB
+/// (docs/PERFORMANCE.md).
 ///
 /// # Safety
 /// Call it first thing in `main`, before any thread is started.

@@ -141,11 +141,13 @@ enum Command {
         slices: Vec<usize>,
         /// Range of the field of view in mm, drawn per case (smaller: the
         /// kidneys cover more pixels; `train_kits19`'s preset uses 240 280).
-        #[arg(long, num_args = 2, value_names = ["A", "B"], default_values_t = [340.0, 420.0])]
-        fov: Vec<f32>,
-        /// Range of a tumour's radius in mm (`train_kits19`'s preset: 14 36).
-        #[arg(long, num_args = 2, value_names = ["A", "B"], default_values_t = [8.0, 32.0])]
-        tumour_radius: Vec<f32>,
+        /// Default: the generator's, 340 420.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        fov: Option<Vec<f32>>,
+        /// Range of a tumour's radius in mm (`train_kits19`'s preset: 14
+        /// 36). Default: the generator's, 8 32.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        tumour_radius: Option<Vec<f32>>,
     },
 }
 
@@ -213,14 +215,16 @@ fn run(cli: Cli) -> Result<()> {
             fov,
             tumour_radius,
         } => {
+            let d = synth::SynthConfig::default();
+            let pair = |v: Option<Vec<f32>>, d| v.map_or(d, |v| (v[0], v[1]));
             let cfg = synth::SynthConfig {
                 height: size[0],
                 width: size[1],
                 min_slices: slices[0],
                 max_slices: slices[1],
                 seed,
-                fov_mm: (fov[0], fov[1]),
-                tumour_radius_mm: (tumour_radius[0], tumour_radius[1]),
+                fov_mm: pair(fov, d.fov_mm),
+                tumour_radius_mm: pair(tumour_radius, d.tumour_radius_mm),
             };
             let start = std::time::Instant::now();
             let dirs = synth::write_dataset(&out, cases, &cfg)?;
