@@ -10,10 +10,13 @@
 //! dtypes use candle's own `conv2d`.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Storage, Tensor, bail,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Storage,
+    Tensor, bail,
 };
 use candle_nn::{Conv2d, Conv2dConfig};
 use rayon::prelude::*;
+
+use crate::norm::lane_sums;
 
 /// Unfolds `(B, C, H, W)` into `(B, C·k·k, Ho·Wo)` patches (zero padding).
 #[derive(Debug, Clone, Copy)]
@@ -321,8 +324,10 @@ fn sgemm(
     }
 }
 
-/// A convolution without bias, `y = W ⋆ x`, as one custom op on the CPU
-/// (f32): per sample, `y_b = W · im2col(x_b)` with the gemm crate. Its
+/// A convolution, `y = W ⋆ x [+ bias]`, as one custom op on the CPU (f32):
+/// per sample, `y_b = W · im2col(x_b)` with the gemm crate (as `CustomOp2`
+/// on `(x, W)`, or `CustomOp3` on `(x, W, bias)`, the product accumulating
+/// onto the bias, whose gradient is the per-channel sum of `dy`). Its
 /// backward recomputes the patches instead of keeping them (less memory),
 /// accumulates `dW = Σ_b dy_b · im2col(x_b)ᵀ` in place, and computes
 /// `dx_b = col2im(Wᵀ · dy_b)` only when `x` is tracked by autograd (not for
@@ -402,28 +407,35 @@ impl ConvGemm {
     }
 }
 
-impl CustomOp2 for ConvGemm {
-    fn name(&self) -> &'static str {
-        "kseg-conv-gemm"
-    }
-
-    fn cpu_fwd(
+impl ConvGemm {
+    /// The forward of both ops: `W · im2col(x_b) [+ bias]` per sample.
+    fn fwd(
         &self,
         xs: &CpuStorage,
         xl: &Layout,
         ws: &CpuStorage,
         wl: &Layout,
+        bias: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(xs, xl, "conv")?;
         let wt = f32_slice(ws, wl, "conv weight")?;
         let (b, c, h, w, o, geo) = self.dims(xl, wl)?;
+        if bias.is_some_and(|bv| bv.len() != o) {
+            bail!("conv: bias does not have {o} values");
+        }
         let (ckk, n) = (c * geo.k * geo.k, geo.ho * geo.wo);
         let mut y = vec![0f32; b * o * n];
         let sample = |xb: &[f32], yb: &mut [f32], cols: &mut Vec<f32>, threads: usize| {
             let patches = Self::patches(&geo, xb, c, cols, threads);
+            // With a bias the product accumulates onto it.
+            if let Some(bv) = bias {
+                for (row, &bo) in yb.chunks_mut(n).zip(bv) {
+                    row.fill(bo);
+                }
+            }
             sgemm(
                 yb,
-                false,
+                bias.is_some(),
                 Mat::rows(wt, ckk),
                 Mat::rows(patches, n),
                 (o, n, ckk),
@@ -443,6 +455,22 @@ impl CustomOp2 for ConvGemm {
         }
         Ok((CpuStorage::F32(y), Shape::from((b, o, geo.ho, geo.wo))))
     }
+}
+
+impl CustomOp2 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "kseg-conv-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd(xs, xl, ws, wl, None)
+    }
 
     fn bwd(
         &self,
@@ -451,6 +479,64 @@ impl CustomOp2 for ConvGemm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(x, wt, dy)?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// The convolution with its bias (arg 3, `(O,)`) added in the same pass;
+/// the bias gradient is the per-channel sum of the output gradient.
+impl CustomOp3 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "kseg-conv-gemm-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(bs, bl, "conv bias")?;
+        self.fwd(xs, xl, ws, wl, Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(x, wt, dy)?;
+        let (b, o, ho, wo) = dy.dims4()?;
+        let n = ho * wo;
+        let dyt = dy.contiguous()?;
+        let (dys, dyl) = dyt.storage_and_layout();
+        let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
+        let db: Vec<f32> = (0..o)
+            .into_par_iter()
+            .map(|oc| {
+                (0..b)
+                    .map(|bi| lane_sums(&dyv[(bi * o + oc) * n..][..n], |v| [v])[0] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((
+            dx,
+            Some(dw),
+            Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
+        ))
+    }
+}
+
+impl ConvGemm {
+    /// `(dx, dW)`: dx only when autograd tracks `x`.
+    fn grads(&self, x: &Tensor, wt: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let want_dx = x.track_op();
         let (xt, wtt, dyt) = (x.contiguous()?, wt.contiguous()?, dy.contiguous()?);
         let (xs, xl) = xt.storage_and_layout();
@@ -553,7 +639,7 @@ impl CustomOp2 for ConvGemm {
         } else {
             None
         };
-        Ok((dx, Some(Tensor::from_vec(dw, wt.shape(), dev)?)))
+        Ok((dx, Tensor::from_vec(dw, wt.shape(), dev)?))
     }
 }
 
@@ -594,13 +680,19 @@ impl Module for Conv {
         if c != ci {
             bail!("conv: input has {c} channels, the weight expects {ci}");
         }
-        let (s, p) = (cfg.stride, cfg.padding);
-        let y = x
-            .contiguous()?
-            .apply_op2(&wt.contiguous()?, ConvGemm { stride: s, pad: p })?;
+        let op = ConvGemm {
+            stride: cfg.stride,
+            pad: cfg.padding,
+        };
+        let (x, wt) = (x.contiguous()?, wt.contiguous()?);
         match self.inner.bias() {
-            Some(bias) => y.broadcast_add(&bias.reshape((1, o, 1, 1))?),
-            None => Ok(y),
+            Some(bias) if bias.dtype() == DType::F32 && bias.dims() == [o] => {
+                x.apply_op3(&wt, &bias.contiguous()?, op)
+            }
+            Some(bias) => x
+                .apply_op2(&wt, op)?
+                .broadcast_add(&bias.reshape((1, o, 1, 1))?),
+            None => x.apply_op2(&wt, op),
         }
     }
 }

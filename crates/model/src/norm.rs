@@ -172,7 +172,7 @@ const LANES: usize = 16;
 /// `Σ f(v)` over `p` for each of the `K` outputs of `f`, in [`LANES`]
 /// partial sums.
 #[inline(always)]
-fn lane_sums<const K: usize>(p: &[f32], f: impl Fn(f32) -> [f32; K]) -> [f32; K] {
+pub(crate) fn lane_sums<const K: usize>(p: &[f32], f: impl Fn(f32) -> [f32; K]) -> [f32; K] {
     let mut acc = [[0f32; LANES]; K];
     let chunks = p.chunks_exact(LANES);
     let rest = chunks.remainder();
