@@ -405,9 +405,7 @@ impl ConvGemm {
             cols[..c * kk * n].chunks_mut(n).enumerate().for_each(row);
         }
     }
-}
 
-impl ConvGemm {
     /// The forward of both ops: `W · im2col(x_b) [+ bias]` per sample.
     fn fwd(
         &self,
@@ -455,86 +453,7 @@ impl ConvGemm {
         }
         Ok((CpuStorage::F32(y), Shape::from((b, o, geo.ho, geo.wo))))
     }
-}
 
-impl CustomOp2 for ConvGemm {
-    fn name(&self) -> &'static str {
-        "kseg-conv-gemm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd(xs, xl, ws, wl, None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        wt: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, wt, dy)?;
-        Ok((dx, Some(dw)))
-    }
-}
-
-/// The convolution with its bias (arg 3, `(O,)`) added in the same pass;
-/// the bias gradient is the per-channel sum of the output gradient.
-impl CustomOp3 for ConvGemm {
-    fn name(&self) -> &'static str {
-        "kseg-conv-gemm-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bias = f32_slice(bs, bl, "conv bias")?;
-        self.fwd(xs, xl, ws, wl, Some(bias))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        wt: &Tensor,
-        bias: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, wt, dy)?;
-        let (b, o, ho, wo) = dy.dims4()?;
-        let n = ho * wo;
-        let dyt = dy.contiguous()?;
-        let (dys, dyl) = dyt.storage_and_layout();
-        let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
-        let db: Vec<f32> = (0..o)
-            .into_par_iter()
-            .map(|oc| {
-                (0..b)
-                    .map(|bi| lane_sums(&dyv[(bi * o + oc) * n..][..n], |v| [v])[0] as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        Ok((
-            dx,
-            Some(dw),
-            Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
-        ))
-    }
-}
-
-impl ConvGemm {
     /// `(dx, dW)`: dx only when autograd tracks `x`.
     fn grads(&self, x: &Tensor, wt: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
         let want_dx = x.track_op();
@@ -643,6 +562,83 @@ impl ConvGemm {
     }
 }
 
+impl CustomOp2 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "kseg-conv-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd(xs, xl, ws, wl, None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(x, wt, dy)?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// The convolution with its bias (arg 3, `(O,)`) added in the same pass;
+/// the bias gradient is the per-channel sum of the output gradient.
+impl CustomOp3 for ConvGemm {
+    fn name(&self) -> &'static str {
+        "kseg-conv-gemm-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = f32_slice(bs, bl, "conv bias")?;
+        self.fwd(xs, xl, ws, wl, Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(x, wt, dy)?;
+        let (b, o, ho, wo) = dy.dims4()?;
+        let n = ho * wo;
+        let dyt = dy.contiguous()?;
+        let (dys, dyl) = dyt.storage_and_layout();
+        let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
+        let db: Vec<f32> = (0..o)
+            .into_par_iter()
+            .map(|oc| {
+                (0..b)
+                    .map(|bi| lane_sums(&dyv[(bi * o + oc) * n..][..n], |v| [v])[0] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((
+            dx,
+            Some(dw),
+            Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
+        ))
+    }
+}
+
 /// A square convolution (no groups, no dilation) with PyTorch's parameter
 /// names (`weight`, optional `bias`). On the CPU in f32 it runs as
 /// `W · im2col(x)` (gemm in both directions of backward); elsewhere it is
@@ -666,10 +662,12 @@ impl Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let cfg = *self.cfg();
         let wt = self.inner.weight();
-        let (o, ci, k, k2) = wt.dims4()?;
+        let (_, ci, k, k2) = wt.dims4()?;
+        let bias = self.inner.bias();
         let usable = x.device().is_cpu()
             && x.dtype() == DType::F32
             && wt.dtype() == DType::F32
+            && bias.is_none_or(|b| b.dtype() == DType::F32)
             && cfg.groups == 1
             && cfg.dilation == 1
             && k == k2;
@@ -685,13 +683,9 @@ impl Module for Conv {
             pad: cfg.padding,
         };
         let (x, wt) = (x.contiguous()?, wt.contiguous()?);
-        match self.inner.bias() {
-            Some(bias) if bias.dtype() == DType::F32 && bias.dims() == [o] => {
-                x.apply_op3(&wt, &bias.contiguous()?, op)
-            }
-            Some(bias) => x
-                .apply_op2(&wt, op)?
-                .broadcast_add(&bias.reshape((1, o, 1, 1))?),
+        match bias {
+            // The op checks that the bias has `o` values.
+            Some(bias) => x.apply_op3(&wt, &bias.contiguous()?, op),
             None => x.apply_op2(&wt, op),
         }
     }
