@@ -2,12 +2,13 @@
 //!
 //! candle 0.11.1 computes a CPU convolution's input gradient with a direct
 //! loop (`conv_transpose2d`) that uses no matrix product; it dominates a
-//! training step. Here a convolution on the CPU is written as
-//! `W · im2col(x)`: [`Im2Col`] is a custom op whose backward is its adjoint
-//! [`Col2Im`], and the product is candle's batched matmul (gemm), so the
-//! weight gradient (`dY · colsᵀ`) and the input gradient
-//! (`col2im(Wᵀ · dY)`) are both gemm plus a scatter. Other devices and
-//! dtypes use candle's own `conv2d`.
+//! training step. Here a convolution on the CPU in f32 is [`ConvGemm`], a
+//! custom op that computes `W · im2col(x)` tile by tile with the gemm crate
+//! (each tile's patches sized to stay in cache), and whose backward is gemm
+//! too: `dW = dY · colsᵀ`, and `dx` as the convolution of `dY` with the
+//! flipped kernel (stride 1) or `col2im(Wᵀ · dY)`. [`Im2Col`] and its
+//! adjoint [`Col2Im`] are the unfolding as candle ops on their own. Other
+//! devices and dtypes use candle's own `conv2d`.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Storage,
@@ -15,6 +16,8 @@ use candle_core::{
 };
 use candle_nn::{Conv2d, Conv2dConfig};
 use rayon::prelude::*;
+use std::marker::PhantomData;
+use std::ops::Range;
 
 use crate::norm::lane_sums;
 
@@ -94,19 +97,19 @@ impl Geo {
         }
     }
 
-    /// Writes the patch row of kernel offset `kk` = ki·k + kj of one input
-    /// `plane` into `dst` (`ho·wo`, zero where the patch is in the padding).
-    fn unfold_row(&self, plane: &[f32], kk: usize, dst: &mut [f32]) {
+    /// Writes output rows `oys` of the patch row of kernel offset
+    /// `kk` = ki·k + kj of one input `plane` into `dst` (`oys.len()·wo`,
+    /// zero where the patch is in the padding).
+    fn unfold_row(&self, plane: &[f32], kk: usize, oys: Range<usize>, dst: &mut [f32]) {
         let (w, wo) = (self.w, self.wo);
         let (ki, kj) = (kk / self.k, kk % self.k);
-        for oy in 0..self.ho {
-            let d = &mut dst[oy * wo..(oy + 1) * wo];
+        let (lo, hi, src_lo) = self.span(kj);
+        for (d, oy) in dst.chunks_exact_mut(wo).zip(oys) {
             let Some(iy) = src_index(oy, ki, self.stride, self.pad, self.h) else {
                 d.fill(0.0);
                 continue;
             };
             let src = &plane[iy * w..(iy + 1) * w];
-            let (lo, hi, src_lo) = self.span(kj);
             d[..lo].fill(0.0);
             d[hi..].fill(0.0);
             if self.stride == 1 {
@@ -139,20 +142,21 @@ impl Geo {
         (lo, hi, lo * s + kj - self.pad)
     }
 
-    /// Adds the `k·k` patch rows of one channel (`rows`, `k·k·ho·wo`) back
-    /// into its input `plane` (the adjoint of [`Geo::unfold_row`]).
-    fn fold_rows(&self, rows: &[f32], plane: &mut [f32]) {
-        let (k, w, n) = (self.k, self.w, self.ho * self.wo);
+    /// Adds the `k·k` patch rows of one channel for output rows `oys`
+    /// (`rows`, `k·k·oys.len()·wo`) back into its input `plane` (the
+    /// adjoint of [`Geo::unfold_row`]).
+    fn fold_rows(&self, rows: &[f32], oys: Range<usize>, plane: &mut [f32]) {
+        let (k, w, wo) = (self.k, self.w, self.wo);
+        let n = oys.len() * wo;
         for ki in 0..k {
             for kj in 0..k {
+                let (lo, hi, src_lo) = self.span(kj);
                 let src = &rows[(ki * k + kj) * n..][..n];
-                for oy in 0..self.ho {
+                for (s, oy) in src.chunks_exact(wo).zip(oys.clone()) {
                     let Some(iy) = src_index(oy, ki, self.stride, self.pad, self.h) else {
                         continue;
                     };
                     let d = &mut plane[iy * w..(iy + 1) * w];
-                    let s = &src[oy * self.wo..(oy + 1) * self.wo];
-                    let (lo, hi, src_lo) = self.span(kj);
                     if self.stride == 1 {
                         for (dv, sv) in d[src_lo..src_lo + hi - lo].iter_mut().zip(&s[lo..hi]) {
                             *dv += sv;
@@ -186,7 +190,12 @@ impl CustomOp1 for Im2Col {
             let (bi, r) = (row / (c * k * k), row % (c * k * k));
             let geo = Geo::new(h, w, k, stride, pad);
             let ch = r / (k * k);
-            geo.unfold_row(&x[(bi * c + ch) * h * w..][..h * w], r % (k * k), dst);
+            geo.unfold_row(
+                &x[(bi * c + ch) * h * w..][..h * w],
+                r % (k * k),
+                0..ho,
+                dst,
+            );
         });
         Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, cols))))
     }
@@ -237,7 +246,7 @@ impl CustomOp1 for Col2Im {
             .for_each(|(plane_i, dst)| {
                 let (bi, ch) = (plane_i / c, plane_i % c);
                 let rows_of = &g[(bi * rows + ch * k * k) * cols..][..k * k * cols];
-                geo.fold_rows(rows_of, dst);
+                geo.fold_rows(rows_of, 0..ho, dst);
             });
         Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
     }
@@ -261,36 +270,128 @@ struct Mat<'a> {
 }
 
 impl<'a> Mat<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Mat<'a> {
-        Mat {
-            data,
-            rs: cols,
-            cs: 1,
-        }
+    /// Rows of `rs` values each (the first columns of them when the
+    /// product uses fewer).
+    fn rows(data: &'a [f32], rs: usize) -> Mat<'a> {
+        Mat { data, rs, cs: 1 }
     }
 
-    /// The transpose of a row-major `(n, cols)` matrix.
-    fn transposed(data: &'a [f32], cols: usize) -> Mat<'a> {
+    fn t(self) -> Mat<'a> {
         Mat {
-            data,
-            rs: 1,
-            cs: cols,
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
         }
     }
 }
 
-/// `dst (m×n, row-major) [+]= a (m×k) · b (k×n)` with the gemm crate.
+/// A row-major block to write a product into: element (i, j) at
+/// `ptr[i·rs + j]`, `rows × cols`.
+struct DstMat<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> DstMat<'a> {
+    /// All of `d` as `rows × cols`.
+    fn whole(d: &'a mut [f32], rows: usize, cols: usize) -> DstMat<'a> {
+        assert!(
+            d.len() >= rows * cols,
+            "DstMat: {rows}x{cols} in {}",
+            d.len()
+        );
+        DstMat {
+            ptr: d.as_mut_ptr(),
+            rows,
+            cols,
+            rs: cols,
+            _out: PhantomData,
+        }
+    }
+
+    /// Sets row `i` to `vals[i]`.
+    fn fill_rows(&mut self, vals: &[f32]) {
+        for (i, &v) in vals.iter().enumerate().take(self.rows) {
+            // SAFETY: row i of the block is in bounds (checked when the
+            // block was made) and this block has it to itself.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.rs), self.cols) }.fill(v);
+        }
+    }
+}
+
+/// One output buffer that several threads write disjoint blocks of.
+#[derive(Clone, Copy)]
+struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the pointer comes from a `&mut [f32]` held for 'a; `block` and
+// `slice` callers promise that concurrently used blocks do not overlap.
+unsafe impl Send for SharedOut<'_> {}
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    fn new(d: &'a mut [f32]) -> SharedOut<'a> {
+        SharedOut {
+            ptr: d.as_mut_ptr(),
+            len: d.len(),
+            _out: PhantomData,
+        }
+    }
+
+    /// The `rows × cols` block at `off` with row stride `rs`.
+    ///
+    /// # Safety
+    /// No other block or slice in use at the same time overlaps it.
+    unsafe fn block(&self, off: usize, rows: usize, rs: usize, cols: usize) -> DstMat<'a> {
+        assert!(
+            rows == 0 || off + (rows - 1) * rs + cols <= self.len,
+            "SharedOut: block past the end"
+        );
+        DstMat {
+            // SAFETY: in bounds, checked above.
+            ptr: unsafe { self.ptr.add(off) },
+            rows,
+            cols,
+            rs,
+            _out: PhantomData,
+        }
+    }
+
+    /// `len` values at `off`.
+    ///
+    /// # Safety
+    /// As for [`SharedOut::block`].
+    unsafe fn slice(&self, off: usize, len: usize) -> &'a mut [f32] {
+        assert!(off + len <= self.len, "SharedOut: slice past the end");
+        // SAFETY: in bounds; not aliased by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
+    }
+}
+
+/// `dst (m×n) [+]= a (m×k) · b (k×n)` with the gemm crate.
 fn sgemm(
-    dst: &mut [f32],
+    dst: &mut DstMat,
     accumulate: bool,
     a: Mat,
     b: Mat,
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
-    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |x: Mat, r: usize, c: usize| (r.max(1) - 1) * x.rs + (c.max(1) - 1) * x.cs;
     assert!(
-        dst.len() >= m * n && a.data.len() > last(a, m, k) && b.data.len() > last(b, k, n),
+        m <= dst.rows
+            && n <= dst.cols
+            && a.data.len() > last(a, m, k)
+            && b.data.len() > last(b, k, n),
         "sgemm: operands smaller than {m}x{k} · {k}x{n}"
     );
     let par = if threads > 1 {
@@ -304,9 +405,9 @@ fn sgemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.ptr,
             1,
-            n as isize,
+            dst.rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -324,30 +425,272 @@ fn sgemm(
     }
 }
 
-/// A convolution, `y = W ⋆ x [+ bias]`, as one custom op on the CPU (f32):
-/// per sample, `y_b = W · im2col(x_b)` with the gemm crate (as `CustomOp2`
-/// on `(x, W)`, or `CustomOp3` on `(x, W, bias)`, the product accumulating
-/// onto the bias, whose gradient is the per-channel sum of `dy`). Its
-/// backward recomputes the patches instead of keeping them (less memory),
-/// accumulates `dW = Σ_b dy_b · im2col(x_b)ᵀ` in place, and computes
-/// `dx_b = col2im(Wᵀ · dy_b)` only when `x` is tracked by autograd (not for
-/// the network's input). Samples run in parallel when there are enough of
-/// them for the threads, else each product is parallel.
+/// How many patch values a tile aims at (512 KiB: the patches of a tile
+/// stay in a core's L2 cache while the product reads them).
+const TILE_FLOATS: usize = 1 << 17;
+/// The fewest output positions in a tile, so that reading the weights
+/// once per tile stays cheap beside the tile's product.
+const TILE_MIN_COLS: usize = 512;
+
+/// How the output rows of each sample are cut into tiles.
+#[derive(Debug, Clone, Copy)]
+struct Tiling {
+    rows: usize,
+    tiles: usize,
+}
+
+impl Tiling {
+    /// Tiles of at most `floats` patch values (but at least `min_cols`
+    /// output positions, and whole output rows); with fewer samples than
+    /// threads, a multiple of the threads when there is more than one.
+    fn new(
+        geo: &Geo,
+        ckk: usize,
+        b: usize,
+        threads: usize,
+        (floats, min_cols): (usize, usize),
+    ) -> Tiling {
+        let cols = (floats / ckk.max(1)).max(min_cols);
+        let mut rows = (cols / geo.wo.max(1)).clamp(1, geo.ho.max(1));
+        let mut tiles = geo.ho.div_ceil(rows);
+        if threads > 1 && b % threads != 0 && tiles > 1 {
+            tiles = tiles.next_multiple_of(threads).min(geo.ho);
+            rows = geo.ho.div_ceil(tiles);
+            tiles = geo.ho.div_ceil(rows);
+        }
+        Tiling { rows, tiles }
+    }
+
+    /// The output rows of tile `t`.
+    fn oys(&self, t: usize, ho: usize) -> Range<usize> {
+        t * self.rows..((t + 1) * self.rows).min(ho)
+    }
+}
+
+/// Runs `f(items, gemm_threads)` over `0..items`: one contiguous range per
+/// thread, each with single-threaded products, when the items share out
+/// evenly enough, else one range whose products use all the threads. The
+/// split depends only on the item and thread counts (results are
+/// reproducible).
+fn spread<R: Send>(items: usize, f: impl Fn(Range<usize>, usize) -> R + Sync) -> Vec<R> {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && items >= threads && (items % threads == 0 || items >= 4 * threads) {
+        (0..threads)
+            .into_par_iter()
+            .map(|t| f(t * items / threads..(t + 1) * items / threads, 1))
+            .collect()
+    } else {
+        vec![f(0..items, threads)]
+    }
+}
+
+/// The sizes of one convolution: `b` samples of `c` channels in, `o` out.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    c: usize,
+    o: usize,
+    geo: Geo,
+}
+
+impl Dims {
+    fn ckk(&self) -> usize {
+        self.c * self.geo.k * self.geo.k
+    }
+
+    fn n(&self) -> usize {
+        self.geo.ho * self.geo.wo
+    }
+
+    fn chw(&self) -> usize {
+        self.c * self.geo.h * self.geo.w
+    }
+
+    /// `true` when the patches of a sample are the sample itself.
+    fn pointwise(&self) -> bool {
+        self.geo.k == 1 && self.geo.stride == 1 && self.geo.pad == 0
+    }
+
+    /// The `(c·k·k, oys.len()·wo)` patches of output rows `oys` of sample
+    /// `xb`: a view of the sample for a pointwise convolution, else
+    /// unfolded into `cols`.
+    fn patches<'a>(
+        &self,
+        xb: &'a [f32],
+        oys: Range<usize>,
+        cols: &'a mut Vec<f32>,
+        threads: usize,
+    ) -> Mat<'a> {
+        let geo = &self.geo;
+        let (kk, hw, wo) = (geo.k * geo.k, geo.h * geo.w, geo.wo);
+        if self.pointwise() {
+            return Mat::rows(&xb[oys.start * wo..], hw);
+        }
+        let nc = oys.len() * wo;
+        cols.resize(self.ckk() * nc, 0.0);
+        let row = |(r, dst): (usize, &mut [f32])| {
+            geo.unfold_row(&xb[r / kk * hw..][..hw], r % kk, oys.clone(), dst)
+        };
+        if threads > 1 {
+            cols.par_chunks_mut(nc).enumerate().for_each(row);
+        } else {
+            cols.chunks_mut(nc).enumerate().for_each(row);
+        }
+        Mat::rows(cols, nc)
+    }
+
+    /// `y = W ⋆ x [+ bias]`, `(b, o, ho·wo)`: per tile of output rows,
+    /// `W · patches` (onto the bias).
+    fn forward(
+        &self,
+        x: &[f32],
+        wt: &[f32],
+        bias: Option<&[f32]>,
+        tile: (usize, usize),
+    ) -> Vec<f32> {
+        let (o, ckk, n, chw, wo) = (self.o, self.ckk(), self.n(), self.chw(), self.geo.wo);
+        let tiling = Tiling::new(&self.geo, ckk, self.b, rayon::current_num_threads(), tile);
+        let mut y = vec![0f32; self.b * o * n];
+        let out = SharedOut::new(&mut y);
+        spread(self.b * tiling.tiles, |items, threads| {
+            let mut cols = Vec::new();
+            for item in items {
+                let (bi, t) = (item / tiling.tiles, item % tiling.tiles);
+                let oys = tiling.oys(t, self.geo.ho);
+                let (j0, nc) = (oys.start * wo, oys.len() * wo);
+                let patches = self.patches(&x[bi * chw..][..chw], oys, &mut cols, threads);
+                // SAFETY: each work item writes its own tile.
+                let mut dst = unsafe { out.block(bi * o * n + j0, o, n, nc) };
+                if let Some(bv) = bias {
+                    dst.fill_rows(bv);
+                }
+                let w_m = Mat::rows(wt, ckk);
+                sgemm(
+                    &mut dst,
+                    bias.is_some(),
+                    w_m,
+                    patches,
+                    (o, nc, ckk),
+                    threads,
+                );
+            }
+        });
+        y
+    }
+
+    /// `dW = Σ_b Σ_tiles dy_tile · patches_tileᵀ`, `(o, c·k·k)`.
+    fn weight_grad(&self, x: &[f32], dy: &[f32], tile: (usize, usize)) -> Vec<f32> {
+        let (o, ckk, n, chw, wo) = (self.o, self.ckk(), self.n(), self.chw(), self.geo.wo);
+        let tiling = Tiling::new(&self.geo, ckk, self.b, rayon::current_num_threads(), tile);
+        let partial = spread(self.b * tiling.tiles, |items, threads| {
+            let mut dw = vec![0f32; o * ckk];
+            let mut cols = Vec::new();
+            for (i, item) in items.enumerate() {
+                let (bi, t) = (item / tiling.tiles, item % tiling.tiles);
+                let oys = tiling.oys(t, self.geo.ho);
+                let (j0, nc) = (oys.start * wo, oys.len() * wo);
+                let patches = self.patches(&x[bi * chw..][..chw], oys, &mut cols, threads);
+                let dy_m = Mat::rows(&dy[bi * o * n + j0..], n);
+                let mut dst = DstMat::whole(&mut dw, o, ckk);
+                sgemm(&mut dst, i > 0, dy_m, patches.t(), (o, ckk, nc), threads);
+            }
+            dw
+        });
+        let mut parts = partial.into_iter();
+        let mut dw = parts.next().unwrap_or_else(|| vec![0f32; o * ckk]);
+        for p in parts {
+            for (d, v) in dw.iter_mut().zip(&p) {
+                *d += v;
+            }
+        }
+        dw
+    }
+
+    /// `dx`, `(b, c, h, w)`. At stride 1 (padding below the kernel size)
+    /// it is the convolution of `dy` with the kernel flipped and its
+    /// channel axes swapped, padding `k-1-pad`: the tiled forward, no
+    /// scatter. Otherwise `Wᵀ · dy` per tile, folded back onto the input.
+    fn input_grad(&self, wt: &[f32], dy: &[f32], tile: (usize, usize)) -> Vec<f32> {
+        let Geo {
+            h, w, k, ho, wo, ..
+        } = self.geo;
+        let (c, o, kk) = (self.c, self.o, k * k);
+        if self.geo.stride == 1 && self.geo.pad < k {
+            let mut flipped = vec![0f32; c * o * kk];
+            for (oc, w_o) in wt.chunks_exact(c * kk).enumerate() {
+                for (ch, w_oc) in w_o.chunks_exact(kk).enumerate() {
+                    let dst = &mut flipped[(ch * o + oc) * kk..][..kk];
+                    for (d, &v) in dst.iter_mut().rev().zip(w_oc) {
+                        *d = v;
+                    }
+                }
+            }
+            let back = Dims {
+                b: self.b,
+                c: o,
+                o: c,
+                geo: Geo::new(ho, wo, k, 1, k - 1 - self.geo.pad),
+            };
+            debug_assert!(back.geo.ho == h && back.geo.wo == w);
+            return back.forward(dy, &flipped, None, tile);
+        }
+        let (ckk, n, chw, hw) = (self.ckk(), self.n(), self.chw(), h * w);
+        let tiling = Tiling::new(&self.geo, ckk, self.b, rayon::current_num_threads(), tile);
+        let mut dx = vec![0f32; self.b * chw];
+        let out = SharedOut::new(&mut dx);
+        spread(self.b, |samples, threads| {
+            let mut cols = Vec::new();
+            for bi in samples {
+                // SAFETY: each sample's gradient is written by one item.
+                let dxb = unsafe { out.slice(bi * chw, chw) };
+                for t in 0..tiling.tiles {
+                    let oys = tiling.oys(t, ho);
+                    let nc = oys.len() * wo;
+                    cols.resize(ckk * nc, 0.0);
+                    let dy_m = Mat::rows(&dy[bi * o * n + oys.start * wo..], n);
+                    let mut dst = DstMat::whole(&mut cols, ckk, nc);
+                    sgemm(
+                        &mut dst,
+                        false,
+                        Mat::rows(wt, ckk).t(),
+                        dy_m,
+                        (ckk, nc, o),
+                        threads,
+                    );
+                    let fold = |(ch, plane): (usize, &mut [f32])| {
+                        self.geo
+                            .fold_rows(&cols[ch * kk * nc..][..kk * nc], oys.clone(), plane)
+                    };
+                    if threads > 1 {
+                        dxb.par_chunks_mut(hw).enumerate().for_each(fold);
+                    } else {
+                        dxb.chunks_mut(hw).enumerate().for_each(fold);
+                    }
+                }
+            }
+        });
+        dx
+    }
+}
+
+/// A convolution, `y = W ⋆ x [+ bias]`, as one custom op on the CPU (f32),
+/// `CustomOp2` on `(x, W)` or `CustomOp3` on `(x, W, bias)`. Each sample's
+/// output rows are cut into tiles whose im2col patches fit in a core's L2
+/// cache, and each tile is one gemm product (onto the bias, whose gradient
+/// is the per-channel sum of `dy`). The backward recomputes the patches
+/// instead of keeping them: `dW = Σ dy_tile · patches_tileᵀ`, and `dx`
+/// (only when autograd tracks `x`, i.e. not for the network's input) is
+/// at stride 1 the forward convolution of `dy` with the flipped kernel,
+/// else `Wᵀ · dy` folded back. Tiles run in parallel when there are
+/// enough of them for the threads, else each product is parallel.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvGemm {
     pub stride: usize,
     pub pad: usize,
 }
 
-/// How a batch is spread over the threads.
-fn batch_parallel(b: usize) -> (bool, usize) {
-    let threads = rayon::current_num_threads();
-    let per_sample = b >= threads && (b % threads == 0 || b >= 2 * threads);
-    (per_sample, threads)
-}
-
 impl ConvGemm {
-    fn dims(&self, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize, usize, usize, Geo)> {
+    fn dims(&self, xl: &Layout, wl: &Layout) -> Result<Dims> {
         let (b, c, h, w) = xl.shape().dims4()?;
         let (o, ci, k, k2) = wl.shape().dims4()?;
         if ci != c || k != k2 {
@@ -366,47 +709,11 @@ impl ConvGemm {
                 self.pad
             );
         }
-        Ok((b, c, h, w, o, Geo::new(h, w, k, self.stride, self.pad)))
+        let geo = Geo::new(h, w, k, self.stride, self.pad);
+        Ok(Dims { b, c, o, geo })
     }
 
-    /// `true` when the patches of a sample are the sample itself.
-    fn pointwise(geo: &Geo) -> bool {
-        geo.k == 1 && geo.stride == 1 && geo.pad == 0
-    }
-
-    /// The `(c·k·k, ho·wo)` patches of one sample: the sample itself for a
-    /// pointwise convolution, else unfolded into `cols`.
-    fn patches<'a>(
-        geo: &Geo,
-        xb: &'a [f32],
-        c: usize,
-        cols: &'a mut Vec<f32>,
-        threads: usize,
-    ) -> &'a [f32] {
-        if Self::pointwise(geo) {
-            return xb;
-        }
-        cols.resize(c * geo.k * geo.k * geo.ho * geo.wo, 0.0);
-        Self::unfold(geo, xb, c, cols, threads);
-        cols
-    }
-
-    /// The `(c·k·k, ho·wo)` patches of one sample into `cols`.
-    fn unfold(geo: &Geo, xb: &[f32], c: usize, cols: &mut [f32], threads: usize) {
-        let (kk, n, hw) = (geo.k * geo.k, geo.ho * geo.wo, geo.h * geo.w);
-        let row =
-            |(r, dst): (usize, &mut [f32])| geo.unfold_row(&xb[r / kk * hw..][..hw], r % kk, dst);
-        if threads > 1 {
-            cols[..c * kk * n]
-                .par_chunks_mut(n)
-                .enumerate()
-                .for_each(row);
-        } else {
-            cols[..c * kk * n].chunks_mut(n).enumerate().for_each(row);
-        }
-    }
-
-    /// The forward of both ops: `W · im2col(x_b) [+ bias]` per sample.
+    /// The forward of both ops.
     fn fwd(
         &self,
         xs: &CpuStorage,
@@ -417,41 +724,13 @@ impl ConvGemm {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(xs, xl, "conv")?;
         let wt = f32_slice(ws, wl, "conv weight")?;
-        let (b, c, h, w, o, geo) = self.dims(xl, wl)?;
-        if bias.is_some_and(|bv| bv.len() != o) {
-            bail!("conv: bias does not have {o} values");
+        let d = self.dims(xl, wl)?;
+        if bias.is_some_and(|bv| bv.len() != d.o) {
+            bail!("conv: bias does not have {} values", d.o);
         }
-        let (ckk, n) = (c * geo.k * geo.k, geo.ho * geo.wo);
-        let mut y = vec![0f32; b * o * n];
-        let sample = |xb: &[f32], yb: &mut [f32], cols: &mut Vec<f32>, threads: usize| {
-            let patches = Self::patches(&geo, xb, c, cols, threads);
-            // With a bias the product accumulates onto it.
-            if let Some(bv) = bias {
-                for (row, &bo) in yb.chunks_mut(n).zip(bv) {
-                    row.fill(bo);
-                }
-            }
-            sgemm(
-                yb,
-                bias.is_some(),
-                Mat::rows(wt, ckk),
-                Mat::rows(patches, n),
-                (o, n, ckk),
-                threads,
-            );
-        };
-        let (per_sample, threads) = batch_parallel(b);
-        if per_sample {
-            y.par_chunks_mut(o * n)
-                .zip(x.par_chunks(c * h * w))
-                .for_each_init(Vec::new, |cols, (yb, xb)| sample(xb, yb, cols, 1));
-        } else {
-            let mut cols = Vec::new();
-            for (yb, xb) in y.chunks_mut(o * n).zip(x.chunks(c * h * w)) {
-                sample(xb, yb, &mut cols, threads);
-            }
-        }
-        Ok((CpuStorage::F32(y), Shape::from((b, o, geo.ho, geo.wo))))
+        let y = d.forward(x, wt, bias, (TILE_FLOATS, TILE_MIN_COLS));
+        let shape = Shape::from((d.b, d.o, d.geo.ho, d.geo.wo));
+        Ok((CpuStorage::F32(y), shape))
     }
 
     /// `(dx, dW)`: dx only when autograd tracks `x`.
@@ -464,101 +743,23 @@ impl ConvGemm {
         let xv = storage_f32(&xs, xl, "conv input")?;
         let wv = storage_f32(&ws, wl, "conv weight")?;
         let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
-        let (b, c, h, w, o, geo) = self.dims(xl, wl)?;
-        let (ckk, n, chw) = (c * geo.k * geo.k, geo.ho * geo.wo, c * h * w);
-        if dyv.len() != b * o * n {
+        let d = self.dims(xl, wl)?;
+        if dyv.len() != d.b * d.o * d.n() {
             bail!(
                 "conv backward: output gradient {:?} does not fit",
                 dyl.shape()
             );
         }
-        let pointwise = Self::pointwise(&geo);
-        // One sample: dW (+)= dy_b · patchesᵀ; dx_b = fold(Wᵀ · dy_b).
-        let sample = |xb: &[f32],
-                      dyb: &[f32],
-                      dw: &mut [f32],
-                      acc: bool,
-                      dxb: Option<&mut [f32]>,
-                      cols: &mut Vec<f32>,
-                      threads: usize| {
-            let dy_m = Mat::rows(dyb, n);
-            let patches = Self::patches(&geo, xb, c, cols, threads);
-            sgemm(
-                dw,
-                acc,
-                dy_m,
-                Mat::transposed(patches, n),
-                (o, ckk, n),
-                threads,
-            );
-            let Some(dxb) = dxb else { return };
-            let wt_m = Mat::transposed(wv, ckk);
-            if pointwise {
-                // The input gradient is Wᵀ·dy_b itself.
-                sgemm(dxb, false, wt_m, dy_m, (ckk, n, o), threads);
-                return;
-            }
-            // The patches are no longer needed: their buffer takes Wᵀ·dy_b,
-            // which folds back onto the input.
-            sgemm(cols, false, wt_m, dy_m, (ckk, n, o), threads);
-            let kk = geo.k * geo.k;
-            let fold = |(ch, plane): (usize, &mut [f32])| {
-                geo.fold_rows(&cols[ch * kk * n..][..kk * n], plane)
-            };
-            if threads > 1 {
-                dxb.par_chunks_mut(h * w).enumerate().for_each(fold);
-            } else {
-                dxb.chunks_mut(h * w).enumerate().for_each(fold);
-            }
-        };
-        let mut dw = vec![0f32; o * ckk];
-        let mut dx = if want_dx {
-            vec![0f32; b * chw]
-        } else {
-            Vec::new()
-        };
-        let (per_sample, threads) = batch_parallel(b);
-        if per_sample {
-            // Per-sample weight gradients, summed afterwards.
-            let partial: Vec<Vec<f32>> = if want_dx {
-                dx.par_chunks_mut(chw)
-                    .zip(xv.par_chunks(chw).zip(dyv.par_chunks(o * n)))
-                    .map_init(Vec::new, |cols, (dxb, (xb, dyb))| {
-                        let mut dwb = vec![0f32; o * ckk];
-                        sample(xb, dyb, &mut dwb, false, Some(dxb), cols, 1);
-                        dwb
-                    })
-                    .collect()
-            } else {
-                xv.par_chunks(chw)
-                    .zip(dyv.par_chunks(o * n))
-                    .map_init(Vec::new, |cols, (xb, dyb)| {
-                        let mut dwb = vec![0f32; o * ckk];
-                        sample(xb, dyb, &mut dwb, false, None, cols, 1);
-                        dwb
-                    })
-                    .collect()
-            };
-            for p in &partial {
-                for (d, v) in dw.iter_mut().zip(p) {
-                    *d += v;
-                }
-            }
-        } else {
-            let mut cols = Vec::new();
-            let mut dx_chunks = dx.chunks_mut(chw);
-            for (i, (xb, dyb)) in xv.chunks(chw).zip(dyv.chunks(o * n)).enumerate() {
-                let dxb = if want_dx { dx_chunks.next() } else { None };
-                sample(xb, dyb, &mut dw, i > 0, dxb, &mut cols, threads);
-            }
-        }
+        let tile = (TILE_FLOATS, TILE_MIN_COLS);
         let dev = x.device();
+        let dw = Tensor::from_vec(d.weight_grad(xv, dyv, tile), wt.shape(), dev)?;
         let dx = if want_dx {
-            Some(Tensor::from_vec(dx, (b, c, h, w), dev)?)
+            let dx = d.input_grad(wv, dyv, tile);
+            Some(Tensor::from_vec(dx, xl.shape(), dev)?)
         } else {
             None
         };
-        Ok((dx, Tensor::from_vec(dw, wt.shape(), dev)?))
+        Ok((dx, dw))
     }
 }
 
@@ -687,6 +888,113 @@ impl Module for Conv {
             // The op checks that the bias has `o` values.
             Some(bias) => x.apply_op3(&wt, &bias.contiguous()?, op),
             None => x.apply_op2(&wt, op),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// `(y, dW, dx)` of a convolution by its definition, in f64:
+    /// `y[b,o,i,j] = Σ W[o,c,ki,kj] · x[b,c,i·s+ki-p, j·s+kj-p]`, and the
+    /// gradients of `Σ y·dy` by the same sum.
+    fn direct(d: &Dims, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let Geo {
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        } = d.geo;
+        let (b, c, o) = (d.b, d.c, d.o);
+        let mut y = vec![0f64; b * o * ho * wo];
+        let mut dw = vec![0f64; wt.len()];
+        let mut dx = vec![0f64; x.len()];
+        for bi in 0..b {
+            for oc in 0..o {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let yi = ((bi * o + oc) * ho + i) * wo + j;
+                        for ch in 0..c {
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    let (Some(iy), Some(ix)) = (
+                                        src_index(i, ki, stride, pad, h),
+                                        src_index(j, kj, stride, pad, w),
+                                    ) else {
+                                        continue;
+                                    };
+                                    let xi = ((bi * c + ch) * h + iy) * w + ix;
+                                    let wi = ((oc * c + ch) * k + ki) * k + kj;
+                                    y[yi] += wt[wi] as f64 * x[xi] as f64;
+                                    dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                                    dx[xi] += dy[yi] as f64 * wt[wi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dw, dx)
+    }
+
+    fn max_diff(a: &[f32], r: &[f64]) -> f64 {
+        assert_eq!(a.len(), r.len());
+        a.iter()
+            .zip(r)
+            .map(|(&a, &r)| (a as f64 - r).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Every tiling (one output row per tile up to the whole sample), the
+    /// stride-1 input gradient by the flipped kernel and the scatter one,
+    /// against the definition.
+    #[test]
+    fn tiled_convolution_and_its_gradients_match_the_definition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        // (b, c, o, h, w, k, stride, pad)
+        let cases = [
+            (1, 3, 4, 9, 7, 3, 1, 1),
+            (3, 2, 3, 8, 5, 3, 1, 1),
+            (2, 3, 2, 9, 8, 3, 2, 1),
+            (1, 2, 3, 7, 7, 5, 1, 2),
+            (1, 4, 3, 6, 5, 1, 1, 0),
+            (2, 2, 2, 5, 6, 1, 2, 0),
+            (1, 2, 2, 6, 6, 3, 1, 0),
+            // padding as large as the kernel: the scatter path at stride 1
+            (1, 2, 2, 4, 5, 1, 1, 1),
+            (2, 2, 3, 2, 3, 5, 2, 2),
+        ];
+        for (b, c, o, h, w, k, stride, pad) in cases {
+            let d = Dims {
+                b,
+                c,
+                o,
+                geo: Geo::new(h, w, k, stride, pad),
+            };
+            let mut randv = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+            };
+            let x = randv(b * c * h * w);
+            let wt = randv(o * c * k * k);
+            let dy = randv(b * o * d.n());
+            let (y_ref, dw_ref, dx_ref) = direct(&d, &x, &wt, &dy);
+            // Patch budgets from one output row per tile to the whole sample.
+            for tile in [(1, 1), (d.ckk() * d.geo.wo * 2, 1), (usize::MAX / 2, 1)] {
+                let case = format!("b{b} {c}->{o} {h}x{w} k{k} s{stride} p{pad} tile {tile:?}");
+                let y = d.forward(&x, &wt, None, tile);
+                assert!(max_diff(&y, &y_ref) < 1e-5, "{case}: forward");
+                let dw = d.weight_grad(&x, &dy, tile);
+                assert!(max_diff(&dw, &dw_ref) < 1e-5, "{case}: weight gradient");
+                let dx = d.input_grad(&wt, &dy, tile);
+                assert!(max_diff(&dx, &dx_ref) < 1e-5, "{case}: input gradient");
+            }
         }
     }
 }

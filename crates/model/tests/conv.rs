@@ -50,6 +50,12 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         (2, 2, 3, 2, 3, 5, 2, 2, true),
         (1, 3, 2, 2, 5, 3, 3, 1, false),
         (2, 2, 2, 11, 10, 3, 3, 1, false),
+        // Large enough planes that each sample's output is cut into
+        // several tiles (run in parallel for one sample, one sample per
+        // thread for four), at strides 1 and 2.
+        (1, 8, 8, 96, 96, 3, 1, 1, true),
+        (1, 8, 4, 97, 81, 3, 2, 1, false),
+        (4, 8, 6, 64, 72, 3, 1, 1, false),
     ];
     for (b, ci, co, h, w, k, stride, pad, with_bias) in cases {
         let x = Var::from_tensor(&randn(&[b, ci, h, w], &mut rng)).unwrap();
