@@ -6,6 +6,7 @@ local virtual environment and calls this):
 
     benches/compare/train_step.sh                 # both standard cases
     benches/compare/train_step.sh --cases small   # only base8_depth5_b4_128
+    benches/compare/train_step.sh --rounds 3      # each side run 3 times, alternated
 
 For each case (the criterion bench's `train_step/*` and `forward/*` shapes:
 forward, class-weighted CE + Lovász-Softmax, backward, AdamW step on random
@@ -29,7 +30,7 @@ import time
 CASES = {
     # name: (base, depth, batch, size, steps)
     "small": ("base8_depth5_b4_128", 8, 5, 4, 128, 12),
-    "default": ("default_b1_512", 32, 5, 1, 512, 4),
+    "default": ("default_b1_512", 32, 5, 1, 512, 6),
 }
 WARMUP = 2
 
@@ -192,6 +193,8 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--cases", default="small,default", help="comma list of: " + ", ".join(CASES))
     ap.add_argument("--kseg", default="target/release/examples/train_step", help="kseg's train_step binary")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs of each side, alternated (kseg, PyTorch, kseg, ...): the machine's drift hits both")
     args = ap.parse_args()
     if args.torch:
         return torch_worker(args)
@@ -203,14 +206,20 @@ def main():
         for mode in ["train_step", "forward"]:
             common = ["--base", str(base), "--depth", str(depth), "--batch", str(batch), "--size", str(size),
                       "--steps", str(steps)] + (["--eval"] if mode == "forward" else [])
-            ours, our_rss, _ = run([args.kseg] + common, env)
-            theirs, their_rss, out = run([sys.executable, __file__, "--torch", "--threads", str(args.threads)] + common,
-                                         env)
-            version = out.strip().splitlines()[-1]
+            ours, theirs, rss, version = [], [], [0.0, 0.0], ""
+            for _ in range(args.rounds):
+                t, r, _ = run([args.kseg] + common, env)
+                ours += t
+                rss[0] = max(rss[0], r)
+                t, r, out = run([sys.executable, __file__, "--torch", "--threads", str(args.threads)] + common, env)
+                theirs += t
+                rss[1] = max(rss[1], r)
+                version = out.strip().splitlines()[-1]
             a, b = statistics.median(ours), statistics.median(theirs)
-            rows.append((f"{mode}/{name}", a, b, a / b, our_rss, their_rss))
+            rows.append((f"{mode}/{name}", a, b, a / b, rss[0], rss[1]))
             print(f"{mode}/{name}: kseg {a:.3f} s, PyTorch {b:.3f} s ({version})", file=sys.stderr, flush=True)
-    print(f"\n{args.threads} threads; median of the steps after {WARMUP} warm-up steps")
+    print(f"\n{args.threads} threads; {args.rounds} alternated run(s) of each side; "
+          f"median of the steps after {WARMUP} warm-up steps of each run")
     print(f"| case | kseg (s) | PyTorch (s) | kseg / PyTorch | kseg peak RSS (MB) | PyTorch peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
