@@ -467,17 +467,21 @@ impl Tiling {
     }
 }
 
-/// Runs `f(items, gemm_threads)` over `0..items`: one contiguous range per
-/// thread, each with single-threaded products, when the items share out
-/// evenly enough, else one range whose products use all the threads. The
-/// split depends only on the item and thread counts (results are
-/// reproducible).
+/// Runs `f(items, gemm_threads)` over `0..items`: in up to four contiguous
+/// groups per thread, each with single-threaded products and taken by
+/// whichever thread is free (a thread slowed by other work, such as the
+/// trainer's augmentation workers, just takes fewer), when the items share
+/// out evenly enough; else one range whose products use all the threads.
+/// The groups depend only on the item and thread counts, and the results
+/// come back in group order (sums over them are reproducible).
 fn spread<R: Send>(items: usize, f: impl Fn(Range<usize>, usize) -> R + Sync) -> Vec<R> {
     let threads = rayon::current_num_threads();
     if threads > 1 && items >= threads && (items % threads == 0 || items >= 4 * threads) {
-        (0..threads)
+        let groups = items.min(4 * threads);
+        (0..groups)
             .into_par_iter()
-            .map(|t| f(t * items / threads..(t + 1) * items / threads, 1))
+            .with_max_len(1)
+            .map(|g| f(g * items / groups..(g + 1) * items / groups, 1))
             .collect()
     } else {
         vec![f(0..items, threads)]
