@@ -13,7 +13,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use criterion::{Criterion, criterion_group};
 use kseg::model::ResUNetConfig;
-use kseg::train::Optimiser;
+use kseg::train::{Optimiser, on_cpu_pool};
 
 #[path = "../examples/common/step.rs"]
 mod step;
@@ -59,17 +59,21 @@ fn bench_case(c: &mut Criterion, dev: &Device, dev_name: &str, case: &Case) {
         .measurement_time(Duration::from_secs(if slow { 60 } else { 20 }));
     g.bench_function(format!("forward/{}", case.name), |b| {
         b.iter(|| {
-            let out = model.forward_t(&x, false).unwrap();
-            sync(&out);
-            black_box(out)
+            on_cpu_pool(dev, || {
+                let out = model.forward_t(&x, false).unwrap();
+                sync(&out);
+                black_box(out)
+            })
         })
     });
     g.bench_function(format!("train_step/{}", case.name), |b| {
         b.iter(|| {
-            let logits = model.forward_t(&x, true).unwrap();
-            let parts = loss.forward(&logits, &y).unwrap();
-            opt.step(&parts.total.backward().unwrap()).unwrap();
-            sync(&parts.total);
+            on_cpu_pool(dev, || {
+                let logits = model.forward_t(&x, true).unwrap();
+                let parts = loss.forward(&logits, &y).unwrap();
+                opt.step(&parts.total.backward().unwrap()).unwrap();
+                sync(&parts.total);
+            })
         })
     });
     g.finish();

@@ -16,7 +16,7 @@ use anyhow::Result;
 use candle_core::{Device, ModuleT};
 use clap::Parser;
 use kseg::model::ResUNetConfig;
-use kseg::train::Optimiser;
+use kseg::train::{Optimiser, on_cpu_pool};
 
 #[path = "common/step.rs"]
 mod step;
@@ -60,33 +60,37 @@ fn main() -> Result<()> {
         loss,
         mut opt,
     } = StepProblem::new(&cfg, a.batch, a.size, &dev)?;
-    for step in 0..a.steps {
-        let t = Instant::now();
-        if a.eval {
-            let logits = model.forward_t(&x, false)?;
-            logits.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+    // As the trainer does: the steps run on a rayon worker (see
+    // `kseg::train::on_cpu_pool`).
+    on_cpu_pool(&dev, || -> Result<()> {
+        for step in 0..a.steps {
+            let t = Instant::now();
+            if a.eval {
+                let logits = model.forward_t(&x, false)?;
+                logits.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+                println!(
+                    "step {step}: eval forward {:.3} s",
+                    t.elapsed().as_secs_f64()
+                );
+                continue;
+            }
+            // The phases, each ending in a value read back (CPU: no queue).
+            let logits = model.forward_t(&x, true)?;
+            let t_fwd = t.elapsed().as_secs_f64();
+            let parts = loss.forward(&logits, &y)?;
+            let value = parts.total.to_scalar::<f32>()?;
+            let t_loss = t.elapsed().as_secs_f64();
+            let grads = parts.total.backward()?;
+            let t_bwd = t.elapsed().as_secs_f64();
+            opt.step(&grads)?;
+            let total = t.elapsed().as_secs_f64();
             println!(
-                "step {step}: eval forward {:.3} s",
-                t.elapsed().as_secs_f64()
+                "step {step}: loss {value:.4} (forward {t_fwd:.3}, loss {:.3}, backward {:.3}, optimiser {:.3}), {total:.3} s",
+                t_loss - t_fwd,
+                t_bwd - t_loss,
+                total - t_bwd,
             );
-            continue;
         }
-        // The phases, each ending in a value read back (CPU: no queue).
-        let logits = model.forward_t(&x, true)?;
-        let t_fwd = t.elapsed().as_secs_f64();
-        let parts = loss.forward(&logits, &y)?;
-        let value = parts.total.to_scalar::<f32>()?;
-        let t_loss = t.elapsed().as_secs_f64();
-        let grads = parts.total.backward()?;
-        let t_bwd = t.elapsed().as_secs_f64();
-        opt.step(&grads)?;
-        let total = t.elapsed().as_secs_f64();
-        println!(
-            "step {step}: loss {value:.4} (forward {t_fwd:.3}, loss {:.3}, backward {:.3}, optimiser {:.3}), {total:.3} s",
-            t_loss - t_fwd,
-            t_bwd - t_loss,
-            total - t_bwd,
-        );
-    }
-    Ok(())
+        Ok(())
+    })
 }

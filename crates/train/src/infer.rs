@@ -62,6 +62,11 @@ impl Segmenter {
     /// mirroring the sum of the class probabilities of `x` and of its
     /// mirror image (mirrored back), i.e. twice their mean.
     fn scores(&self, x: &Tensor) -> Result<Tensor> {
+        crate::on_cpu_pool(&self.device, || self.scores_here(x))
+    }
+
+    /// [`Segmenter::scores`] on the calling thread.
+    fn scores_here(&self, x: &Tensor) -> Result<Tensor> {
         let logits = self.model.forward_t(x, false)?;
         if !self.meta.mirror {
             return Ok(logits);

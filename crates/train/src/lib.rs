@@ -32,4 +32,4 @@ pub use infer::Segmenter;
 pub use observe::{Observer, RunInfo, StepRecord, Summary, ValidationRecord};
 pub use optim::{AdamW, AdamWConfig, Optimiser, Sgd, SgdConfig, decays};
 pub use schedule::Schedule;
-pub use trainer::{Trainer, device, init_cpu_threads};
+pub use trainer::{Trainer, device, init_cpu_threads, on_cpu_pool};

@@ -67,7 +67,7 @@ fn load_state(path: &Path, device: &Device) -> Result<(u64, HashMap<String, Tens
 
 /// What a trainer needs of an optimiser: a step from gradients, the learning
 /// rate, and state in and out of checkpoints.
-pub trait Optimiser {
+pub trait Optimiser: Send {
     /// One update from the gradients of `backward()`. Variables without a
     /// gradient are left alone (their state too).
     fn step(&mut self, grads: &GradStore) -> Result<()>;
