@@ -1,7 +1,7 @@
 //! Trains the KiTS19 Res-U-Net end to end.
 //!
 //! With no arguments: synthetic KiTS-like cases (made once under `data/`,
-//! then cached) and a configuration sized for a 2-core CPU (about 8
+//! then cached) and a configuration sized for a 2-core CPU (about 6
 //! minutes). With `--data-dir PATH` (KiTS19's `data/` folder): the seed's
 //! setup, 512×512 3-slice stacks, the default Res-U-Net, a 180/30 split.
 //!
