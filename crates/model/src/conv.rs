@@ -441,8 +441,9 @@ struct Tiling {
 
 impl Tiling {
     /// Tiles of at most `floats` patch values (but at least `min_cols`
-    /// output positions, and whole output rows); with fewer samples than
-    /// threads, a multiple of the threads when there is more than one.
+    /// output positions, and whole output rows); when the samples do not
+    /// share out evenly over the threads, a multiple of the threads (if
+    /// there is more than one tile).
     fn new(
         geo: &Geo,
         ckk: usize,
