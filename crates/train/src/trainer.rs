@@ -69,7 +69,7 @@ pub unsafe fn init_cpu_threads() {
 /// each region is queued to the pool and the caller sleeps until it is done
 /// (a futex wake-up per region); called from a worker, the worker takes
 /// part in the region itself. On a 2-core machine the 128² step of
-/// `examples/train_step.rs` went 0.092 → 0.082 s (docs/PERFORMANCE.md).
+/// `examples/train_step.rs` got 5-10% faster (docs/PERFORMANCE.md).
 /// `f` must not wait on anything that needs a free worker (such as a
 /// channel fed by other rayon work): with one thread that would deadlock.
 pub fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
