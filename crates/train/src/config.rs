@@ -256,9 +256,9 @@ impl TrainConfig {
     /// The configuration that `train_kits19` runs with no arguments: small
     /// synthetic cases and a model sized for a 2-core CPU, aiming at kidney
     /// Dice >= 0.95 and tumour Dice >= 0.85 within 10 minutes (measured on a
-    /// 2-core EPYC: 6-7 minutes, kidney 0.966-0.978 and tumour
-    /// 0.824-0.877 on its 8 validation cases depending on rounding alone,
-    /// tumour 0.74-0.78 on 16 held-out cases; the figures and what was
+    /// 2-core EPYC: 6-7 minutes, kidney 0.966-0.980 and tumour
+    /// 0.824-0.898 on its 8 validation cases depending on rounding and
+    /// seed, tumour 0.74-0.79 on 16 held-out cases; the figures and what was
     /// tried are in docs/PERFORMANCE.md).
     pub fn synthetic_cpu() -> TrainConfig {
         let mut c = TrainConfig::default();
