@@ -14,6 +14,12 @@ fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The largest difference relative to the reference's largest magnitude
+/// (f32 sums of products: a few units in the last place of the scale).
+fn rel_diff(a: &Tensor, reference: &Tensor) -> f32 {
+    max_diff(a, reference) / max_diff(reference, &reference.zeros_like().unwrap())
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
@@ -56,6 +62,11 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         (1, 8, 8, 96, 96, 3, 1, 1, true),
         (1, 8, 4, 97, 81, 3, 2, 1, false),
         (4, 8, 6, 64, 72, 3, 1, 1, false),
+        // 3×3, stride 1, padding 1, at least 16 channels in and out, planes
+        // of at least 128×128: the Winograd path (forward, input gradient,
+        // weight gradient), odd and even sizes, several bands per sample.
+        (2, 16, 24, 128, 129, 3, 1, 1, true),
+        (1, 32, 16, 131, 128, 3, 1, 1, false),
     ];
     for (b, ci, co, h, w, k, stride, pad, with_bias) in cases {
         let x = Var::from_tensor(&randn(&[b, ci, h, w], &mut rng)).unwrap();
@@ -76,7 +87,8 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         let y = ours.forward(x.as_tensor()).unwrap();
         assert_eq!(y.dims(), y_ref.dims());
         let case = format!("b{b} {ci}->{co} {h}x{w} k{k} s{stride} p{pad}");
-        assert!(max_diff(&y, &y_ref) < 1e-5, "{case}: forward");
+        let err = rel_diff(&y, &y_ref);
+        assert!(err < 2e-6, "{case}: forward {err:.2e}");
         // Where the stride does not divide (n + 2·pad - k), candle's own
         // conv2d backward returns an input gradient of the wrong size, so
         // it is no reference there; those geometries' backward is checked
@@ -100,7 +112,10 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         }
         for (name, v) in vars {
             let (a, r) = (go.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(max_diff(a, r) < 1e-4, "{case}: {name} gradient");
+            let err = rel_diff(a, r);
+            // Looser than the forward: candle's f32 reference sums up to
+            // b·h·w terms in one accumulator.
+            assert!(err < 1e-5, "{case}: {name} gradient {err:.2e}");
         }
     }
 }
