@@ -67,6 +67,8 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         // weight gradient), odd and even sizes, several bands per sample.
         (2, 16, 24, 128, 129, 3, 1, 1, true),
         (1, 32, 16, 131, 128, 3, 1, 1, false),
+        // ... and 128 channels or more on planes of at least 32×32.
+        (1, 128, 136, 33, 32, 3, 1, 1, true),
     ];
     for (b, ci, co, h, w, k, stride, pad, with_bias) in cases {
         let x = Var::from_tensor(&randn(&[b, ci, h, w], &mut rng)).unwrap();
