@@ -331,17 +331,17 @@ pub(super) fn weight_grad(d: &Dims, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dw = vec![0f32; oc_ * 9];
     for (pair, g) in dw.chunks_exact_mut(9).enumerate() {
         let u = |i: usize, j: usize| du[(i * 4 + j) * oc_ + pair];
-        let mut t = [[0f32; 4]; 3];
-        for j in 0..4 {
+        // Gᵀ dU, column by column (three values each).
+        let t: [[f32; 3]; 4] = std::array::from_fn(|j| {
             let (u0, u1, u2, u3) = (u(0, j), u(1, j), u(2, j), u(3, j));
-            t[0][j] = u0 + 0.5 * (u1 + u2);
-            t[1][j] = 0.5 * (u1 - u2);
-            t[2][j] = 0.5 * (u1 + u2) + u3;
-        }
-        for (r, &[a, b, e, f]) in t.iter().enumerate() {
-            g[3 * r] = a + 0.5 * (b + e);
-            g[3 * r + 1] = 0.5 * (b - e);
-            g[3 * r + 2] = 0.5 * (b + e) + f;
+            [u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3]
+        });
+        // (Gᵀ dU) G, row by row.
+        for (r, gr) in g.chunks_exact_mut(3).enumerate() {
+            let (a, b, e, f) = (t[0][r], t[1][r], t[2][r], t[3][r]);
+            gr[0] = a + 0.5 * (b + e);
+            gr[1] = 0.5 * (b - e);
+            gr[2] = 0.5 * (b + e) + f;
         }
     }
     dw
