@@ -21,9 +21,9 @@
 
 use super::{Dims, DstMat, Mat, SharedOut, sgemm, spread};
 
-/// Fewest input and output channels for the Winograd path: below that its
-/// 16 products (inner size `c`) are too thin for gemm to pay for the
-/// transforms.
+/// Fewest input and output channels for the Winograd path (chosen, not
+/// swept: with fewer, its 16 products have an inner size too small for
+/// gemm's kernels to pay for the transforms).
 pub(super) const MIN_CHANNELS: usize = 16;
 /// Fewest pixels per plane for the Winograd path (128×128). On the smaller
 /// planes of the 128² training preset (base 8, batch 4) it measured no
