@@ -707,7 +707,8 @@ impl Dims {
 /// else `Wᵀ · dy` folded back. Tiles run in parallel when there are
 /// enough of them for the threads, else each product is parallel. 3×3
 /// convolutions at stride 1, padding 1, with at least 16 channels in and
-/// out on planes of at least 128×128 use Winograd's F(2×2, 3×3) for the
+/// out on planes of at least 128×128 (or 128 channels on planes of at least
+/// 32×32) use Winograd's F(2×2, 3×3) for the
 /// forward, `dx` and `dW` instead (fewer multiply-adds; rounding within a
 /// few units in the last place, like the direct sum).
 #[derive(Debug, Clone, Copy)]
