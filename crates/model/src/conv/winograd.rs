@@ -80,60 +80,68 @@ fn transform_weights(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     u
 }
 
-/// `V_ξ = (Bᵀ d B)_ξ` of the 4×4 input blocks of block rows `trs` of one
-/// sample `xb` (`c × h × w`), into 16 row-major `(c, T)` matrices in `v`
-/// (`T = trs.len() · tw`, blocks in row order).
-/// `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
-fn transform_input(
-    xb: &[f32],
-    (c, h, w): (usize, usize, usize),
+/// `L · X · Lᵀ` (`L`: 4×K) of the K×K blocks of block rows `trs` of every
+/// plane of `src` (`n × h × w`, zero outside), into 16 row-major `(n, T)`
+/// matrices in `out` (`T = trs.len() · tw`, blocks in row order). Block
+/// `(tr, tc)` starts `lead` rows and columns before output block
+/// `(2·tr, 2·tc)`; `lmul(x)` is `L · x`.
+fn transform_blocks<const K: usize>(
+    src: &[f32],
+    (n, h, w): (usize, usize, usize),
     trs: std::ops::Range<usize>,
-    tw: usize,
-    v: &mut [f32],
+    (tw, lead): (usize, usize),
+    lmul: impl Fn([f32; K]) -> [f32; 4],
+    out: &mut [f32],
 ) {
     let t = trs.len() * tw;
-    // Four input rows, zero-padded to columns -1 ..= 2·tw.
-    let pw = 2 * tw + 2;
-    let mut rows = vec![0f32; 4 * pw];
+    // K rows, zero-padded to columns -lead .. 2·tw + K - 2 - lead.
+    let pw = 2 * tw + K - 2;
+    let mut rows = vec![0f32; K * pw];
     let mut comb = vec![0f32; 4 * pw];
-    for ch in 0..c {
-        let plane = &xb[ch * h * w..][..h * w];
+    for ch in 0..n {
+        let plane = &src[ch * h * w..][..h * w];
         for (ri, tr) in trs.clone().enumerate() {
             for (i, row) in rows.chunks_exact_mut(pw).enumerate() {
                 row.fill(0.0);
-                let iy = (2 * tr + i).wrapping_sub(1);
-                if iy < h {
-                    row[1..1 + w].copy_from_slice(&plane[iy * w..][..w]);
+                let y = (2 * tr + i).wrapping_sub(lead);
+                if y < h {
+                    row[lead..lead + w].copy_from_slice(&plane[y * w..][..w]);
                 }
             }
-            // Bᵀ over the four rows, for every column at once.
-            let (r0, rest) = rows.split_at(pw);
-            let (r1, rest) = rest.split_at(pw);
-            let (r2, r3) = rest.split_at(pw);
-            let (c0, rest) = comb.split_at_mut(pw);
-            let (c1, rest) = rest.split_at_mut(pw);
-            let (c2, c3) = rest.split_at_mut(pw);
+            // L over the K rows, for every column at once.
             for x in 0..pw {
-                c0[x] = r0[x] - r2[x];
-                c1[x] = r1[x] + r2[x];
-                c2[x] = r2[x] - r1[x];
-                c3[x] = r1[x] - r3[x];
+                let col = lmul(std::array::from_fn(|k| rows[k * pw + x]));
+                for (i, v) in col.into_iter().enumerate() {
+                    comb[i * pw + x] = v;
+                }
             }
-            // B over each block's four columns.
+            // Lᵀ over each block's K columns.
             let base = ri * tw;
             for (i, cr) in comb.chunks_exact(pw).enumerate() {
-                let out = |j: usize| (i * 4 + j) * c * t + ch * t + base;
-                let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
+                let at: [usize; 4] = std::array::from_fn(|j| (i * 4 + j) * n * t + ch * t + base);
                 for tc in 0..tw {
-                    let a = &cr[2 * tc..2 * tc + 4];
-                    v[o0 + tc] = a[0] - a[2];
-                    v[o1 + tc] = a[1] + a[2];
-                    v[o2 + tc] = a[2] - a[1];
-                    v[o3 + tc] = a[1] - a[3];
+                    let vals = lmul(std::array::from_fn(|k| cr[2 * tc + k]));
+                    for (&o, v) in at.iter().zip(vals) {
+                        out[o + tc] = v;
+                    }
                 }
             }
         }
     }
+}
+
+/// `V_ξ = (Bᵀ d B)_ξ` of the 4×4 input blocks of block rows `trs` of one
+/// sample `xb` (`c × h × w`), into 16 row-major `(c, T)` matrices in `v`.
+/// `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+fn transform_input(
+    xb: &[f32],
+    chw: (usize, usize, usize),
+    trs: std::ops::Range<usize>,
+    tw: usize,
+    v: &mut [f32],
+) {
+    let bt = |[a0, a1, a2, a3]: [f32; 4]| [a0 - a2, a1 + a2, a2 - a1, a1 - a3];
+    transform_blocks(xb, chw, trs, (tw, 1), bt, v);
 }
 
 /// `Y = Aᵀ M A` of every block of block rows `trs` (`m`: 16 row-major
@@ -197,51 +205,13 @@ fn transform_output(
 /// `(o, T)` matrices in `m`. `A = [1 0; 1 1; 1 -1; 0 -1]`.
 fn transform_output_grad(
     dyb: &[f32],
-    (o, h, w): (usize, usize, usize),
+    ohw: (usize, usize, usize),
     trs: std::ops::Range<usize>,
     tw: usize,
     m: &mut [f32],
 ) {
-    let t = trs.len() * tw;
-    let pw = 2 * tw;
-    let mut rows = vec![0f32; 2 * pw];
-    let mut comb = vec![0f32; 4 * pw];
-    for oc in 0..o {
-        let plane = &dyb[oc * h * w..][..h * w];
-        for (ri, tr) in trs.clone().enumerate() {
-            for (i, row) in rows.chunks_exact_mut(pw).enumerate() {
-                row.fill(0.0);
-                let y = 2 * tr + i;
-                if y < h {
-                    row[..w].copy_from_slice(&plane[y * w..][..w]);
-                }
-            }
-            // A over the two rows.
-            let (y0, y1) = rows.split_at(pw);
-            let (c0, rest) = comb.split_at_mut(pw);
-            let (c1, rest) = rest.split_at_mut(pw);
-            let (c2, c3) = rest.split_at_mut(pw);
-            for x in 0..pw {
-                c0[x] = y0[x];
-                c1[x] = y0[x] + y1[x];
-                c2[x] = y0[x] - y1[x];
-                c3[x] = -y1[x];
-            }
-            // Aᵀ over each block's two columns.
-            let base = ri * tw;
-            for (i, cr) in comb.chunks_exact(pw).enumerate() {
-                let out = |j: usize| (i * 4 + j) * o * t + oc * t + base;
-                let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
-                for tc in 0..tw {
-                    let (a, b) = (cr[2 * tc], cr[2 * tc + 1]);
-                    m[o0 + tc] = a;
-                    m[o1 + tc] = a + b;
-                    m[o2 + tc] = a - b;
-                    m[o3 + tc] = -b;
-                }
-            }
-        }
-    }
+    let a = |[y0, y1]: [f32; 2]| [y0, y0 + y1, y0 - y1, -y1];
+    transform_blocks(dyb, ohw, trs, (tw, 0), a, m);
 }
 
 /// Block rows per band: about [`BAND_FLOATS`] transformed values, at least
