@@ -501,6 +501,20 @@ fn spread<R: Send>(items: usize, f: impl Fn(Range<usize>, usize) -> R + Sync) ->
     }
 }
 
+/// The element-wise sum of the per-group partial results [`spread`] returns
+/// (each `len` long; zeros when there are none), added in group order so
+/// that the sum is reproducible.
+fn sum_parts(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; len]);
+    for p in parts {
+        for (a, v) in sum.iter_mut().zip(&p) {
+            *a += v;
+        }
+    }
+    sum
+}
+
 /// The sizes of one convolution: `b` samples of `c` channels in, `o` out.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -619,14 +633,7 @@ impl Dims {
             }
             dw
         });
-        let mut parts = partial.into_iter();
-        let mut dw = parts.next().unwrap_or_else(|| vec![0f32; o * ckk]);
-        for p in parts {
-            for (d, v) in dw.iter_mut().zip(&p) {
-                *d += v;
-            }
-        }
-        dw
+        sum_parts(partial, o * ckk)
     }
 
     /// `dx`, `(b, c, h, w)`. At stride 1 (padding below the kernel size)

@@ -19,7 +19,7 @@
 //! the last place of the inputs' scale): `tests` checks it against the
 //! definition in f64.
 
-use super::{Dims, DstMat, Mat, SharedOut, sgemm, spread};
+use super::{Dims, DstMat, Mat, SharedOut, sgemm, spread, sum_parts};
 
 /// Fewest input and output channels for the Winograd path (chosen, not
 /// swept: with fewer, its 16 products have an inner size too small for
@@ -214,12 +214,39 @@ fn transform_output_grad(
     transform_blocks(dyb, ohw, trs, (tw, 0), a, m);
 }
 
-/// Block rows per band: about [`BAND_FLOATS`] transformed values, at least
-/// [`BAND_MIN_TILES`] blocks.
-fn band_rows(c: usize, o: usize, th: usize, tw: usize) -> usize {
-    (BAND_FLOATS / (16 * (c + o) * tw))
-        .max(BAND_MIN_TILES.div_ceil(tw))
-        .clamp(1, th)
+/// How the 2×2 output blocks of each sample are cut into bands of block
+/// rows, the work items of [`forward`] and [`weight_grad`].
+struct Bands {
+    /// Block rows and columns of a sample.
+    th: usize,
+    tw: usize,
+    /// Block rows per band: about [`BAND_FLOATS`] transformed values, at
+    /// least [`BAND_MIN_TILES`] blocks.
+    rows: usize,
+    /// Bands per sample.
+    count: usize,
+}
+
+impl Bands {
+    fn new(d: &Dims) -> Bands {
+        let (th, tw) = (d.geo.h.div_ceil(2), d.geo.w.div_ceil(2));
+        let rows = (BAND_FLOATS / (16 * (d.c + d.o) * tw))
+            .max(BAND_MIN_TILES.div_ceil(tw))
+            .clamp(1, th);
+        Bands {
+            th,
+            tw,
+            rows,
+            count: th.div_ceil(rows),
+        }
+    }
+
+    /// Work item `item` (of `b · count`): its sample and its block rows.
+    fn item(&self, item: usize) -> (usize, std::ops::Range<usize>) {
+        let band = item % self.count;
+        let trs = band * self.rows..((band + 1) * self.rows).min(self.th);
+        (item / self.count, trs)
+    }
 }
 
 /// `y = W ⋆ x [+ bias]`, `(b, o, h, w)`, for a 3×3 kernel at stride 1 and
@@ -227,18 +254,16 @@ fn band_rows(c: usize, o: usize, th: usize, tw: usize) -> usize {
 pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     debug_assert!(d.geo.k == 3 && d.geo.stride == 1 && d.geo.pad == 1);
     let (b, c, o, h, w) = (d.b, d.c, d.o, d.geo.h, d.geo.w);
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let bands = Bands::new(d);
+    let tw = bands.tw;
     let u = transform_weights(wt, o, c);
-    let rows = band_rows(c, o, th, tw);
-    let bands = th.div_ceil(rows);
     let (chw, ohw) = (c * h * w, o * h * w);
     let mut y = vec![0f32; b * ohw];
     let out = SharedOut::new(&mut y);
-    spread(b * bands, |items, threads| {
+    spread(b * bands.count, |items, threads| {
         let (mut v, mut m) = (Vec::new(), Vec::new());
         for item in items {
-            let (bi, band) = (item / bands, item % bands);
-            let trs = band * rows..((band + 1) * rows).min(th);
+            let (bi, trs) = bands.item(item);
             let t = trs.len() * tw;
             v.resize(16 * c * t, 0.0);
             m.resize(16 * o * t, 0.0);
@@ -266,16 +291,14 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
 pub(super) fn weight_grad(d: &Dims, x: &[f32], dy: &[f32]) -> Vec<f32> {
     debug_assert!(d.geo.k == 3 && d.geo.stride == 1 && d.geo.pad == 1);
     let (b, c, o, h, w) = (d.b, d.c, d.o, d.geo.h, d.geo.w);
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let rows = band_rows(c, o, th, tw);
-    let bands = th.div_ceil(rows);
+    let bands = Bands::new(d);
+    let tw = bands.tw;
     let (chw, ohw, oc_) = (c * h * w, o * h * w, o * c);
-    let partial = spread(b * bands, |items, threads| {
+    let partial = spread(b * bands.count, |items, threads| {
         let (mut v, mut m) = (Vec::new(), Vec::new());
         let mut du = vec![0f32; 16 * oc_];
         for (i, item) in items.enumerate() {
-            let (bi, band) = (item / bands, item % bands);
-            let trs = band * rows..((band + 1) * rows).min(th);
+            let (bi, trs) = bands.item(item);
             let t = trs.len() * tw;
             v.resize(16 * c * t, 0.0);
             m.resize(16 * o * t, 0.0);
@@ -290,13 +313,7 @@ pub(super) fn weight_grad(d: &Dims, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         du
     });
-    let mut parts = partial.into_iter();
-    let mut du = parts.next().unwrap_or_else(|| vec![0f32; 16 * oc_]);
-    for p in parts {
-        for (a, v) in du.iter_mut().zip(&p) {
-            *a += v;
-        }
-    }
+    let du = sum_parts(partial, 16 * oc_);
     // Gᵀ dU G, `Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1]`.
     let mut dw = vec![0f32; oc_ * 9];
     for (pair, g) in dw.chunks_exact_mut(9).enumerate() {
