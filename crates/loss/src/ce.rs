@@ -1,8 +1,8 @@
 //! Class-weighted cross-entropy with PyTorch semantics.
 
-use candle_core::{D, DType, Result, Tensor, bail};
+use candle_core::{D, DType, Result, Tensor};
 
-use crate::check::{check_logits_labels, host_labels};
+use crate::check::{check_logits_labels, host_labels, host_weights};
 
 /// Cross-entropy of `logits` against `labels`, optionally weighted per
 /// class, with PyTorch's `F.cross_entropy(logits, labels, weight=w)`
@@ -46,16 +46,7 @@ pub fn cross_entropy_with_ignore(
     let labels = labels.to_dtype(DType::U32)?;
     let (_, valid) = host_labels(&labels, c, ignore)?;
     if let Some(wt) = weights {
-        if wt.dims() != [c] {
-            bail!(
-                "cross-entropy: class weights have shape {:?}, expected [{c}]",
-                wt.dims()
-            );
-        }
-        let host = wt.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        if let Some(v) = host.iter().find(|v| !v.is_finite() || **v < 0.0) {
-            bail!("cross-entropy: class weight {v} is not a finite non-negative number");
-        }
+        host_weights(wt, c)?;
     }
     let zero = || logits.affine(0.0, 0.0)?.sum_all();
     if valid == 0 {

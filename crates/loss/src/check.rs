@@ -1,6 +1,7 @@
 //! Input checks shared by the losses: shapes, label ranges, NaN.
 
 use candle_core::{DType, Result, Tensor, bail};
+use rayon::prelude::*;
 
 /// Checks `(B, C, H, W)` against `(B, H, W)` and returns the four sizes.
 pub(crate) fn check_logits_labels(
@@ -58,4 +59,45 @@ pub(crate) fn host_labels(
         valid += 1;
     }
     Ok((host, valid))
+}
+
+/// Copies `(C,)` class weights to the host as f64 and checks that there is
+/// one per class and that each is finite and non-negative.
+pub(crate) fn host_weights(weights: &Tensor, c: usize) -> Result<Vec<f64>> {
+    if weights.dims() != [c] {
+        bail!(
+            "cross-entropy: class weights have shape {:?}, expected [{c}]",
+            weights.dims()
+        );
+    }
+    let host = weights.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if let Some(v) = host.iter().find(|v| !v.is_finite() || **v < 0.0) {
+        bail!("cross-entropy: class weight {v} is not a finite non-negative number");
+    }
+    Ok(host)
+}
+
+/// Fails on the first value of a flattened `(B, C, H, W)` array that is not
+/// finite, naming it `what` and giving its position.
+pub(crate) fn check_finite(values: &[f64], [_, c, h, w]: [usize; 4], what: &str) -> Result<()> {
+    const CHUNK: usize = 4096;
+    let bad = values
+        .par_chunks(CHUNK)
+        .position_first(|ch| ch.iter().any(|v| !v.is_finite()))
+        .and_then(|ci| {
+            let at = values[ci * CHUNK..].iter().position(|v| !v.is_finite())?;
+            Some(ci * CHUNK + at)
+        });
+    if let Some(i) = bad {
+        let hw = h * w;
+        bail!(
+            "{what} {} at [{}, {}, {}, {}] is not finite",
+            values[i],
+            i / (c * hw),
+            (i / hw) % c,
+            (i % hw) / w,
+            i % w
+        );
+    }
+    Ok(())
 }

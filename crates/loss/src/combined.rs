@@ -83,7 +83,26 @@ impl SegLoss {
 
     /// # Shapes
     /// `logits`: `(B, C, H, W)`; `labels`: `(B, H, W)` → scalars.
+    ///
+    /// On the CPU (f32 or f64 logits) the loss is computed on the host in
+    /// f64 in two passes, and each of [`LossParts`]' three scalars is one
+    /// op whose backward is its exact gradient (`crates/loss/src/fused.rs`);
+    /// elsewhere it is [`SegLoss::forward_composed`]. The two agree to
+    /// rounding (`tests/fused_loss.rs`).
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<LossParts> {
+        if crate::fused::applies(logits, labels) {
+            return crate::fused::seg_loss_cpu(logits, labels, self.weights.as_ref(), &self.cfg);
+        }
+        self.forward_composed(logits, labels)
+    }
+
+    /// The same loss composed of candle ops ([`cross_entropy_with_ignore`]
+    /// and [`lovasz_softmax`] on `softmax(logits)`), on any device: what
+    /// [`SegLoss::forward`] runs off the CPU.
+    ///
+    /// [`cross_entropy_with_ignore`]: crate::cross_entropy_with_ignore
+    /// [`lovasz_softmax`]: crate::lovasz_softmax
+    pub fn forward_composed(&self, logits: &Tensor, labels: &Tensor) -> Result<LossParts> {
         let ce = cross_entropy_with_ignore(
             logits,
             labels,

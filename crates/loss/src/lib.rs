@@ -23,6 +23,7 @@ mod ce;
 mod check;
 mod combined;
 mod dice;
+mod fused;
 mod lovasz;
 
 pub use ce::{cross_entropy_with_ignore, weighted_cross_entropy};

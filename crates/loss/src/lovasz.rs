@@ -21,11 +21,11 @@
 //! through candle's ordinary (correct) mul/sum backward. One device→host
 //! copy of the probabilities and one host→device copy of `G` per call.
 
-use candle_core::{DType, Device, Result, Tensor, bail};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{check_logits_labels, host_labels};
+use crate::check::{check_finite, check_logits_labels, host_labels};
 
 /// Which classes the loss averages over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -68,28 +68,42 @@ pub struct LovaszConfig {
 /// ```
 pub fn lovasz_grad(fg_sorted: &[bool]) -> Vec<f64> {
     let gts = fg_sorted.iter().filter(|&&f| f).count() as u64;
-    let mut g = Vec::with_capacity(fg_sorted.len());
-    let (mut cum_fg, mut cum_bg) = (0u64, 0u64);
-    let mut prev = 0.0;
-    for &f in fg_sorted {
-        if f {
-            cum_fg += 1;
-        } else {
-            cum_bg += 1;
-        }
-        let inter = (gts - cum_fg) as f64;
-        let union = (gts + cum_bg) as f64;
-        let j = 1.0 - inter / union;
-        g.push(j - prev);
-        prev = j;
-    }
-    g
+    let mut steps = JaccardSteps::new(gts);
+    fg_sorted.iter().map(|&f| steps.next(f)).collect()
 }
 
-/// The label index of the pixel behind flat probability index `idx`.
-#[inline]
-fn label_index(idx: usize, c: usize, hw: usize) -> usize {
-    (idx / (c * hw)) * hw + idx % hw
+/// [`lovasz_grad`] one sorted pixel at a time: `G` is the number of
+/// foreground pixels, and each call returns the next `g`.
+struct JaccardSteps {
+    gts: u64,
+    cum_fg: u64,
+    cum_bg: u64,
+    prev: f64,
+}
+
+impl JaccardSteps {
+    fn new(gts: u64) -> JaccardSteps {
+        JaccardSteps {
+            gts,
+            cum_fg: 0,
+            cum_bg: 0,
+            prev: 0.0,
+        }
+    }
+
+    fn next(&mut self, fg: bool) -> f64 {
+        if fg {
+            self.cum_fg += 1;
+        } else {
+            self.cum_bg += 1;
+        }
+        let inter = (self.gts - self.cum_fg) as f64;
+        let union = (self.gts + self.cum_bg) as f64;
+        let j = 1.0 - inter / union;
+        let g = j - self.prev;
+        self.prev = j;
+        g
+    }
 }
 
 /// Loss and gradient with respect to the probabilities, on the host.
@@ -142,61 +156,66 @@ pub fn lovasz_softmax_host(
             jobs.push((gi, class, 1.0 / (k as f64 * n_groups)));
         }
     }
-    // Each job: sort its pixels by error, compute g, its loss share and its
-    // (index, gradient) pairs.
-    let results: Vec<(f64, Vec<(usize, f64)>)> = jobs
+    // Each job: sort its pixels by error, compute g, its loss share and the
+    // gradient of its class plane in each of the group's images.
+    let results: Vec<(f64, Vec<f64>)> = jobs
         .par_iter()
         .map(|&(gi, class, scale)| {
+            let imgs = &groups[gi];
             // Sort keys: errors are >= 0, so their f64 bit patterns order
             // like the values; inverted for a descending order, with the
-            // pixel's flat index below them to break ties in pixel order.
+            // pixel's index in the group (`t`, in pixel order) below them to
+            // break ties. The two lowest bits carry what the gradient needs:
+            // whether the pixel is of the class, and whether `p` is above
+            // its target (`d|t - p|/dp = sign(p - t)`, 0 where the error is).
             // One u128 per pixel sorts faster than tuples with a closure.
-            let mut keys: Vec<u128> = Vec::new();
-            for &i in &groups[gi] {
-                for s in 0..hw {
-                    let l = labels[i * hw + s];
+            let mut keys: Vec<u128> = Vec::with_capacity(imgs.len() * hw);
+            let mut gts = 0u64;
+            for (pos, &i) in imgs.iter().enumerate() {
+                let plane = &probs[(i * c + class) * hw..][..hw];
+                for (s, (&l, &p)) in labels[i * hw..][..hw].iter().zip(plane).enumerate() {
                     if Some(l) == cfg.ignore {
                         continue;
                     }
-                    let idx = (i * c + class) * hw + s;
-                    let p = probs[idx];
-                    let e = if l as usize == class { 1.0 - p } else { p }.abs();
-                    keys.push((u128::from(!e.to_bits()) << 64) | idx as u128);
+                    let fg = l as usize == class;
+                    gts += u64::from(fg);
+                    let target = if fg { 1.0 } else { 0.0 };
+                    let e = (target - p).abs();
+                    let t = (pos * hw + s) as u128;
+                    keys.push(
+                        (u128::from(!e.to_bits()) << 64)
+                            | t << 2
+                            | u128::from(fg) << 1
+                            | u128::from(p > target),
+                    );
                 }
             }
             keys.par_sort_unstable();
-            let fg: Vec<bool> = keys
-                .iter()
-                .map(|k| labels[label_index(*k as usize, c, hw)] as usize == class)
-                .collect();
-            let g = lovasz_grad(&fg);
+            let mut steps = JaccardSteps::new(gts);
             let mut loss = 0.0;
-            let mut grads = Vec::with_capacity(keys.len());
-            for ((k, fg), gr) in keys.into_iter().zip(fg).zip(g) {
+            let mut grad = vec![0.0; imgs.len() * hw];
+            for k in keys {
                 let e = f64::from_bits(!((k >> 64) as u64));
-                let idx = k as u64 as usize;
-                loss += e * gr;
-                let p = probs[idx];
-                let target = if fg { 1.0 } else { 0.0 };
-                // d|t - p|/dp = sign(p - t), 0 where they are equal.
-                let sign = if p > target {
-                    1.0
-                } else if p < target {
-                    -1.0
-                } else {
+                let g = steps.next(k & 2 != 0);
+                loss += e * g;
+                let sign = if e == 0.0 {
                     0.0
+                } else if k & 1 != 0 {
+                    1.0
+                } else {
+                    -1.0
                 };
-                grads.push((idx, gr * sign * scale));
+                grad[(k as u64 >> 2) as usize] = g * sign * scale;
             }
-            (loss * scale, grads)
+            (loss * scale, grad)
         })
         .collect();
     let mut grad = vec![0.0; probs.len()];
     let mut loss = 0.0;
-    for (l, gs) in results {
+    for (&(gi, class, _), (l, g)) in jobs.iter().zip(results) {
         loss += l;
-        for (i, g) in gs {
-            grad[i] = g;
+        for (pos, &i) in groups[gi].iter().enumerate() {
+            grad[(i * c + class) * hw..][..hw].copy_from_slice(&g[pos * hw..][..hw]);
         }
     }
     (loss, grad)
@@ -236,17 +255,7 @@ pub fn lovasz_softmax(probs: &Tensor, labels: &Tensor, cfg: &LovaszConfig) -> Re
         .flatten_all()?
         .to_device(&Device::Cpu)?
         .to_vec1::<f64>()?;
-    if let Some(i) = probs_host.iter().position(|p| !p.is_finite()) {
-        let hw = h * w;
-        bail!(
-            "Lovász-Softmax: probability {} at [{}, {}, {}, {}] is not finite",
-            probs_host[i],
-            i / (c * hw),
-            (i / hw) % c,
-            (i % hw) / w,
-            i % w
-        );
-    }
+    check_finite(&probs_host, [b, c, h, w], "Lovász-Softmax: probability")?;
     let (value, grad) = lovasz_softmax_host(&probs_host, &labels_host, [b, c, h, w], cfg);
     let grad = Tensor::from_vec(grad, probs.shape(), &Device::Cpu)?
         .to_dtype(probs.dtype())?

@@ -1,0 +1,278 @@
+//! [`SegLoss`](crate::SegLoss) on the CPU as one host computation.
+//!
+//! Built from candle ops, the combined loss is about twenty graph nodes
+//! (log-softmax, gather, index-select, products, casts, sums, the softmax,
+//! the Lovász surrogate), each with its own buffers and its own backward,
+//! whose gradients candle adds up one by one. At the 128² preset's
+//! 4×3×128×128 logits that came to about a fifth of a training step
+//! (docs/PERFORMANCE.md). Here the same loss is one pass over the logits,
+//! the Lovász sort, and one pass in the backward, all in f64:
+//!
+//! 1. per pixel, the softmax (in place, over a copy of the logits) and the
+//!    cross-entropy's weighted sums `Σ w·log p[y]` and `Σ w`;
+//! 2. [`lovasz_softmax_host`] on those probabilities;
+//! 3. each part's value as one custom op on the logits, whose backward
+//!    forms the gradient from what was kept: for the cross-entropy
+//!    `w_i / Σw · (p_k - [k = y_i])`, for the Lovász term the softmax's
+//!    Jacobian applied to its gradient `G` with respect to the
+//!    probabilities, `p_k (G_k - Σ_j p_j G_j)`.
+//!
+//! The sums are taken per fixed chunk of pixels and the chunks' partial
+//! sums added in order, so the result does not depend on the thread count
+//! or scheduling.
+
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, WithDType, bail,
+};
+use rayon::prelude::*;
+
+use crate::check::{check_finite, check_logits_labels, host_labels, host_weights};
+use crate::combined::{LossParts, SegLossConfig};
+use crate::lovasz::lovasz_softmax_host;
+
+/// Pixels (or gradient values) per parallel work item.
+const CHUNK: usize = 4096;
+
+/// Whether [`seg_loss_cpu`] handles these inputs.
+pub(crate) fn applies(logits: &Tensor, labels: &Tensor) -> bool {
+    logits.device().is_cpu()
+        && labels.device().is_cpu()
+        && matches!(logits.dtype(), DType::F32 | DType::F64)
+}
+
+/// What the backward of each part needs.
+struct Kept {
+    /// `[B, C, H, W]`.
+    dims: [usize; 4],
+    dtype: DType,
+    /// Softmax probabilities, `(B, C, H, W)`.
+    probs: Vec<f64>,
+    /// The Lovász term's gradient with respect to `probs`.
+    lovasz_grad: Vec<f64>,
+    /// `(B, H, W)`.
+    labels: Vec<u32>,
+    /// Each pixel's cross-entropy weight over the sum of the weights (0 for
+    /// ignored pixels, and everywhere when no pixel has weight).
+    ce_scale: Vec<f64>,
+    lambda: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Total,
+    Ce,
+    Lovasz,
+}
+
+impl Kept {
+    /// `u · d part / d logits`, `(B, C, H, W)` flattened.
+    fn grad<T: WithDType>(&self, part: Part, u: f64) -> Vec<T> {
+        let [_, c, h, w] = self.dims;
+        let hw = h * w;
+        // Per pixel, Σ_j p_j G_j (the Lovász term's softmax Jacobian).
+        let dots: Vec<f64> = match part {
+            Part::Ce => Vec::new(),
+            Part::Total | Part::Lovasz => (0..self.labels.len())
+                .into_par_iter()
+                .with_min_len(CHUNK)
+                .map(|q| {
+                    let (bi, s) = (q / hw, q % hw);
+                    (0..c)
+                        .map(|k| {
+                            let i = (bi * c + k) * hw + s;
+                            self.probs[i] * self.lovasz_grad[i]
+                        })
+                        .sum()
+                })
+                .collect(),
+        };
+        let mut out = vec![T::zero(); self.probs.len()];
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, dst)| {
+            for (j, d) in dst.iter_mut().enumerate() {
+                let i = ci * CHUNK + j;
+                let (plane, s) = (i / hw, i % hw);
+                let (bi, k) = (plane / c, plane % c);
+                let q = bi * hw + s;
+                let p = self.probs[i];
+                let ce = || {
+                    let hit = if self.labels[q] as usize == k {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                    self.ce_scale[q] * (p - hit)
+                };
+                let lovasz = || p * (self.lovasz_grad[i] - dots[q]);
+                let g = match part {
+                    Part::Ce => ce(),
+                    Part::Lovasz => lovasz(),
+                    Part::Total => ce() + self.lambda * lovasz(),
+                };
+                *d = T::from_f64(u * g);
+            }
+        });
+        out
+    }
+}
+
+/// One part's value, as an op on the logits whose backward is that part's
+/// gradient.
+struct PartOp {
+    kept: Arc<Kept>,
+    part: Part,
+    value: f64,
+}
+
+impl CustomOp1 for PartOp {
+    fn name(&self) -> &'static str {
+        "kseg-seg-loss"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let v = match self.kept.dtype {
+            DType::F64 => CpuStorage::F64(vec![self.value]),
+            _ => CpuStorage::F32(vec![self.value as f32]),
+        };
+        Ok((v, Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let u = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let g = match self.kept.dtype {
+            DType::F64 => Tensor::from_vec(
+                self.kept.grad::<f64>(self.part, u),
+                arg.shape(),
+                arg.device(),
+            )?,
+            _ => Tensor::from_vec(
+                self.kept.grad::<f32>(self.part, u),
+                arg.shape(),
+                arg.device(),
+            )?,
+        };
+        Ok(Some(g))
+    }
+}
+
+/// The logits as f64 on the host, `(B, C, H, W)` flattened.
+fn host_logits(logits: &Tensor) -> Result<Vec<f64>> {
+    let logits = logits.contiguous()?;
+    let (storage, layout) = logits.storage_and_layout();
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        bail!("loss: logits are not contiguous after contiguous()");
+    };
+    Ok(match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => v[a..b].par_iter().map(|&x| f64::from(x)).collect(),
+        Storage::Cpu(CpuStorage::F64(v)) => v[a..b].to_vec(),
+        _ => bail!(
+            "loss: the fused CPU loss takes f32 or f64 logits on the CPU, got {:?} on {:?}",
+            logits.dtype(),
+            logits.device().location()
+        ),
+    })
+}
+
+/// `ce + λ · lovasz` and its parts for CPU logits in f32 or f64 (see the
+/// module documentation); the same loss as the candle-op composition
+/// [`SegLoss::forward_composed`](crate::SegLoss::forward_composed).
+pub(crate) fn seg_loss_cpu(
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    cfg: &SegLossConfig,
+) -> Result<LossParts> {
+    let (b, c, h, w) = check_logits_labels(logits, labels, "loss")?;
+    let (labels_host, _) = host_labels(labels, c, cfg.lovasz.ignore)?;
+    let weights = weights.map(|wt| host_weights(wt, c)).transpose()?;
+    let x = host_logits(logits)?;
+    let hw = h * w;
+    check_finite(&x, [b, c, h, w], "loss: logit")?;
+    let n = b * hw;
+    // One pass per work item (a chunk of one image's pixels, and that chunk
+    // of each class plane): the softmax in place of the logits, each
+    // pixel's CE weight, and the item's Σ w·log p[y] and Σ w.
+    let mut probs = x;
+    let mut pix_w = vec![0f64; n];
+    let mut items = Vec::new();
+    for ((bi, image), image_w) in probs
+        .chunks_mut(c * hw)
+        .enumerate()
+        .zip(pix_w.chunks_mut(hw))
+    {
+        let mut planes: Vec<_> = image.chunks_mut(hw).map(|p| p.chunks_mut(CHUNK)).collect();
+        for (ci, w) in image_w.chunks_mut(CHUNK).enumerate() {
+            let chunk: Vec<&mut [f64]> = planes
+                .iter_mut()
+                .map(|p| p.next().expect("as many chunks per plane"))
+                .collect();
+            items.push((bi * hw + ci * CHUNK, chunk, w));
+        }
+    }
+    let sums: Vec<(f64, f64)> = items
+        .into_par_iter()
+        .map(|(q0, mut planes, pix_w)| {
+            let (mut num, mut den) = (0f64, 0f64);
+            for (j, pw) in pix_w.iter_mut().enumerate() {
+                let l = labels_host[q0 + j];
+                let m = planes
+                    .iter()
+                    .map(|p| p[j])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let (mut sum, mut x_l) = (0f64, 0f64);
+                for (k, p) in planes.iter_mut().enumerate() {
+                    if k == l as usize {
+                        x_l = p[j];
+                    }
+                    p[j] = (p[j] - m).exp();
+                    sum += p[j];
+                }
+                for p in planes.iter_mut() {
+                    p[j] /= sum;
+                }
+                if Some(l) == cfg.lovasz.ignore {
+                    continue;
+                }
+                *pw = weights.as_ref().map_or(1.0, |wt| wt[l as usize]);
+                num += *pw * (x_l - m - sum.ln());
+                den += *pw;
+            }
+            (num, den)
+        })
+        .collect();
+    let (num, den) = sums
+        .iter()
+        .fold((0f64, 0f64), |(a, b), (x, y)| (a + x, b + y));
+    // No pixel with weight (all ignored, or only zero-weight classes):
+    // nothing to learn from, 0 with a zero gradient.
+    let ce = if den > 0.0 { -num / den } else { 0.0 };
+    let ce_scale: Vec<f64> = if den > 0.0 {
+        pix_w.par_iter().map(|pw| pw / den).collect()
+    } else {
+        vec![0.0; n]
+    };
+    let (lovasz, lovasz_grad) =
+        lovasz_softmax_host(&probs, &labels_host, [b, c, h, w], &cfg.lovasz);
+    let kept = Arc::new(Kept {
+        dims: [b, c, h, w],
+        dtype: logits.dtype(),
+        probs,
+        lovasz_grad,
+        labels: labels_host,
+        ce_scale,
+        lambda: cfg.lambda,
+    });
+    let part = |part: Part, value: f64| {
+        logits.apply_op1(PartOp {
+            kept: kept.clone(),
+            part,
+            value,
+        })
+    };
+    Ok(LossParts {
+        total: part(Part::Total, ce + cfg.lambda * lovasz)?,
+        ce: part(Part::Ce, ce)?,
+        lovasz: part(Part::Lovasz, lovasz)?,
+    })
+}
