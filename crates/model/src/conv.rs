@@ -75,6 +75,59 @@ fn src_index(o: usize, ki: usize, stride: usize, pad: usize, n: usize) -> Option
     (o * stride + ki).checked_sub(pad).filter(|&i| i < n)
 }
 
+/// `dst[j] = src[j·stride]` for every `j` of `dst`. Stride 2 (the
+/// down-sampling convolutions) has its own loop over an exactly sized
+/// source, which compiles to vector shuffles instead of a scalar `step_by`.
+#[inline]
+fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
+    let n = dst.len();
+    if n == 0 {
+        return;
+    }
+    match stride {
+        1 => dst.copy_from_slice(&src[..n]),
+        2 => {
+            let src = &src[..2 * n - 1];
+            for (j, v) in dst.iter_mut().enumerate() {
+                *v = src[2 * j];
+            }
+        }
+        _ => {
+            for (v, &sv) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+                *v = sv;
+            }
+        }
+    }
+}
+
+/// `dst[j·stride] += src[j]` for every `j` of `src`: the adjoint of
+/// [`gather`].
+#[inline]
+fn scatter_add(dst: &mut [f32], src: &[f32], stride: usize) {
+    let n = src.len();
+    if n == 0 {
+        return;
+    }
+    match stride {
+        1 => {
+            for (d, s) in dst[..n].iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+        2 => {
+            let dst = &mut dst[..2 * n - 1];
+            for (j, s) in src.iter().enumerate() {
+                dst[2 * j] += s;
+            }
+        }
+        _ => {
+            for (d, s) in dst.iter_mut().step_by(stride).zip(src) {
+                *d += s;
+            }
+        }
+    }
+}
+
 /// The geometry of one convolution: input plane `h`×`w`, square kernel
 /// `k`, stride, zero padding, output plane `ho`×`wo`.
 #[derive(Debug, Clone, Copy)]
@@ -116,14 +169,7 @@ impl Geo {
             let src = &plane[iy * w..(iy + 1) * w];
             d[..lo].fill(0.0);
             d[hi..].fill(0.0);
-            if self.stride == 1 {
-                d[lo..hi].copy_from_slice(&src[src_lo..src_lo + hi - lo]);
-            } else {
-                let from = src[src_lo..].iter().step_by(self.stride);
-                for (v, &sv) in d[lo..hi].iter_mut().zip(from) {
-                    *v = sv;
-                }
-            }
+            gather(&mut d[lo..hi], &src[src_lo..], self.stride);
         }
     }
 
@@ -161,16 +207,7 @@ impl Geo {
                         continue;
                     };
                     let d = &mut plane[iy * w..(iy + 1) * w];
-                    if self.stride == 1 {
-                        for (dv, sv) in d[src_lo..src_lo + hi - lo].iter_mut().zip(&s[lo..hi]) {
-                            *dv += sv;
-                        }
-                    } else {
-                        let to = d[src_lo..].iter_mut().step_by(self.stride);
-                        for (dv, sv) in to.zip(&s[lo..hi]) {
-                            *dv += sv;
-                        }
-                    }
+                    scatter_add(&mut d[src_lo..], &s[lo..hi], self.stride);
                 }
             }
         }
