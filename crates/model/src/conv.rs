@@ -77,7 +77,9 @@ fn src_index(o: usize, ki: usize, stride: usize, pad: usize, n: usize) -> Option
 
 /// `dst[j] = src[j·stride]` for every `j` of `dst`. Stride 2 (the
 /// down-sampling convolutions) has its own loop over an exactly sized
-/// source, which compiles to vector shuffles instead of a scalar `step_by`.
+/// source: no `step_by` iterator state and no bounds check per element
+/// (the `step_by` loop was about 45% of the unfold's time in the 128²
+/// training step's profile).
 #[inline]
 fn gather(dst: &mut [f32], src: &[f32], stride: usize) {
     let n = dst.len();
