@@ -85,8 +85,9 @@ impl SegLoss {
     /// `logits`: `(B, C, H, W)`; `labels`: `(B, H, W)` → scalars.
     ///
     /// On the CPU (f32 or f64 logits) the loss is computed on the host in
-    /// f64 in two passes, and each of [`LossParts`]' three scalars is one
-    /// op whose backward is its exact gradient (`crates/loss/src/fused.rs`);
+    /// f64 (one pass over the logits, then the Lovász sort), and each of
+    /// [`LossParts`]' three scalars is one op whose backward is its exact
+    /// gradient (`crates/loss/src/fused.rs`);
     /// elsewhere it is [`SegLoss::forward_composed`]. The two agree to
     /// rounding (`tests/fused_loss.rs`).
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<LossParts> {
