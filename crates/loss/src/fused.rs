@@ -246,12 +246,13 @@ pub(crate) fn seg_loss_cpu(
         .fold((0f64, 0f64), |(a, b), (x, y)| (a + x, b + y));
     // No pixel with weight (all ignored, or only zero-weight classes):
     // nothing to learn from, 0 with a zero gradient.
+    // Each pixel's weight becomes its share of the sum (the weights are
+    // all 0 when the sum is).
     let ce = if den > 0.0 { -num / den } else { 0.0 };
-    let ce_scale: Vec<f64> = if den > 0.0 {
-        pix_w.par_iter().map(|pw| pw / den).collect()
-    } else {
-        vec![0.0; n]
-    };
+    let mut ce_scale = pix_w;
+    if den > 0.0 {
+        ce_scale.par_iter_mut().for_each(|pw| *pw /= den);
+    }
     let (lovasz, lovasz_grad) =
         lovasz_softmax_host(&probs, &labels_host, [b, c, h, w], &cfg.lovasz);
     let kept = Arc::new(Kept {
