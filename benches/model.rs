@@ -7,6 +7,9 @@
 //! machine: the CUDA benches then run too, synchronised before the clock
 //! stops).
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

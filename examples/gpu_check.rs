@@ -286,7 +286,7 @@ fn speed(
 /// Samples per second of the loader thread alone, batches moved to `dev`.
 fn loader(args: &Args, dev: &Device, rows: &mut Vec<Row>) -> Result<()> {
     use std::sync::Arc;
-    let mut cfg = kseg::train::TrainConfig::synthetic_cpu();
+    let mut cfg = kseg::preset("synthetic-cpu").unwrap();
     cfg.train.batch_size = args.batch;
     cfg.apply_overrides(&args.overrides)?;
     cfg.validate()?;

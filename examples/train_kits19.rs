@@ -2,8 +2,8 @@
 //!
 //! With no arguments: synthetic KiTS-like cases (made once under `data/`,
 //! then cached) and a configuration sized for a 2-core CPU (about 6
-//! minutes). With `--data-dir PATH` (KiTS19's `data/` folder): the seed's
-//! setup, 512×512 3-slice stacks, the default Res-U-Net, a 180/30 split.
+//! minutes). With `--data-dir PATH` (KiTS19's `data/` folder): the reference
+//! method's setup, 512×512 3-slice stacks, the default Res-U-Net, a 180/30 split.
 //!
 //! ```text
 //! cargo run --release --example train_kits19
@@ -38,7 +38,10 @@ fn main() -> std::process::ExitCode {
                 "kidney Dice {:.4}, tumour Dice {:.4}, composite {:.4} after {} steps in {:.0} s",
                 s.kidney_dice, s.tumour_dice, s.composite, s.steps, s.wall_seconds
             );
-            println!("summary: {}", dir.join("summary.json").display());
+            println!(
+                "summary: {}",
+                kseg::train::RunDir::new(dir).summary().display()
+            );
             println!("best checkpoint: {}", s.best_checkpoint.display());
             std::process::ExitCode::SUCCESS
         }

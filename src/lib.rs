@@ -2,15 +2,18 @@
 //!
 //! This facade re-exports the workspace crates under short names:
 //! - [`volume`]: NIfTI I/O, KiTS19 cases, windowing, 2.5D stacks, the slice
-//!   cache, splits, sampling and the synthetic case generator.
+//!   cache, splits, sampling, the synthetic case generator, the KiTS Dice
+//!   metric and atomic writes.
 //! - [`augment`]: the contest's augmentation chain as one warp, seeded and
 //!   parallel.
 //! - [`model`]: the Res-U-Net, PyTorch-checkpoint compatible.
-//! - [`loss`]: weighted cross-entropy, Lovász-Softmax, their combination and
-//!   the KiTS19 Dice metric.
+//! - [`loss`]: weighted cross-entropy, Lovász-Softmax and their combination.
 //! - [`train`]: configuration, data loading, the training loop with
 //!   checkpoints and exact resume, whole-volume inference, reporting.
 pub mod cli;
+mod presets;
+
+pub use presets::{PRESETS, preset};
 
 pub use kseg_augment as augment;
 pub use kseg_loss as loss;

@@ -1,13 +1,11 @@
 //! Bad input: each gives an error that names the file and the problem, from
 //! the library and from the CLI (non-zero exit, no panic, no partial file).
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::testdata;
+use crate::support::testdata;
 use kseg::volume::{
     self, CaseDir, DType, Header, VolumeError, read_image, read_labels, read_volume, write_volume,
 };

@@ -1,11 +1,9 @@
 //! `kseg info` and `kseg synth` from the outside, against nibabel/numpy
 //! values from the fixtures' manifests.
 
-mod common;
-
 use std::process::Command;
 
-use common::testdata;
+use crate::support::testdata;
 use serde_json::Value;
 
 /// Runs the `kseg` binary.

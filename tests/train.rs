@@ -11,12 +11,10 @@ use kseg::train::{Segmenter, TrainConfig, TrainError, Trainer};
 use kseg::volume;
 use serde_json::Value;
 
-mod common;
-
 /// A run small enough for CI: 6 cases of 32×32×(8..12), a depth-2 base-4
 /// Res-U-Net, batch 4. `data` is shared by the runs of one test.
 fn tiny_config(data: &Path, steps: usize) -> TrainConfig {
-    let mut c = TrainConfig::synthetic_cpu();
+    let mut c = kseg::preset("synthetic-cpu").unwrap();
     let g = &mut c.data.synthetic;
     g.cases = 6;
     g.dir = Some(data.to_path_buf());
@@ -356,7 +354,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let (a, b) = (w(&whole), w(&broken));
     assert_eq!(a.len(), b.len());
     for (name, ta) in &a {
-        let diff = common::max_abs_diff(ta, &b[name]);
+        let diff = crate::tensors::max_abs_diff(ta, &b[name]);
         assert_eq!(diff, 0.0, "{name} differs");
     }
 }
@@ -575,7 +573,7 @@ fn config_files_and_overrides() {
     assert_eq!((c.train.steps, c.train.batch_size), (12, 2));
     assert_eq!(c.model.base_channels, 8);
     assert_eq!(c.optim.lr(), 0.02);
-    // Everything unnamed keeps the seed's defaults.
+    // Everything unnamed keeps the reference method's defaults.
     assert_eq!(c.model.depth, 5);
     assert_eq!(c.augment, kseg::augment::AugmentConfig::default());
 

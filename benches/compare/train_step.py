@@ -19,7 +19,7 @@ resident memory. On a shared machine whose neighbours only ever add time,
 the fastest steps are the steadier comparison; the medians show the typical
 step.
 
-The PyTorch model is SPEC §2's Res-U-Net written out below (the same module
+The PyTorch model is docs/METHOD.md §2's Res-U-Net written out below (the same module
 tree as the state_dict names kseg reads); the Lovász-Softmax is the reference
 `lovasz_softmax` (Berman et al.), flat, classes present.
 """

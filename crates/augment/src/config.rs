@@ -10,11 +10,13 @@ use crate::error::{AugmentError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Jitter {
+    /// Probability that the jitter is applied to a sample.
     pub prob: f64,
+    /// The range its factor or value is drawn from, uniformly.
     pub range: (f64, f64),
 }
 
-/// The augmentation chain's settings. `Default` is the seed's chain (SPEC
+/// The augmentation chain's settings. `Default` is the reference method's chain (docs/METHOD.md
 /// §1): rotation uniform in (-9°, 9°), horizontal flip with probability 0.5,
 /// pad 12 px, crop area fraction in (0.92, 0.99) of the padded area and
 /// aspect ratio H/W in (0.96, 1.04), resize to 512×512; outside the source
@@ -25,6 +27,7 @@ pub struct Jitter {
 pub struct AugmentConfig {
     /// Rotation angle is uniform in (-max, max) degrees.
     pub max_rotation_deg: f64,
+    /// Probability of a horizontal flip.
     pub flip_prob: f64,
     /// Padding on every side before the crop, in pixels.
     pub pad: usize,
@@ -68,7 +71,7 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
-    /// nnU-Net-like extras on top of the seed's chain: scaling (p 0.2,
+    /// nnU-Net-like extras on top of the reference method's chain: scaling (p 0.2,
     /// 0.85-1.25), brightness (p 0.15, 0.75-1.25), contrast (p 0.15,
     /// 0.75-1.25), gamma (p 0.3, 0.7-1.5) and noise (p 0.1, sd 0-0.1).
     pub fn with_nnunet_extras(mut self) -> Self {
@@ -225,9 +228,13 @@ impl AugmentConfig {
 /// A crop in padded coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CropRect {
+    /// First row of the crop in the padded image.
     pub top: usize,
+    /// First column of the crop in the padded image.
     pub left: usize,
+    /// Rows of the crop.
     pub height: usize,
+    /// Columns of the crop.
     pub width: usize,
 }
 
@@ -236,20 +243,29 @@ pub struct CropRect {
 pub struct AugmentParams {
     /// Counter-clockwise as displayed (rows downwards), torchvision's sense.
     pub angle_deg: f64,
+    /// Whether the image is flipped horizontally.
     pub flip: bool,
     /// The drawn crop area fraction and aspect ratio (H/W).
     pub crop_area: f64,
+    /// The crop's drawn aspect ratio H/W.
     pub crop_aspect: f64,
     /// The crop they give, in padded coordinates.
     pub crop: CropRect,
+    /// Padding on every side before the crop, in pixels.
     pub pad: usize,
+    /// The input's (height, width) the parameters were drawn for.
     pub in_size: (usize, usize),
+    /// The output's (height, width).
     pub out_size: (usize, usize),
+    /// The value of pixels from outside the image (normalised air).
     pub fill: f32,
     /// Zoom about the centre; 1 = none.
     pub scale: f64,
+    /// Brightness factor, if drawn.
     pub brightness: Option<f64>,
+    /// Contrast factor, if drawn.
     pub contrast: Option<f64>,
+    /// Gamma, if drawn.
     pub gamma: Option<f64>,
     /// Standard deviation and the seed of the noise.
     pub noise: Option<(f64, u64)>,

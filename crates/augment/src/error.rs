@@ -12,4 +12,5 @@ pub enum AugmentError {
     Input(String),
 }
 
+/// The crate's result type.
 pub type Result<T, E = AugmentError> = std::result::Result<T, E>;

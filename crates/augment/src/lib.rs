@@ -3,8 +3,9 @@
 //! applied to an image of any channel count and its label together, as one
 //! warp (one interpolation, one pass over memory). Drawing the parameters is
 //! separate from applying them, every random function takes an explicit
-//! RNG, and batches are augmented in parallel with per-sample generators.
-//! Beyond the seed, off by default: scaling, brightness, contrast, gamma and
+//! RNG ([`augment`] draws and applies for one sample with its own
+//! generator, so batches made in parallel do not depend on the thread count).
+//! Beyond the reference method, off by default: scaling, brightness, contrast, gamma and
 //! Gaussian noise.
 //!
 //! ```
@@ -21,12 +22,12 @@
 //! assert_eq!((x.dim(), y.dim()), ((3, 64, 64), (64, 64)));
 //! ```
 
-mod batch;
 mod config;
+mod draw;
 mod error;
 mod warp;
 
-pub use batch::{Augmented, augment_batch};
 pub use config::{AugmentConfig, AugmentParams, CropRect, Jitter};
+pub use draw::{Augmented, augment};
 pub use error::{AugmentError, Result};
-pub use warp::apply;
+pub use warp::{apply, apply_image};

@@ -2,7 +2,7 @@
 //! warp, then the optional intensity steps.
 //!
 //! # The composition
-//! The seed rotates (output size kept, corners filled), flips, pads, crops
+//! The reference method rotates (output size kept, corners filled), flips, pads, crops
 //! and resizes: two interpolations and four passes over memory. All three
 //! geometric steps are affine, so each output pixel `(x, y)` is traced back
 //! through them analytically:
@@ -16,7 +16,7 @@
 //!
 //! and the source is sampled once: bilinear for the image (neighbours outside
 //! the image count as `fill`, as torchvision's fill does), nearest for the
-//! label (outside: 0). The geometric distribution of outputs is the seed's;
+//! label (outside: 0). The geometric distribution of outputs is the reference method's;
 //! the image is interpolated once instead of twice, so it is slightly
 //! sharper, and the padding border is decided at the nearest half pixel.
 
@@ -38,7 +38,7 @@ pub fn apply(
     image: ArrayView3<f32>,
     label: ArrayView2<u8>,
 ) -> Result<(Array3<f32>, Array2<u8>)> {
-    let (c, h, w) = image.dim();
+    let (_, h, w) = image.dim();
     if (h, w) != label.dim() {
         return Err(AugmentError::Input(format!(
             "image is {h}x{w} but label is {}x{}",
@@ -46,6 +46,34 @@ pub fn apply(
             label.dim().1
         )));
     }
+    let label = label.as_standard_layout();
+    let lab = label.as_slice().expect("standard layout");
+    let (out, out_lab) = apply_to(params, image, lab)?;
+    let (oh, ow) = params.out_size;
+    Ok((
+        out,
+        Array2::from_shape_vec((oh, ow), out_lab).expect("length agrees"),
+    ))
+}
+
+/// Applies one draw to an image alone (bilinear), as [`apply`] does to the
+/// image it is given with a label: with identity parameters and another
+/// output size, a resize (what inference uses).
+///
+/// # Shapes
+/// `image`: `(C, H, W)` f32 → `(C, out_h, out_w)`.
+pub fn apply_image(params: &AugmentParams, image: ArrayView3<f32>) -> Result<Array3<f32>> {
+    Ok(apply_to(params, image, &[])?.0)
+}
+
+/// [`apply`] and [`apply_image`]: the label (`lab`, row-major, empty for
+/// none) and its output are only touched when there is one.
+fn apply_to(
+    params: &AugmentParams,
+    image: ArrayView3<f32>,
+    lab: &[u8],
+) -> Result<(Array3<f32>, Vec<u8>)> {
+    let (c, h, w) = image.dim();
     if c == 0 || h == 0 || w == 0 {
         return Err(AugmentError::Input(format!("zero-size image {c}x{h}x{w}")));
     }
@@ -69,18 +97,13 @@ pub fn apply(
         )));
     }
     let image = image.as_standard_layout();
-    let label = label.as_standard_layout();
     let src = image.as_slice().expect("standard layout");
-    let lab = label.as_slice().expect("standard layout");
     let mut out = vec![0f32; c * oh * ow];
-    let mut out_lab = vec![0u8; oh * ow];
+    let mut out_lab = vec![0u8; if lab.is_empty() { 0 } else { oh * ow }];
     warp(params, src, lab, (c, h, w), &mut out, &mut out_lab);
     let mut out = Array3::from_shape_vec((c, oh, ow), out).expect("length agrees");
     intensity(params, &mut out);
-    Ok((
-        out,
-        Array2::from_shape_vec((oh, ow), out_lab).expect("length agrees"),
-    ))
+    Ok((out, out_lab))
 }
 
 /// `floor` for values above -16 by truncation: a plain conversion, where
@@ -92,7 +115,8 @@ fn floor_i(v: f32) -> isize {
 }
 
 /// Dispatches to a warp compiled for the channel count when it is a common
-/// one (the 2.5D stacks have 3 or 5), so the channel loop is unrolled.
+/// one (the 2.5D stacks have 3 or 5), so the channel loop is unrolled, and
+/// for an image alone when `lab` is empty (then `out_lab` is not touched).
 fn warp(
     p: &AugmentParams,
     src: &[f32],
@@ -101,17 +125,21 @@ fn warp(
     out: &mut [f32],
     out_lab: &mut [u8],
 ) {
-    match dims.0 {
-        1 => warp_n::<1>(p, src, lab, dims, out, out_lab),
-        3 => warp_n::<3>(p, src, lab, dims, out, out_lab),
-        5 => warp_n::<5>(p, src, lab, dims, out, out_lab),
-        _ => warp_n::<0>(p, src, lab, dims, out, out_lab),
+    match (dims.0, lab.is_empty()) {
+        (1, false) => warp_n::<1, true>(p, src, lab, dims, out, out_lab),
+        (3, false) => warp_n::<3, true>(p, src, lab, dims, out, out_lab),
+        (5, false) => warp_n::<5, true>(p, src, lab, dims, out, out_lab),
+        (_, false) => warp_n::<0, true>(p, src, lab, dims, out, out_lab),
+        (1, true) => warp_n::<1, false>(p, src, lab, dims, out, out_lab),
+        (3, true) => warp_n::<3, false>(p, src, lab, dims, out, out_lab),
+        (5, true) => warp_n::<5, false>(p, src, lab, dims, out, out_lab),
+        (_, true) => warp_n::<0, false>(p, src, lab, dims, out, out_lab),
     }
 }
 
 /// The warp; `N > 0` fixes the channel count at compile time, `N = 0` reads
-/// it from `dims`.
-fn warp_n<const N: usize>(
+/// it from `dims`; `L`: with a label.
+fn warp_n<const N: usize, const L: bool>(
     p: &AugmentParams,
     src: &[f32],
     lab: &[u8],
@@ -156,7 +184,9 @@ fn warp_n<const N: usize>(
             for ch in 0..c {
                 out[ch * oplane + row..ch * oplane + row + ow].fill(fill);
             }
-            out_lab[row..row + ow].fill(0);
+            if L {
+                out_lab[row..row + ow].fill(0);
+            }
             continue;
         }
         let dy = yf - cy;
@@ -168,21 +198,25 @@ fn warp_n<const N: usize>(
             out[o..o + c0].fill(fill);
             out[o + c1..o + ow].fill(fill);
         }
-        out_lab[row..row + c0].fill(0);
-        out_lab[row + c1..row + ow].fill(0);
+        if L {
+            out_lab[row..row + c0].fill(0);
+            out_lab[row + c1..row + ow].fill(0);
+        }
         for (ox, &dx) in cols.iter().enumerate().take(c1).skip(c0) {
             let o = row + ox;
             let sx = ax + cosf * dx;
             let sy = ay + sinf * dx;
             let (x0, y0) = (floor_i(sx), floor_i(sy));
             let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
-            // Nearest for the label: floor(s + 0.5).
-            let (nx, ny) = (x0 + isize::from(fx >= 0.5), y0 + isize::from(fy >= 0.5));
-            out_lab[o] = if nx >= 0 && nx < wi && ny >= 0 && ny < hi {
-                lab[ny as usize * w + nx as usize]
-            } else {
-                0
-            };
+            if L {
+                // Nearest for the label: floor(s + 0.5).
+                let (nx, ny) = (x0 + isize::from(fx >= 0.5), y0 + isize::from(fy >= 0.5));
+                out_lab[o] = if nx >= 0 && nx < wi && ny >= 0 && ny < hi {
+                    lab[ny as usize * w + nx as usize]
+                } else {
+                    0
+                };
+            }
             // Bilinear for the image.
             let w00 = (1.0 - fx) * (1.0 - fy);
             let w01 = fx * (1.0 - fy);

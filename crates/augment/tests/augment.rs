@@ -3,10 +3,13 @@
 //! bilinear with align_corners = false, fill outside; bilinear resize with
 //! source positions clamped to the input).
 
-use kseg_augment::{AugmentConfig, AugmentError, AugmentParams, CropRect, apply, augment_batch};
+use kseg_augment::{
+    AugmentConfig, AugmentError, AugmentParams, CropRect, apply, apply_image, augment,
+};
 use ndarray::{Array2, Array3, s};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 fn random_image(c: usize, h: usize, w: usize, seed: u64) -> (Array3<f32>, Array2<u8>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -182,7 +185,7 @@ fn crop_and_resize_match_the_reference() {
             out,
             f64::from(FILL),
         );
-        // Away from the padding border (where the seed's second
+        // Away from the padding border (where the reference method's second
         // interpolation blends fill and image, our single warp decides per
         // half pixel) the values agree.
         let mut err = 0f64;
@@ -201,6 +204,44 @@ fn crop_and_resize_match_the_reference() {
         }
         assert!(err < 1e-5, "{crop:?}: max error {err}");
         assert_eq!(y.dim(), out);
+    }
+}
+
+/// Inference's resize: identity parameters with another output size, on the
+/// image alone, is torch's bilinear resize (no padding, whole image as the
+/// crop), and the same as the image `apply` gives with a label.
+#[test]
+fn image_only_resize_matches_the_reference() {
+    let (img, lab) = random_image(3, 21, 30, 6);
+    for out in [(32, 32), (10, 45), (21, 30)] {
+        let p = AugmentParams {
+            out_size: out,
+            ..AugmentParams::identity((21, 30), 0, FILL)
+        };
+        let x = apply_image(&p, img.view()).unwrap();
+        assert_eq!(x.dim(), (3, out.0, out.1));
+        assert_eq!(x, apply(&p, img.view(), lab.view()).unwrap().0);
+        let full = CropRect {
+            top: 0,
+            left: 0,
+            height: 21,
+            width: 30,
+        };
+        for ch in 0..3 {
+            let want = reference_crop_resize(
+                &img.slice(s![ch, .., ..]).mapv(f64::from),
+                0,
+                full,
+                out,
+                f64::from(FILL),
+            );
+            let err = x
+                .slice(s![ch, .., ..])
+                .iter()
+                .zip(want.iter())
+                .fold(0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
+            assert!(err < 1e-5, "{out:?} channel {ch}: max error {err}");
+        }
     }
 }
 
@@ -262,7 +303,16 @@ fn same_seed_same_batch_on_any_thread_count() {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| augment_batch(&cfg, &samples, 5, epoch, 100).unwrap())
+        pool.install(|| {
+            samples
+                .par_iter()
+                .enumerate()
+                .map(|(i, (x, y))| {
+                    let mut rng = kseg_volume::sample_rng(5, epoch, 100 + i as u64);
+                    augment(&cfg, x.view(), y.view(), &mut rng).unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
     };
     let one = run(1, 0);
     let two = run(2, 0);
@@ -408,6 +458,6 @@ fn bad_input_is_an_error_not_a_panic() {
         let e = cfg.validate().unwrap_err();
         assert!(matches!(e, AugmentError::Config(_)), "{cfg:?}");
         assert!(cfg.sample((10, 10), &mut rng).is_err());
-        assert!(augment_batch(&cfg, &[(img.clone(), lab.clone())], 0, 0, 0).is_err());
+        assert!(augment(&cfg, img.view(), lab.view(), &mut rng).is_err());
     }
 }

@@ -6,6 +6,9 @@
 //! `cargo bench -p kseg-loss --bench loss` (add `--features cuda` on a GPU
 //! machine: the device benches then run too).
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
-//! Losses and the metric of the KiTS19 method, on candle: class-weighted
+//! The losses of the KiTS19 reference method, on candle: class-weighted
 //! cross-entropy (PyTorch semantics), Lovász-Softmax with its sorted-error
-//! gradient (exact, at training size, on CPU and CUDA), their combination,
-//! and the KiTS19 per-case Dice.
+//! gradient (exact, at training size, on CPU and CUDA) and their
+//! combination. Losses only: the KiTS Dice metric needs no tensors and
+//! lives in `kseg_volume::metric`.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -21,14 +22,9 @@
 
 mod ce;
 mod check;
-mod combined;
-mod dice;
-mod fused;
 mod lovasz;
+mod seg_loss;
 
 pub use ce::{cross_entropy_with_ignore, weighted_cross_entropy};
-pub use combined::{LossParts, SegLoss, SegLossConfig, class_weights_from_counts};
-pub use dice::{
-    CaseDice, DiceAccumulator, DiceSummary, KitsDice, MetricError, dice_from_counts, kits_dice,
-};
 pub use lovasz::{Classes, LovaszConfig, lovasz_grad, lovasz_softmax, lovasz_softmax_host};
+pub use seg_loss::{LossParts, SegLoss, SegLossConfig, class_weights_from_counts};

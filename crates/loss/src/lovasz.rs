@@ -43,6 +43,7 @@ pub enum Classes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LovaszConfig {
+    /// Which classes the loss averages over.
     pub classes: Classes,
     /// Compute the loss per image and average over images.
     pub per_image: bool,
@@ -235,7 +236,7 @@ pub fn lovasz_softmax_host(
 /// use candle_core::{Device, Tensor};
 /// use kseg_loss::{lovasz_softmax, LovaszConfig};
 /// # fn main() -> candle_core::Result<()> {
-/// // Labels [0, 1, 1, 0] with p(class 1) = [.2, .7, .4, .1] (SPEC §3's hand
+/// // Labels [0, 1, 1, 0] with p(class 1) = [.2, .7, .4, .1] (docs/METHOD.md §3's hand
 /// // case): 0.3875.
 /// let p1 = [0.2f64, 0.7, 0.4, 0.1];
 /// let p0: Vec<f64> = p1.iter().map(|p| 1.0 - p).collect();

@@ -1,4 +1,4 @@
-//! The cross-entropy's f32 value and gradient at the seed's scale (a batch of
+//! The cross-entropy's f32 value and gradient at the reference method's scale (a batch of
 //! 512×512 slices) against the definition evaluated in f64 by hand.
 //!
 //! Found on an H200 (scripts/gpu-check.sh): CUDA's f32 loss agreed with the

@@ -1,4 +1,4 @@
-//! The seed's building blocks, named as in its code (SPEC §2).
+//! The reference method's building blocks, named as in its code (docs/METHOD.md §2).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -9,13 +9,6 @@ use crate::norm::BatchNorm2d;
 /// A convolution with a bias (PyTorch names `weight`, `bias`).
 fn conv2d(cin: usize, cout: usize, k: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv> {
     Ok(Conv::new(candle_nn::conv2d(cin, cout, k, cfg, vb)?))
-}
-
-/// LeakyReLU as `x >= 0 ? x : a·x`: candle's `ops::leaky_relu` is correct
-/// but keeps many activation copies; this form has a cheap, correct
-/// backward.
-pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
-    x.ge(0.0)?.where_cond(x, &x.affine(negative_slope, 0.0)?)
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm2d> {
@@ -68,6 +61,7 @@ impl ConvBnAct {
 pub struct Conv0(ConvBnAct);
 
 impl Conv0 {
+    /// `cin` → `cout` channels at stride 1; `slope`: LeakyReLU's negative slope.
     pub fn new(cin: usize, cout: usize, slope: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Conv0(ConvBnAct::new(cin, cout, 1, slope, vb)?))
     }
@@ -87,6 +81,7 @@ impl ModuleT for Conv0 {
 pub struct Connector(ConvBnAct);
 
 impl Connector {
+    /// `cin` → `cout` channels at stride 2; `slope`: LeakyReLU's negative slope.
     pub fn new(cin: usize, cout: usize, slope: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Connector(ConvBnAct::new(cin, cout, 2, slope, vb)?))
     }
@@ -114,6 +109,7 @@ pub struct ResDownSample {
 }
 
 impl ResDownSample {
+    /// `cin` → `cout` channels, halving the plane; `slope`: LeakyReLU's negative slope.
     pub fn new(cin: usize, cout: usize, slope: f64, vb: VarBuilder) -> Result<Self> {
         Ok(ResDownSample {
             conv1: conv3(cin, cout, 2, vb.pp("conv1"))?,
@@ -177,6 +173,7 @@ impl CatResBlock {
         })
     }
 
+    /// Up-samples `x`, concatenates the projected `skip` and applies the residual block.
     pub fn forward_t(&self, x: &Tensor, skip: &Tensor, train: bool) -> Result<Tensor> {
         let u = UpSample.forward(x)?;
         let cat = Tensor::cat(&[&u, &self.skip.forward(skip)?], 1)?;
@@ -202,6 +199,7 @@ pub struct CatConv {
 }
 
 impl CatConv {
+    /// `c` channels in from below, `base` from `conv0`, `classes` logits out.
     pub fn new(c: usize, base: usize, classes: usize, slope: f64, vb: VarBuilder) -> Result<Self> {
         Ok(CatConv {
             conv: conv3(c / 4 + base, base, 1, vb.pp("conv"))?,
@@ -217,6 +215,7 @@ impl CatConv {
         })
     }
 
+    /// The logits from the last decoder output `x` and `conv0`'s output `first`.
     pub fn forward_t(&self, x: &Tensor, first: &Tensor, train: bool) -> Result<Tensor> {
         let u = UpSample.forward(x)?;
         let cat = Tensor::cat(&[&u, first], 1)?;

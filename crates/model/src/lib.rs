@@ -16,11 +16,14 @@
 //! # }
 //! ```
 
+mod act;
 pub mod blocks;
 pub mod conv;
+mod host;
 pub mod norm;
 mod resunet;
 
-pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample, leaky_relu};
+pub use act::leaky_relu;
+pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample};
 pub use norm::BatchNorm2d;
 pub use resunet::{ResUNet, ResUNetConfig};

@@ -11,18 +11,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::blocks::{CatConv, CatResBlock, Conv0, ResDownSample};
 
-/// The network's shape. `Default` is the seed's model: 3 input channels
+/// The network's shape. `Default` is the reference method's model: 3 input channels
 /// (a slice and its two neighbours), 3 classes, base width 32, depth 5,
 /// LeakyReLU slope 0.2 (31,613,347 parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResUNetConfig {
+    /// Input channels (2n+1 stacked slices).
     pub in_channels: usize,
+    /// Output classes (logit channels).
     pub num_classes: usize,
     /// Channels after `conv0`; each down-sampling doubles them.
     pub base_channels: usize,
     /// Number of down-sampling blocks; H and W must be divisible by 2^depth.
     pub depth: usize,
+    /// LeakyReLU's negative slope.
     pub negative_slope: f64,
 }
 
@@ -39,6 +42,7 @@ impl Default for ResUNetConfig {
 }
 
 impl ResUNetConfig {
+    /// Checks the sizes: depth and widths the network can be built with.
     pub fn validate(&self) -> Result<()> {
         if self.in_channels == 0 || self.num_classes == 0 || self.depth == 0 {
             bail!("Res-U-Net: in_channels, num_classes and depth must be >= 1, got {self:?}");
@@ -62,7 +66,7 @@ impl ResUNetConfig {
     }
 }
 
-/// The seed's Res-U-Net (SPEC §2). Tensor names are PyTorch `state_dict`
+/// The reference method's Res-U-Net (docs/METHOD.md §2). Tensor names are PyTorch `state_dict`
 /// names (`conv0.conv.weight`, `down.0.bn1.running_mean`, `up.1.skip.bias`,
 /// `head.classifier.weight`...), so a PyTorch checkpoint saved with
 /// safetensors loads with [`ResUNet::new`] over
@@ -162,7 +166,7 @@ impl ResUNet {
         Ok((model, varmap))
     }
 
-    /// Loads a checkpoint (safetensors, SPEC names) for inference or
+    /// Loads a checkpoint (safetensors, PyTorch names, docs/METHOD.md §2) for inference or
     /// fine-tuning: its tensors become the variables of a new `VarMap`.
     pub fn load(
         cfg: &ResUNetConfig,
@@ -174,9 +178,7 @@ impl ResUNet {
         let model = ResUNet::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
         let path = path.as_ref();
         let err = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
-        // SAFETY: the file is only read; checkpoints are replaced by rename.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
-            .map_err(|e| err(e.to_string()))?;
+        let st = crate::host::mmap_safetensors(path).map_err(|e| err(e.to_string()))?;
         let data = varmap.data().lock().expect("varmap lock");
         let mut names: Vec<&String> = data.keys().collect();
         names.sort();
@@ -200,28 +202,7 @@ impl ResUNet {
         Ok((model, varmap))
     }
 
-    /// Writes all variables (weights and BatchNorm statistics) as
-    /// safetensors, through a temporary file and a rename.
-    pub fn save(varmap: &VarMap, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let result = varmap
-            .save(&tmp)
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(candle_core::Error::wrap));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
-    }
-
+    /// The model's configuration.
     pub fn config(&self) -> &ResUNetConfig {
         &self.cfg
     }

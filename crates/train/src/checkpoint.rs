@@ -1,17 +1,12 @@
-//! Checkpoints: a folder per save holding the model (SPEC names, loadable
-//! in PyTorch, with what inference needs in the safetensors metadata), the
-//! optimiser state and the loop state. Folders are written under a
-//! temporary name and renamed, so a crash leaves the previous checkpoint
-//! whole; `latest.json` points at the newest one.
-//!
-//! ```text
-//! <run>/checkpoints/step_000200/{model.safetensors, optimizer.safetensors, state.json}
-//! <run>/checkpoints/best/...          (the best validation composite so far)
-//! <run>/checkpoints/latest.json       {"step": 200, "dir": "step_000200"}
-//! ```
+//! Checkpoints: a folder per save holding the model (PyTorch names,
+//! loadable in PyTorch, with what inference needs in the safetensors
+//! metadata), the optimiser state and the loop state. Folders are written
+//! under a temporary name and renamed (`kseg_volume::fs`), so a crash
+//! leaves the previous checkpoint whole; `latest.json` points at the newest
+//! one. Where the files are: [`RunDir`] and [`CheckpointDir`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::DType;
 use candle_nn::VarMap;
@@ -19,14 +14,12 @@ use kseg_model::ResUNetConfig;
 use kseg_volume::Intensity;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
-use crate::error::{Result, TrainError, write_atomic};
-use crate::optim::Optimiser;
+use kseg_volume::fs::{write_bytes_atomic, write_dir_atomic};
 
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const OPTIMISER_FILE: &str = "optimizer.safetensors";
-pub const STATE_FILE: &str = "state.json";
-pub const LATEST_FILE: &str = "latest.json";
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::optim::Optimiser;
+use crate::run_dir::{CheckpointDir, RunDir};
 /// The safetensors metadata key that holds [`ModelMeta`] as JSON.
 pub const META_KEY: &str = "kseg";
 
@@ -35,10 +28,13 @@ pub const META_KEY: &str = "kseg";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelMeta {
+    /// Version of this metadata (1).
     pub format: u32,
+    /// The network's shape.
     pub model: ResUNetConfig,
     /// Neighbours on each side of a slice (1: 3-slice stacks).
     pub context: usize,
+    /// The intensity window and normalisation of training.
     pub intensity: Intensity,
     /// In-plane size the network was trained at when slices were resampled
     /// to it; `None`: native size (inputs are padded to a multiple of
@@ -56,6 +52,7 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// The metadata of a model trained with `cfg`, after `step` steps.
     pub fn from_config(cfg: &TrainConfig, step: usize) -> ModelMeta {
         ModelMeta {
             format: 1,
@@ -73,9 +70,13 @@ impl ModelMeta {
 /// The best validation so far.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
+    /// Step of that validation.
     pub step: usize,
+    /// Mean kidney Dice.
     pub kidney: f64,
+    /// Mean tumour Dice.
     pub tumour: f64,
+    /// Mean of the two.
     pub composite: f64,
 }
 
@@ -87,14 +88,17 @@ pub struct TrainState {
     pub step: usize,
     /// Samples seen / training slices.
     pub epoch: f64,
+    /// The best validation so far.
     pub best: Option<Best>,
     /// Training seconds spent before this checkpoint (all sessions).
     pub wall_seconds: f64,
+    /// The configuration the run trains with.
     pub config: TrainConfig,
 }
 
-/// Writes the variables of `varmap` as f32 safetensors with SPEC names and
-/// `meta` in the metadata, through a temporary file and a rename.
+/// Writes the variables of `varmap` as f32 safetensors with PyTorch names
+/// (docs/METHOD.md §2) and `meta` in the metadata, through a temporary
+/// file and a rename: the one way kseg writes a model file.
 pub fn save_model(varmap: &VarMap, meta: &ModelMeta, path: &Path) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(data.len());
@@ -120,7 +124,7 @@ pub fn save_model(varmap: &VarMap, meta: &ModelMeta, path: &Path) -> Result<()> 
     let info = HashMap::from([(META_KEY.to_string(), json)]);
     let bytes = safetensors::serialize(views, Some(info))
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    Ok(write_bytes_atomic(path, &bytes)?)
 }
 
 /// Reads [`ModelMeta`] from a model file, with errors that say what is
@@ -169,26 +173,45 @@ pub fn read_meta(path: &Path) -> Result<ModelMeta> {
     Ok(meta)
 }
 
-/// The model file of a checkpoint given as a file or a checkpoint folder.
-pub fn model_path(checkpoint: &Path) -> PathBuf {
-    if checkpoint.is_dir() {
-        checkpoint.join(MODEL_FILE)
-    } else {
-        checkpoint.to_path_buf()
+/// A checkpoint folder read in one visit: its paths, its loop state and
+/// its model metadata.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Where its files are.
+    pub dir: CheckpointDir,
+    /// The loop's state when it was written.
+    pub state: TrainState,
+    /// The model file's metadata (model configuration, preprocessing).
+    pub meta: ModelMeta,
+}
+
+impl Checkpoint {
+    /// Reads `state.json` and the model file's metadata of `dir`.
+    pub fn open(dir: CheckpointDir) -> Result<Checkpoint> {
+        let path = dir.state();
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let state = serde_json::from_str(&text)
+            .map_err(|e| TrainError::checkpoint(&path, format!("bad state: {e}")))?;
+        let meta = read_meta(&dir.model())?;
+        Ok(Checkpoint { dir, state, meta })
     }
 }
 
 /// Writes checkpoint folders under `<run>/checkpoints`.
 pub struct Checkpointer {
-    dir: PathBuf,
+    run: RunDir,
     keep: usize,
 }
 
 impl Checkpointer {
-    pub fn new(run_dir: &Path, keep: usize) -> Result<Checkpointer> {
-        let dir = run_dir.join("checkpoints");
+    /// Creates `<run>/checkpoints`; at most `keep` step folders are kept.
+    pub fn new(run: &RunDir, keep: usize) -> Result<Checkpointer> {
+        let dir = run.checkpoints();
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-        Ok(Checkpointer { dir, keep })
+        Ok(Checkpointer {
+            run: run.clone(),
+            keep,
+        })
     }
 
     /// Writes `step_NNNNNN` (and, when `best`, the `best` folder), then
@@ -200,99 +223,44 @@ impl Checkpointer {
         optimiser: &dyn Optimiser,
         state: &TrainState,
         best: bool,
-    ) -> Result<PathBuf> {
-        let name = format!("step_{:06}", state.step);
-        let path = self.write_folder(&name, varmap, meta, optimiser, state)?;
-        let latest = serde_json::json!({ "step": state.step, "dir": name });
-        write_atomic(
-            &self.dir.join(LATEST_FILE),
-            format!("{latest:#}\n").as_bytes(),
-        )?;
+    ) -> Result<CheckpointDir> {
+        let dir = self.run.step_checkpoint(state.step);
+        write_folder(&dir, varmap, meta, optimiser, state)?;
+        self.run.write_latest(state.step)?;
         if best {
-            self.write_folder("best", varmap, meta, optimiser, state)?;
+            write_folder(&self.run.best_checkpoint(), varmap, meta, optimiser, state)?;
         }
         self.prune()?;
-        Ok(path)
-    }
-
-    fn write_folder(
-        &self,
-        name: &str,
-        varmap: &VarMap,
-        meta: &ModelMeta,
-        optimiser: &dyn Optimiser,
-        state: &TrainState,
-    ) -> Result<PathBuf> {
-        let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let fin = self.dir.join(name);
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        let written = (|| {
-            save_model(varmap, meta, &tmp.join(MODEL_FILE))?;
-            optimiser
-                .save(&tmp.join(OPTIMISER_FILE))
-                .map_err(|e| TrainError::checkpoint(&tmp, e.to_string()))?;
-            let json = serde_json::to_string_pretty(state).expect("state serialises");
-            write_atomic(&tmp.join(STATE_FILE), (json + "\n").as_bytes())
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        // Swap: the old folder steps aside before the new one takes its name.
-        let old = self.dir.join(format!(".{name}.old-{}", std::process::id()));
-        if fin.exists() {
-            std::fs::rename(&fin, &old).map_err(|e| TrainError::io(&fin, e))?;
-        }
-        std::fs::rename(&tmp, &fin).map_err(|e| TrainError::io(&fin, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(fin)
+        Ok(dir)
     }
 
     /// Removes the oldest step folders beyond `keep`.
     fn prune(&self) -> Result<()> {
-        let mut steps: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map_err(|e| TrainError::io(&self.dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_dir()
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("step_"))
-            })
-            .collect();
-        steps.sort();
+        let steps = self.run.step_checkpoints()?;
         let excess = steps.len().saturating_sub(self.keep.max(1));
-        for p in &steps[..excess] {
-            std::fs::remove_dir_all(p).map_err(|e| TrainError::io(p, e))?;
+        for c in &steps[..excess] {
+            std::fs::remove_dir_all(c.path()).map_err(|e| TrainError::io(c.path(), e))?;
         }
         Ok(())
     }
 }
 
-/// The newest checkpoint folder of a run, from `latest.json`.
-pub fn latest(run_dir: &Path) -> Result<PathBuf> {
-    let dir = run_dir.join("checkpoints");
-    let path = dir.join(LATEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::checkpoint(&path, format!("not JSON: {e}")))?;
-    let name = v["dir"]
-        .as_str()
-        .ok_or_else(|| TrainError::checkpoint(&path, "no \"dir\" entry"))?;
-    let ckpt = dir.join(name);
-    if !ckpt.is_dir() {
-        return Err(TrainError::checkpoint(
-            &ckpt,
-            "the folder latest.json names is missing",
-        ));
-    }
-    Ok(ckpt)
-}
-
-/// Reads a checkpoint folder's loop state.
-pub fn read_state(ckpt: &Path) -> Result<TrainState> {
-    let path = ckpt.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::checkpoint(&path, format!("bad state: {e}")))
+/// Writes one checkpoint folder atomically (a folder already there is
+/// replaced).
+fn write_folder(
+    dir: &CheckpointDir,
+    varmap: &VarMap,
+    meta: &ModelMeta,
+    optimiser: &dyn Optimiser,
+    state: &TrainState,
+) -> Result<()> {
+    write_dir_atomic(dir.path(), |tmp| {
+        let tmp = CheckpointDir::new(tmp);
+        save_model(varmap, meta, &tmp.model())?;
+        optimiser
+            .save(&tmp.optimiser())
+            .map_err(|e| TrainError::checkpoint(dir.path(), e.to_string()))?;
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        Ok(write_bytes_atomic(&tmp.state(), (json + "\n").as_bytes())?)
+    })
 }

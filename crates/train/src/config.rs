@@ -1,5 +1,5 @@
 //! The training configuration: one nested, serde-readable value (TOML or
-//! JSON) whose `Default` is the seed's method (SPEC §1-3), with dotted-path
+//! JSON) whose `Default` is the reference method's method (docs/METHOD.md §1-3), with dotted-path
 //! overrides from the command line (`train.steps=200`).
 
 use std::path::{Path, PathBuf};
@@ -20,12 +20,19 @@ use crate::schedule::Schedule;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// Cases, split, stacking, intensity and sampling.
     pub data: DataConfig,
+    /// The augmentation.
     pub augment: AugmentConfig,
+    /// The network.
     pub model: ResUNetConfig,
+    /// The loss.
     pub loss: LossConfig,
+    /// The optimiser.
     pub optim: OptimConfig,
+    /// The learning-rate schedule.
     pub schedule: Schedule,
+    /// Steps, batches, validation, checkpoints.
     pub train: LoopConfig,
     /// Clean-up of predicted volumes, in validation and (recorded in the
     /// checkpoint) in `kseg predict`.
@@ -83,8 +90,9 @@ pub struct DataConfig {
     pub split_file: Option<PathBuf>,
     /// Validation cases of a new split (the seed: 30 of 210).
     pub n_val: usize,
+    /// RNG seed of the train/validation split.
     pub split_seed: u64,
-    /// Neighbours on each side of the slice: 1 gives the seed's 3-slice
+    /// Neighbours on each side of the slice: 1 gives the reference method's 3-slice
     /// stacks. The model's `in_channels` must be `2·context + 1`.
     pub context: usize,
     /// In-plane size the network sees, `(H, W)`: slices are resampled to it
@@ -94,6 +102,7 @@ pub struct DataConfig {
     pub in_plane: Option<(usize, usize)>,
     /// Share of training draws taken from slices that show kidney or tumour.
     pub foreground_fraction: f64,
+    /// HU window and normalisation.
     pub intensity: Intensity,
     /// Use at most this many validation cases per validation (`None`: all).
     pub max_val_cases: Option<usize>,
@@ -121,9 +130,11 @@ impl Default for DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyntheticData {
+    /// Number of synthetic cases.
     pub cases: usize,
     /// Default `data/synth-<H>x<W>-<seed>` under the working folder.
     pub dir: Option<PathBuf>,
+    /// The generator's settings.
     pub generator: SynthConfig,
 }
 
@@ -141,7 +152,7 @@ impl Default for SyntheticData {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClassWeights {
-    /// `1/sqrt(frequency)` over the training labels, mean 1 (SPEC §3).
+    /// `1/sqrt(frequency)` over the training labels, mean 1 (docs/METHOD.md §3).
     Auto,
     /// Unweighted.
     None,
@@ -153,9 +164,11 @@ pub enum ClassWeights {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
-    /// Weight of the Lovász term (SPEC: 1).
+    /// Weight of the Lovász term (docs/METHOD.md §3: 1).
     pub lambda: f64,
+    /// The Lovász-Softmax term's settings (and the ignore label).
     pub lovasz: LovaszConfig,
+    /// The cross-entropy's class weights.
     pub class_weights: ClassWeights,
 }
 
@@ -171,6 +184,7 @@ impl Default for LossConfig {
 }
 
 impl LossConfig {
+    /// The loss crate's configuration of this.
     pub fn seg(&self) -> SegLossConfig {
         SegLossConfig {
             lambda: self.lambda,
@@ -183,8 +197,10 @@ impl LossConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum OptimConfig {
+    /// AdamW (PyTorch's rule).
     #[serde(rename = "adamw")]
     AdamW(AdamWConfig),
+    /// SGD with momentum (PyTorch's rule).
     Sgd(SgdConfig),
 }
 
@@ -199,6 +215,7 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
+    /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match self {
             OptimConfig::AdamW(c) => c.lr,
@@ -211,7 +228,9 @@ impl OptimConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoopConfig {
+    /// Training steps (batches).
     pub steps: usize,
+    /// Samples per batch.
     pub batch_size: usize,
     /// Seeds the model's initialisation, the slice draws and the
     /// augmentation: batch `s` depends only on `(seed, s)`.
@@ -220,6 +239,7 @@ pub struct LoopConfig {
     pub grad_clip: Option<f64>,
     /// Batches prepared ahead on the loader thread.
     pub prefetch: usize,
+    /// Log a step record every this many steps.
     pub log_every: usize,
     /// Validate (and keep the best checkpoint) every this many steps and at
     /// the end; 0: only at the end.
@@ -253,66 +273,25 @@ impl Default for LoopConfig {
 }
 
 impl TrainConfig {
-    /// The configuration that `train_kits19` runs with no arguments: small
-    /// synthetic cases and a model sized for a 2-core CPU, aiming at kidney
-    /// Dice >= 0.95 and tumour Dice >= 0.85 within 10 minutes (measured on a
-    /// 2-core EPYC: 6-7 minutes, kidney 0.966-0.980 and tumour
-    /// 0.824-0.898 on its 8 validation cases depending on rounding and
-    /// seed, tumour 0.74-0.79 on 16 held-out cases; the figures and what was
-    /// tried are in docs/PERFORMANCE.md).
-    pub fn synthetic_cpu() -> TrainConfig {
-        let mut c = TrainConfig::default();
-        c.data.synthetic = SyntheticData {
-            cases: 64,
-            dir: None,
-            generator: SynthConfig {
-                height: 128,
-                width: 128,
-                min_slices: 32,
-                max_slices: 64,
-                seed: 0,
-                fov_mm: (240.0, 280.0),
-                tumour_radius_mm: (14.0, 36.0),
-            },
-        };
-        c.data.n_val = 8;
-        c.data.foreground_fraction = 0.7;
-        c.augment.out_size = Some((128, 128));
-        c.model = ResUNetConfig {
-            base_channels: 8,
-            depth: 5,
-            ..ResUNetConfig::default()
-        };
-        c.optim = OptimConfig::AdamW(AdamWConfig {
-            lr: 4e-3,
-            weight_decay: 1e-4,
-            ..AdamWConfig::default()
-        });
-        c.schedule = Schedule::Cosine {
-            warmup: 30,
-            min_lr: 1e-5,
-        };
-        c.train.steps = 4000;
-        c.train.batch_size = 4;
-        c.train.validate_every = 1000;
-        c.train.checkpoint_every = 100;
-        c.train.val_batch_size = 8;
-        c.postprocess.keep_largest = Some(2);
-        c
-    }
-
     /// Reads a TOML (`.toml`) or JSON (anything else) file; unknown keys are
-    /// errors.
+    /// errors. The presets in `configs/` are such files.
     pub fn from_file(path: impl AsRef<Path>) -> Result<TrainConfig> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let cfg: TrainConfig = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| TrainError::config(path, e.to_string()))?
+        let toml = path.extension().is_some_and(|e| e == "toml");
+        TrainConfig::from_text(&text, toml, path)
+    }
+
+    /// [`TrainConfig::from_file`] of a file's text already read (`toml`:
+    /// TOML, else JSON); `origin` names it in errors.
+    pub fn from_text(text: &str, toml: bool, origin: &Path) -> Result<TrainConfig> {
+        let cfg: TrainConfig = if toml {
+            toml::from_str(text).map_err(|e| TrainError::config(origin, e.to_string()))?
         } else {
-            serde_json::from_str(&text).map_err(|e| TrainError::config(path, e.to_string()))?
+            serde_json::from_str(text).map_err(|e| TrainError::config(origin, e.to_string()))?
         };
         cfg.validate()
-            .map_err(|e| TrainError::config(path, e.to_string()))?;
+            .map_err(|e| TrainError::config(origin, e.to_string()))?;
         Ok(cfg)
     }
 

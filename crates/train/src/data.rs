@@ -22,6 +22,7 @@ use crate::error::{Result, TrainError};
 pub struct Dataset {
     /// Where the cases live.
     pub data_dir: PathBuf,
+    /// The training and validation case ids.
     pub split: Split,
     /// Training cases, in the split's order.
     pub train: Vec<CachedCase>,
@@ -192,11 +193,13 @@ fn ensure_synthetic(cfg: &DataConfig) -> Result<PathBuf> {
 /// One training batch on the host.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The step this batch is for.
     pub step: usize,
     /// `(B, C, H, W)`, row-major.
     pub images: Vec<f32>,
     /// `(B, H, W)`, values 0..=2.
     pub labels: Vec<u32>,
+    /// `[B, C, H, W]`.
     pub shape: [usize; 4],
 }
 
@@ -224,9 +227,8 @@ pub fn make_batch(ds: &Dataset, cfg: &TrainConfig, step: usize) -> Result<Batch>
             let case = &ds.train[r.case];
             let (x, y) = case.sample(r.slice, n, &cfg.data.intensity)?;
             let y = y.expect("training cases have labels");
-            let (_, h, w) = x.dim();
-            let params = cfg.augment.sample((h, w), &mut rng)?;
-            Ok(kseg_augment::apply(&params, x.view(), y.view())?)
+            let (x, y, _) = kseg_augment::augment(&cfg.augment, x.view(), y.view(), &mut rng)?;
+            Ok((x, y))
         })
         .collect::<Result<_>>()?;
     let (c, h, w) = samples[0].0.dim();
@@ -252,6 +254,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Starts making batches `first..last` of `ds` on a thread.
     pub fn spawn(ds: Arc<Dataset>, cfg: Arc<TrainConfig>, first: usize, last: usize) -> Loader {
         let (tx, rx): (SyncSender<Result<Batch>>, _) = sync_channel(cfg.train.prefetch);
         let handle = std::thread::Builder::new()

@@ -6,43 +6,68 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainError {
+    /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
     /// A configuration file or override that cannot be used.
     #[error("{}{msg}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
-    Config { path: Option<PathBuf>, msg: String },
+    Config {
+        /// The file, when one is concerned.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        msg: String,
+    },
     /// A checkpoint that is missing, damaged or for another model.
     #[error("checkpoint {}: {msg}", path.display())]
-    Checkpoint { path: PathBuf, msg: String },
+    Checkpoint {
+        /// The checkpoint file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// The loss or the gradient norm became NaN or infinite.
     #[error(
         "{what} is {value} at step {step} (cross-entropy {ce}, Lovász {lovasz}); the run stops here. {}",
         match last_good { Some(p) => format!("The last good checkpoint is {}.", p.display()), None => "No checkpoint was written yet.".to_string() }
     )]
     NonFinite {
+        /// What was not finite.
         what: &'static str,
+        /// The step it happened at.
         step: usize,
+        /// Its value.
         value: f64,
+        /// The cross-entropy at that step.
         ce: f64,
+        /// The Lovász term at that step.
         lovasz: f64,
+        /// The newest checkpoint written before.
         last_good: Option<PathBuf>,
     },
+    /// From the volume crate (a file named).
     #[error(transparent)]
     Volume(#[from] kseg_volume::VolumeError),
+    /// From the augmentation.
     #[error("augmentation: {0}")]
     Augment(#[from] kseg_augment::AugmentError),
+    /// From scoring.
     #[error("metric: {0}")]
-    Metric(#[from] kseg_loss::MetricError),
+    Metric(#[from] kseg_volume::MetricError),
+    /// From candle.
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
+    /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
 }
 
+/// The crate's result type.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl TrainError {
@@ -66,25 +91,4 @@ impl TrainError {
             msg: msg.into(),
         }
     }
-}
-
-/// Writes `path` through a temporary file in the same folder and a rename,
-/// so that a reader sees the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TrainError::io(path, e));
-    }
-    Ok(())
-}
-
-/// `.<name>.tmp-<pid>` next to `path`.
-pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

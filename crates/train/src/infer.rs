@@ -5,14 +5,15 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
-use kseg_augment::{AugmentParams, apply};
+use kseg_augment::{AugmentParams, apply_image};
 use kseg_model::ResUNet;
 use kseg_volume::{CachedCase, stack_slices};
 use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use rayon::prelude::*;
 
-use crate::checkpoint::{ModelMeta, model_path, read_meta};
+use crate::checkpoint::{ModelMeta, read_meta};
 use crate::error::{Result, TrainError};
+use crate::run_dir::CheckpointDir;
 
 /// A model with its preprocessing, ready to segment volumes.
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
+    /// A segmenter of `model` with the preprocessing of `meta`, `batch` slices per forward pass.
     pub fn new(model: ResUNet, meta: ModelMeta, device: Device, batch: usize) -> Segmenter {
         Segmenter {
             model,
@@ -36,13 +38,14 @@ impl Segmenter {
     /// Loads a kseg model file (or checkpoint folder): weights and the
     /// preprocessing recorded in its metadata.
     pub fn load(checkpoint: &Path, device: &Device, batch: usize) -> Result<Segmenter> {
-        let path = model_path(checkpoint);
+        let path = CheckpointDir::model_file(checkpoint);
         let meta = read_meta(&path)?;
         let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         Ok(Segmenter::new(model, meta, device.clone(), batch))
     }
 
+    /// The checkpoint's metadata (model, preprocessing, clean-up).
     pub fn meta(&self) -> &ModelMeta {
         &self.meta
     }
@@ -62,7 +65,7 @@ impl Segmenter {
     /// mirroring the sum of the class probabilities of `x` and of its
     /// mirror image (mirrored back), i.e. twice their mean.
     fn scores(&self, x: &Tensor) -> Result<Tensor> {
-        crate::on_cpu_pool(&self.device, || self.scores_here(x))
+        crate::runtime::on_cpu_pool(&self.device, || self.scores_here(x))
     }
 
     /// [`Segmenter::scores`] on the calling thread.
@@ -184,13 +187,12 @@ impl Segmenter {
 }
 
 /// Bilinear resize (`align_corners = false`) through the augmentation's
-/// warp with identity parameters.
+/// warp with identity parameters, on the image alone.
 fn resize(x: &Array3<f32>, size: (usize, usize), fill: f32) -> Result<Array3<f32>> {
     let (_, h, w) = x.dim();
     let mut p = AugmentParams::identity((h, w), 0, fill);
     p.out_size = size;
-    let dummy = Array2::<u8>::zeros((h, w));
-    Ok(apply(&p, x.view(), dummy.view())?.0)
+    Ok(apply_image(&p, x.view())?)
 }
 
 /// Pads at the bottom and right with `fill` up to `size` (no copy when the

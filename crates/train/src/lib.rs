@@ -2,7 +2,7 @@
 //! augmentation, model and loss crates together.
 //!
 //! - [`TrainConfig`]: one nested configuration (TOML or JSON, dotted
-//!   overrides), whose default is the seed's method;
+//!   overrides), whose default is the reference method;
 //! - [`Dataset`] and [`Loader`]: cases behind their slice caches, the split,
 //!   and batches augmented on a background thread;
 //! - [`Trainer`]: the loop, with AdamW or SGD ([`optim`]), learning-rate
@@ -19,17 +19,21 @@ pub mod infer;
 pub mod observe;
 pub mod optim;
 pub mod plots;
+pub mod run_dir;
+pub mod runtime;
 pub mod schedule;
 pub mod trainer;
 
-pub use checkpoint::{ModelMeta, TrainState};
+pub use checkpoint::{Checkpoint, ModelMeta, TrainState};
 pub use config::{
     ClassWeights, DataConfig, LoopConfig, LossConfig, OptimConfig, PostprocessConfig, TrainConfig,
 };
 pub use data::{Batch, Dataset, Loader};
-pub use error::{Result, TrainError, write_atomic};
+pub use error::{Result, TrainError};
 pub use infer::Segmenter;
 pub use observe::{Observer, RunInfo, StepRecord, Summary, ValidationRecord};
 pub use optim::{AdamW, AdamWConfig, Optimiser, Sgd, SgdConfig, decays};
+pub use run_dir::{CheckpointDir, RunDir};
+pub use runtime::{device, device_name, init_cpu_threads, on_cpu_pool};
 pub use schedule::Schedule;
-pub use trainer::{Trainer, device, init_cpu_threads, on_cpu_pool};
+pub use trainer::Trainer;

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kseg_loss::DiceSummary;
+use kseg_volume::DiceSummary;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -15,10 +15,15 @@ use crate::error::{Result, TrainError};
 pub struct StepRecord {
     /// Steps done after this one (1-based).
     pub step: usize,
+    /// Samples seen / training slices.
     pub epoch: f64,
+    /// The total loss.
     pub loss: f64,
+    /// The cross-entropy part.
     pub ce: f64,
+    /// The Lovász part.
     pub lovasz: f64,
+    /// The learning rate of this step.
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -29,21 +34,30 @@ pub struct StepRecord {
 /// A slice shown in the overlay figure.
 #[derive(Debug, Clone)]
 pub struct OverlaySlice {
+    /// The case id.
     pub case: String,
+    /// The slice index.
     pub slice: usize,
     /// The middle channel, normalised.
     pub image: Array2<f32>,
+    /// Its ground truth.
     pub truth: Array2<u8>,
+    /// The prediction.
     pub pred: Array2<u8>,
 }
 
 /// One validation.
 #[derive(Debug, Clone)]
 pub struct ValidationRecord {
+    /// The step validated after.
     pub step: usize,
+    /// Per-case and mean Dice.
     pub dice: DiceSummary,
+    /// Wall time of the validation.
     pub seconds: f64,
+    /// Whether it is the best so far.
     pub is_best: bool,
+    /// Slices to draw.
     pub overlays: Vec<OverlaySlice>,
 }
 
@@ -52,39 +66,62 @@ pub struct ValidationRecord {
 pub struct Summary {
     /// Means over the validation cases at the end of the run.
     pub kidney_dice: f64,
+    /// Mean tumour Dice at the end.
     pub tumour_dice: f64,
+    /// Mean of kidney and tumour Dice at the end.
     pub composite: f64,
+    /// Step of the best validation.
     pub best_step: usize,
+    /// Its composite.
     pub best_composite: f64,
+    /// Its checkpoint folder.
     pub best_checkpoint: PathBuf,
+    /// The newest checkpoint folder.
     pub last_checkpoint: PathBuf,
+    /// Steps done.
     pub steps: usize,
+    /// Epochs done.
     pub epochs: f64,
     /// Training seconds over all sessions of the run (resumes included).
     pub wall_seconds: f64,
+    /// Training throughput over the run.
     pub samples_per_second: f64,
+    /// The device kind.
     pub device: String,
+    /// Trainable parameters.
     pub parameters: usize,
+    /// The last validation.
     pub validation: DiceSummary,
+    /// The configuration the run trained with.
     pub config: crate::TrainConfig,
 }
 
 /// Facts about the run, at its start.
 #[derive(Debug, Clone)]
 pub struct RunInfo {
+    /// The run folder.
     pub run_dir: PathBuf,
+    /// The step this session starts at.
     pub first_step: usize,
+    /// The step it ends at.
     pub total_steps: usize,
+    /// Samples per batch.
     pub batch_size: usize,
+    /// Training cases.
     pub train_cases: usize,
+    /// Validation cases.
     pub val_cases: usize,
+    /// Training slices.
     pub train_slices: usize,
+    /// Trainable parameters.
     pub parameters: usize,
+    /// The device kind.
     pub device: String,
 }
 
 /// Receives the run's events. Every method has a do-nothing default.
 pub trait Observer {
+    /// Called once, before the first step.
     fn on_start(&mut self, _info: &RunInfo) -> Result<()> {
         Ok(())
     }
@@ -92,12 +129,15 @@ pub trait Observer {
     fn on_step(&mut self, _rec: &StepRecord) -> Result<()> {
         Ok(())
     }
+    /// Called after each validation.
     fn on_validation(&mut self, _rec: &ValidationRecord) -> Result<()> {
         Ok(())
     }
+    /// Called after each checkpoint, with its folder.
     fn on_checkpoint(&mut self, _step: usize, _path: &Path) -> Result<()> {
         Ok(())
     }
+    /// Called once, after `summary.json` is written.
     fn on_end(&mut self, _summary: &Summary) -> Result<()> {
         Ok(())
     }
@@ -111,6 +151,7 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A progress display; `every`: steps between lines when not on a terminal.
     pub fn new(every: usize) -> Progress {
         Progress {
             bar: None,
@@ -211,6 +252,7 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
+    /// Appends to `path` (created if missing), one line every `every` steps.
     pub fn new(path: &Path, every: usize) -> Result<JsonLines> {
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -39,21 +39,14 @@ pub(crate) fn trainable(vars: &HashMap<String, Var>) -> Vec<(String, Var)> {
     v
 }
 
-fn save_state(path: &Path, step: u64, tensors: HashMap<String, Tensor>) -> Result<()> {
+/// Writes the state tensors and the step count as safetensors, through a
+/// temporary file and a rename (a crash never leaves half a state).
+fn save_state(path: &Path, step: u64, tensors: HashMap<String, Tensor>) -> crate::Result<()> {
     let mut tensors = tensors;
     tensors.insert("__step".into(), Tensor::new(&[step as f64], &Device::Cpu)?);
-    // Through a temporary file and a rename: a crash never leaves half a state.
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = candle_core::safetensors::save(&tensors, &tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(candle_core::Error::wrap));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    kseg_volume::fs::write_atomic(path, |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })
 }
 
 fn load_state(path: &Path, device: &Device) -> Result<(u64, HashMap<String, Tensor>)> {
@@ -71,11 +64,12 @@ pub trait Optimiser: Send {
     /// One update from the gradients of `backward()`. Variables without a
     /// gradient are left alone (their state too).
     fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// Sets the learning rate of the next steps.
     fn set_lr(&mut self, lr: f64);
     /// Updates made so far.
     fn step_count(&self) -> u64;
     /// Writes the state and the step count as safetensors (atomically).
-    fn save(&self, path: &Path) -> Result<()>;
+    fn save(&self, path: &Path) -> crate::Result<()>;
     /// Restores what [`Optimiser::save`] wrote for the same variables.
     fn load(&mut self, path: &Path) -> Result<()>;
     /// `loss.backward()` then [`Optimiser::step`].
@@ -97,10 +91,15 @@ fn state_device(vars: &[(String, Var)]) -> Device {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
+    /// Learning rate.
     pub lr: f64,
+    /// Decay of the first moment.
     pub beta1: f64,
+    /// Decay of the second moment.
     pub beta2: f64,
+    /// Added to the root of the second moment.
     pub eps: f64,
+    /// Decoupled weight decay (not on BatchNorm parameters and biases).
     pub weight_decay: f64,
 }
 
@@ -128,6 +127,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// AdamW over the trainable variables of `vars` (by name).
     pub fn new(vars: &HashMap<String, Var>, cfg: AdamWConfig) -> Result<AdamW> {
         let vars = trainable(vars);
         let m = vars
@@ -206,7 +206,7 @@ impl Optimiser for AdamW {
     }
 
     /// Writes the moments and the step count as safetensors.
-    fn save(&self, path: &Path) -> Result<()> {
+    fn save(&self, path: &Path) -> crate::Result<()> {
         let mut t = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
             t.insert(format!("m.{name}"), self.m[i].clone());
@@ -335,9 +335,13 @@ impl AdamRule {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SgdConfig {
+    /// Learning rate.
     pub lr: f64,
+    /// Momentum.
     pub momentum: f64,
+    /// Nesterov momentum.
     pub nesterov: bool,
+    /// L2 weight decay (not on BatchNorm parameters and biases).
     pub weight_decay: f64,
 }
 
@@ -363,6 +367,7 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// SGD over the trainable variables of `vars` (by name).
     pub fn new(vars: &HashMap<String, Var>, cfg: SgdConfig) -> Result<Sgd> {
         let vars = trainable(vars);
         let buf = vec![None; vars.len()];
@@ -418,7 +423,7 @@ impl Optimiser for Sgd {
     }
 
     /// Writes the momentum buffers and the step count as safetensors.
-    fn save(&self, path: &Path) -> Result<()> {
+    fn save(&self, path: &Path) -> crate::Result<()> {
         let mut t = HashMap::new();
         for (i, (name, _)) in self.vars.iter().enumerate() {
             if let Some(b) = &self.buf[i] {

@@ -2,14 +2,15 @@
 //! DejaVu Sans Mono so no system font is needed) and overlays of
 //! prediction vs truth on validation slices.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Once;
 
 use ndarray::ArrayView2;
 use plotters::prelude::*;
 
-use crate::error::{Result, TrainError, write_atomic};
+use crate::error::{Result, TrainError};
 use crate::observe::{Observer, StepRecord, Summary, ValidationRecord, read_metrics};
+use crate::run_dir::RunDir;
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
 static REGISTER: Once = Once::new();
@@ -25,7 +26,7 @@ fn register_font() {
 /// and `<run>/plots/overlay.png` (truth | prediction per validation slice)
 /// at each validation.
 pub struct Plots {
-    dir: PathBuf,
+    run: RunDir,
     /// (step, loss, ce, lovasz)
     losses: Vec<(usize, f64, f64, f64)>,
     /// (step, kidney, tumour, composite)
@@ -35,15 +36,15 @@ pub struct Plots {
 impl Plots {
     /// Starts from the records of `<run>/metrics.jsonl` up to `first_step`
     /// (a resumed run's plots continue its curves).
-    pub fn new(run_dir: &Path, first_step: usize) -> Result<Plots> {
-        let dir = run_dir.join("plots");
+    pub fn new(run: &RunDir, first_step: usize) -> Result<Plots> {
+        let dir = run.plots();
         std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
         let mut p = Plots {
-            dir,
+            run: run.clone(),
             losses: Vec::new(),
             dice: Vec::new(),
         };
-        for v in read_metrics(&run_dir.join(crate::trainer::METRICS_FILE), first_step)? {
+        for v in read_metrics(&run.metrics(), first_step)? {
             let step = v["step"].as_u64().unwrap_or(0) as usize;
             let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
             match v["kind"].as_str() {
@@ -83,7 +84,7 @@ impl Plots {
                 ("lovasz", ema(|r| r.3)),
             ];
             line_chart(
-                &self.dir.join("loss.png"),
+                &self.run.plot("loss"),
                 "training loss (moving average, 0.95)",
                 &series,
                 None,
@@ -99,7 +100,7 @@ impl Plots {
                 ("composite", self.dice.iter().map(|r| (r.0, r.3)).collect()),
             ];
             line_chart(
-                &self.dir.join("dice.png"),
+                &self.run.plot("dice"),
                 "validation Dice",
                 &series,
                 Some((0.0, 1.0)),
@@ -134,7 +135,7 @@ impl Observer for Plots {
                     ]
                 })
                 .collect();
-            write_png(&self.dir.join("overlay.png"), &grid(&tiles, 2))?;
+            write_png(&self.run.plot("overlay"), &grid(&tiles, 2))?;
         }
         Ok(())
     }
@@ -258,5 +259,5 @@ pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png)
         .map_err(|e| TrainError::Other(format!("{}: cannot encode PNG: {e}", path.display())))?;
-    write_atomic(path, png.get_ref())
+    Ok(kseg_volume::fs::write_bytes_atomic(path, png.get_ref())?)
 }

@@ -19,13 +19,22 @@ pub enum Schedule {
     /// The base rate throughout.
     Constant,
     /// nnU-Net's poly decay: `base · (1 - step/total)^exponent` (0.9).
-    Poly { exponent: f64 },
+    Poly {
+        /// The exponent (nnU-Net: 0.9).
+        exponent: f64,
+    },
     /// Linear warm-up over `warmup` steps (`base · (step+1)/warmup`), then
     /// cosine decay from `base` to `min_lr` over the remaining steps.
-    Cosine { warmup: usize, min_lr: f64 },
+    Cosine {
+        /// Warm-up steps.
+        warmup: usize,
+        /// The rate at the last step.
+        min_lr: f64,
+    },
 }
 
 impl Schedule {
+    /// The learning rate of `step` of `total`, from the base rate `base`.
     pub fn lr(&self, base: f64, step: usize, total: usize) -> f64 {
         let total = total.max(1);
         let step = step.min(total);

@@ -7,17 +7,16 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
-use kseg_loss::{DiceAccumulator, SegLoss, class_weights_from_counts};
+use kseg_loss::{SegLoss, class_weights_from_counts};
 use kseg_model::ResUNet;
-use kseg_volume::CachedCase;
+use kseg_volume::fs::write_bytes_atomic;
+use kseg_volume::{CachedCase, DiceAccumulator};
 use ndarray::{Array3, Axis};
 
-use crate::checkpoint::{
-    Best, Checkpointer, ModelMeta, TrainState, latest, model_path, read_meta, read_state,
-};
+use crate::checkpoint::{Best, Checkpoint, Checkpointer, ModelMeta, TrainState};
 use crate::config::{ClassWeights, OptimConfig, TrainConfig};
 use crate::data::{Dataset, Loader};
-use crate::error::{Result, TrainError, write_atomic};
+use crate::error::{Result, TrainError};
 use crate::infer::Segmenter;
 use crate::observe::{
     JsonLines, Observer, OverlaySlice, Progress, RunInfo, StepRecord, Summary, ValidationRecord,
@@ -25,103 +24,18 @@ use crate::observe::{
 };
 use crate::optim::{AdamW, Optimiser, Sgd};
 use crate::plots::Plots;
+use crate::run_dir::RunDir;
+use crate::runtime::{device, device_name, on_cpu_pool};
 
-/// The file names in a run folder.
-pub const CONFIG_FILE: &str = "config.json";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const SUMMARY_FILE: &str = "summary.json";
-pub const SPLIT_FILE: &str = "split.json";
-
-/// Fixes the CPU thread count for candle once, at program start.
-///
-/// candle 0.11.1 asks for its thread count on every matrix product and,
-/// unless `RAYON_NUM_THREADS` is set, answers by parsing `/proc/cpuinfo`
-/// (`num_cpus::get_physical`): about 5% of a CPU training step. This sets
-/// `RAYON_NUM_THREADS` to the available parallelism when it is unset.
-///
-/// It also sets `CANDLE_NUM_THREADS=1` when unset: candle's element-wise
-/// ops then run on the calling thread instead of candle's own worker pool,
-/// whose workers spin between ops and took CPU from the rayon threads that
-/// run the convolutions, BatchNorms and optimiser (on a 2-core machine
-/// 13% of a training step's samples were such spinning; the 128² step got
-/// about 10% faster, docs/PERFORMANCE.md). Set either variable to override.
-///
-/// # Safety
-/// Call it first thing in `main`, before any thread is started (it changes
-/// the environment).
-pub unsafe fn init_cpu_threads() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: the caller guarantees no other thread exists yet.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: as above.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-    }
-}
-
-/// Runs `f` on one of rayon's worker threads when `device` is the CPU (else
-/// on the calling thread), and returns its result.
-///
-/// A CPU training step is hundreds of parallel regions (each convolution,
-/// BatchNorm, the optimiser). Called from a thread outside rayon's pool,
-/// each region is queued to the pool and the caller sleeps until it is done
-/// (a futex wake-up per region); called from a worker, the worker takes
-/// part in the region itself. On a 2-core machine the 128² step of
-/// `examples/train_step.rs` got 5-10% faster (docs/PERFORMANCE.md).
-/// `f` must not wait on anything that needs a free worker (such as a
-/// channel fed by other rayon work): with one thread that would deadlock.
-pub fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() {
-        rayon::scope(|_| f())
-    } else {
-        f()
-    }
-}
-
-/// Picks a device by name: `cpu`, `cuda`, `cuda:N`, `metal`, or `auto`
-/// (CUDA, then Metal, when compiled in and present; else the CPU).
-pub fn device(name: &str) -> Result<Device> {
-    let bad = |e: candle_core::Error| TrainError::Config {
-        path: None,
-        msg: format!("device {name:?}: {e} (build with --features cuda or metal for a GPU)"),
-    };
-    match name {
-        "" | "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                Device::new_cuda(0).map_err(bad)
-            } else if candle_core::utils::metal_is_available() {
-                Device::new_metal(0).map_err(bad)
-            } else {
-                Ok(Device::Cpu)
-            }
-        }
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(bad),
-        "metal" => Device::new_metal(0).map_err(bad),
-        _ => match name.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Device::new_cuda(i).map_err(bad),
-            _ => Err(TrainError::Config {
-                path: None,
-                msg: format!("device {name:?}: expected cpu, cuda, cuda:N, metal or auto"),
-            }),
-        },
-    }
-}
-
-fn device_name(d: &Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => "cuda".into(),
-        Device::Metal(_) => "metal".into(),
-    }
+/// `value` as pretty JSON with a final newline.
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("serialises") + "\n"
 }
 
 /// A run: its folder, data, model, optimiser, loop state and observers.
 pub struct Trainer {
     cfg: Arc<TrainConfig>,
-    run_dir: PathBuf,
+    run: RunDir,
     device: Device,
     dataset: Arc<Dataset>,
     model: ResUNet,
@@ -140,7 +54,8 @@ impl Trainer {
     /// configuration and the split are written there before the first step.
     pub fn new(cfg: TrainConfig, run_dir: &Path) -> Result<Trainer> {
         cfg.validate()?;
-        if run_dir.join(CONFIG_FILE).exists() {
+        let run = RunDir::new(run_dir);
+        if run.config().exists() {
             return Err(TrainError::Config {
                 path: Some(run_dir.to_path_buf()),
                 msg: "already holds a run (config.json); resume it with --resume or choose another --out".into(),
@@ -150,11 +65,9 @@ impl Trainer {
         let device = device(&cfg.device)?;
         let dataset = Dataset::prepare(&cfg.data)?;
         let (model, varmap) = ResUNet::init(&cfg.model, cfg.train.seed, DType::F32, &device)?;
-        let json = serde_json::to_string_pretty(&cfg).expect("config serialises");
-        write_atomic(&run_dir.join(CONFIG_FILE), (json + "\n").as_bytes())?;
-        let split = serde_json::to_string_pretty(&dataset.split).expect("split serialises");
-        write_atomic(&run_dir.join(SPLIT_FILE), (split + "\n").as_bytes())?;
-        let _ = std::fs::remove_file(run_dir.join(METRICS_FILE));
+        write_bytes_atomic(&run.config(), json_text(&cfg).as_bytes())?;
+        write_bytes_atomic(&run.split(), json_text(&dataset.split).as_bytes())?;
+        let _ = std::fs::remove_file(run.metrics());
         let state = TrainState {
             step: 0,
             epoch: 0.0,
@@ -162,15 +75,16 @@ impl Trainer {
             wall_seconds: 0.0,
             config: cfg.clone(),
         };
-        Trainer::assemble(cfg, run_dir, device, dataset, model, varmap, state)
+        Trainer::assemble(cfg, run, device, dataset, model, varmap, state)
     }
 
     /// Continues the run in `run_dir` from its latest checkpoint. `overrides`
     /// (`train.steps=2000`, `device=cpu`...) apply on top of the run's
     /// configuration; the model must stay the same.
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Trainer> {
-        let ckpt = latest(run_dir)?;
-        let state = read_state(&ckpt)?;
+        let run = RunDir::new(run_dir);
+        let ckpt = Checkpoint::open(run.latest()?)?;
+        let state = ckpt.state;
         let mut cfg = state.config.clone();
         cfg.apply_overrides(overrides)?;
         if cfg.model != state.config.model {
@@ -185,14 +99,13 @@ impl Trainer {
             });
         }
         let device = device(&cfg.device)?;
-        let path = model_path(&ckpt);
-        let meta = read_meta(&path)?;
-        if meta.model != cfg.model {
+        let path = ckpt.dir.model();
+        if ckpt.meta.model != cfg.model {
             return Err(TrainError::checkpoint(
                 &path,
                 format!(
                     "holds a model of {:?}; the run's config says {:?}",
-                    meta.model, cfg.model
+                    ckpt.meta.model, cfg.model
                 ),
             ));
         }
@@ -200,36 +113,35 @@ impl Trainer {
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         let dataset = Dataset::prepare(&cfg.data)?;
         // The run's saved split must be the one the data gives now.
-        let saved = kseg_volume::Split::load(run_dir.join(SPLIT_FILE))?;
+        let saved = kseg_volume::Split::load(run.split())?;
         if (&dataset.split.train, &dataset.split.val) != (&saved.train, &saved.val) {
             return Err(TrainError::Config {
-                path: Some(run_dir.join(SPLIT_FILE)),
+                path: Some(run.split()),
                 msg: "the data's split differs from the run's split".into(),
             });
         }
         // The metrics log keeps what an uninterrupted run's would hold.
-        let metrics = run_dir.join(METRICS_FILE);
+        let metrics = run.metrics();
         let kept = read_metrics(&metrics, state.step)?;
         let text: String = kept.iter().map(|v| format!("{v}\n")).collect();
-        write_atomic(&metrics, text.as_bytes())?;
+        write_bytes_atomic(&metrics, text.as_bytes())?;
         if cfg != state.config {
-            let json = serde_json::to_string_pretty(&cfg).expect("config serialises");
-            write_atomic(&run_dir.join(CONFIG_FILE), (json + "\n").as_bytes())?;
+            write_bytes_atomic(&run.config(), json_text(&cfg).as_bytes())?;
         }
         let mut state = state;
         state.config = cfg.clone();
-        let mut t = Trainer::assemble(cfg, run_dir, device, dataset, model, varmap, state)?;
-        let opt_path = ckpt.join(crate::checkpoint::OPTIMISER_FILE);
+        let mut t = Trainer::assemble(cfg, run, device, dataset, model, varmap, state)?;
+        let opt_path = ckpt.dir.optimiser();
         t.optimiser
             .load(&opt_path)
             .map_err(|e| TrainError::checkpoint(&opt_path, e.to_string()))?;
-        t.last_checkpoint = Some(ckpt);
+        t.last_checkpoint = Some(ckpt.dir.path().to_path_buf());
         Ok(t)
     }
 
     fn assemble(
         cfg: TrainConfig,
-        run_dir: &Path,
+        run: RunDir,
         device: Device,
         dataset: Dataset,
         model: ResUNet,
@@ -251,10 +163,10 @@ impl Trainer {
             .map(|w| Tensor::from_vec(w, 3, &device))
             .transpose()?;
         let loss = SegLoss::new(cfg.loss.seg(), weights)?;
-        let checkpointer = Checkpointer::new(run_dir, cfg.train.keep_checkpoints)?;
+        let checkpointer = Checkpointer::new(&run, cfg.train.keep_checkpoints)?;
         Ok(Trainer {
             cfg: Arc::new(cfg),
-            run_dir: run_dir.to_path_buf(),
+            run,
             device,
             dataset: Arc::new(dataset),
             model,
@@ -274,25 +186,26 @@ impl Trainer {
     pub fn with_default_observers(mut self) -> Result<Trainer> {
         let every = self.cfg.train.log_every;
         self.observers.push(Box::new(Progress::new(every)));
-        self.observers.push(Box::new(JsonLines::new(
-            &self.run_dir.join(METRICS_FILE),
-            every,
-        )?));
         self.observers
-            .push(Box::new(Plots::new(&self.run_dir, self.state.step)?));
+            .push(Box::new(JsonLines::new(&self.run.metrics(), every)?));
+        self.observers
+            .push(Box::new(Plots::new(&self.run, self.state.step)?));
         Ok(self)
     }
 
+    /// Adds an observer of the run's events.
     pub fn add_observer(&mut self, o: Box<dyn Observer>) {
         self.observers.push(o);
     }
 
+    /// The configuration the run trains with.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
 
+    /// The run folder.
     pub fn run_dir(&self) -> &Path {
-        &self.run_dir
+        self.run.root()
     }
 
     /// Steps done so far.
@@ -313,7 +226,7 @@ impl Trainer {
         let total = self.cfg.train.steps;
         let first = self.state.step;
         let info = RunInfo {
-            run_dir: self.run_dir.clone(),
+            run_dir: self.run.root().to_path_buf(),
             first_step: first,
             total_steps: total,
             batch_size: self.cfg.train.batch_size,
@@ -324,73 +237,17 @@ impl Trainer {
             device: device_name(&self.device),
         };
         self.notify(|o| o.on_start(&info))?;
-        let session = Instant::now();
-        let wall_before = self.state.wall_seconds;
+        let clock = Clock {
+            session: Instant::now(),
+            before: self.state.wall_seconds,
+        };
         let mut loader = Loader::spawn(self.dataset.clone(), self.cfg.clone(), first, total);
         let mut last_val: Option<ValidationRecord> = None;
-        let base_lr = self.cfg.optim.lr();
-        let b = self.cfg.train.batch_size;
         while self.state.step < total {
-            let t0 = Instant::now();
-            let step = self.state.step;
-            let batch = loader.next_batch()?;
-            debug_assert_eq!(batch.step, step);
-            let (x, y) = batch.to_tensors(&self.device)?;
-            let lr = self.cfg.schedule.lr(base_lr, step, total);
-            self.optimiser.set_lr(lr);
-            let (model, loss_fn, trainable) = (&self.model, &self.loss, &self.trainable);
-            let (optimiser, clip) = (&mut self.optimiser, self.cfg.train.grad_clip);
-            let done = on_cpu_pool(&self.device, || {
-                optimise(model, loss_fn, optimiser.as_mut(), trainable, clip, &x, &y)
-            })?;
-            let (loss, ce, lovasz, grad_norm) = (done.loss, done.ce, done.lovasz, done.grad_norm);
-            if let Some((what, value)) = done.failed {
-                return Err(TrainError::NonFinite {
-                    what,
-                    step: step + 1,
-                    value,
-                    ce,
-                    lovasz,
-                    last_good: self.last_checkpoint.clone(),
-                });
-            }
-            self.state.step += 1;
-            self.state.epoch = (self.state.step * b) as f64 / self.dataset.train_slices() as f64;
-            self.state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
-            let rec = StepRecord {
-                step: self.state.step,
-                epoch: self.state.epoch,
-                loss,
-                ce,
-                lovasz,
-                lr,
-                grad_norm,
-                samples_per_s: b as f64 / t0.elapsed().as_secs_f64(),
-            };
+            let rec = self.train_step(&mut loader, &clock)?;
             self.notify(|o| o.on_step(&rec))?;
-
-            let s = self.state.step;
-            let last = s == total;
-            let every = self.cfg.train.validate_every;
-            let mut is_best = false;
-            if last || (every > 0 && s % every == 0) {
-                let v = self.validate()?;
-                is_best = v.is_best;
-                self.notify(|o| o.on_validation(&v))?;
+            if let Some(v) = self.after_step(&clock)? {
                 last_val = Some(v);
-            }
-            if last || is_best || s % self.cfg.train.checkpoint_every == 0 {
-                self.state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
-                let meta = ModelMeta::from_config(&self.cfg, s);
-                let path = self.checkpointer.save(
-                    &self.varmap,
-                    &meta,
-                    self.optimiser.as_ref(),
-                    &self.state,
-                    is_best,
-                )?;
-                self.last_checkpoint = Some(path.clone());
-                self.notify(|o| o.on_checkpoint(s, &path))?;
             }
         }
         drop(loader);
@@ -398,19 +255,102 @@ impl Trainer {
             Some(v) => v,
             None => self.validate()?, // resumed at the end: report anyway
         };
+        let summary = self.summary(&v);
+        write_bytes_atomic(&self.run.summary(), json_text(&summary).as_bytes())?;
+        self.notify(|o| o.on_end(&summary))?;
+        Ok(summary)
+    }
+
+    /// One optimisation step on the loader's next batch.
+    fn train_step(&mut self, loader: &mut Loader, clock: &Clock) -> Result<StepRecord> {
+        let t0 = Instant::now();
+        let step = self.state.step;
+        let total = self.cfg.train.steps;
+        let b = self.cfg.train.batch_size;
+        let batch = loader.next_batch()?;
+        debug_assert_eq!(batch.step, step);
+        let (x, y) = batch.to_tensors(&self.device)?;
+        let lr = self.cfg.schedule.lr(self.cfg.optim.lr(), step, total);
+        self.optimiser.set_lr(lr);
+        let (model, loss_fn, trainable) = (&self.model, &self.loss, &self.trainable);
+        let (optimiser, clip) = (&mut self.optimiser, self.cfg.train.grad_clip);
+        let done = on_cpu_pool(&self.device, || {
+            optimise(model, loss_fn, optimiser.as_mut(), trainable, clip, &x, &y)
+        })?;
+        let (loss, ce, lovasz, grad_norm) = (done.loss, done.ce, done.lovasz, done.grad_norm);
+        if let Some((what, value)) = done.failed {
+            return Err(TrainError::NonFinite {
+                what,
+                step: step + 1,
+                value,
+                ce,
+                lovasz,
+                last_good: self.last_checkpoint.clone(),
+            });
+        }
+        self.state.step += 1;
+        self.state.epoch = (self.state.step * b) as f64 / self.dataset.train_slices() as f64;
+        self.state.wall_seconds = clock.seconds();
+        Ok(StepRecord {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            loss,
+            ce,
+            lovasz,
+            lr,
+            grad_norm,
+            samples_per_s: b as f64 / t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Validates and checkpoints when the step calls for it; the
+    /// validation, if one ran.
+    fn after_step(&mut self, clock: &Clock) -> Result<Option<ValidationRecord>> {
+        let s = self.state.step;
+        let last = s == self.cfg.train.steps;
+        let every = self.cfg.train.validate_every;
+        let mut is_best = false;
+        let mut val = None;
+        if last || (every > 0 && s % every == 0) {
+            let v = self.validate()?;
+            is_best = v.is_best;
+            self.notify(|o| o.on_validation(&v))?;
+            val = Some(v);
+        }
+        if last || is_best || s % self.cfg.train.checkpoint_every == 0 {
+            self.state.wall_seconds = clock.seconds();
+            let meta = ModelMeta::from_config(&self.cfg, s);
+            let dir = self.checkpointer.save(
+                &self.varmap,
+                &meta,
+                self.optimiser.as_ref(),
+                &self.state,
+                is_best,
+            )?;
+            let path = dir.path().to_path_buf();
+            self.last_checkpoint = Some(path.clone());
+            self.notify(|o| o.on_checkpoint(s, &path))?;
+        }
+        Ok(val)
+    }
+
+    /// The run's summary after its last validation `v`.
+    fn summary(&self, v: &ValidationRecord) -> Summary {
         let best = self.state.best.unwrap_or(Best {
             step: v.step,
             kidney: v.dice.kidney_mean,
             tumour: v.dice.tumour_mean,
             composite: v.dice.composite,
         });
-        let ckpts = self.run_dir.join("checkpoints");
-        let last_checkpoint = self
-            .last_checkpoint
-            .clone()
-            .unwrap_or_else(|| ckpts.join(format!("step_{:06}", self.state.step)));
-        let best_dir = ckpts.join("best");
-        let summary = Summary {
+        let last_checkpoint = self.last_checkpoint.clone().unwrap_or_else(|| {
+            self.run
+                .step_checkpoint(self.state.step)
+                .path()
+                .to_path_buf()
+        });
+        let best_dir = self.run.best_checkpoint().path().to_path_buf();
+        let b = self.cfg.train.batch_size;
+        Summary {
             kidney_dice: v.dice.kidney_mean,
             tumour_dice: v.dice.tumour_mean,
             composite: v.dice.composite,
@@ -430,11 +370,7 @@ impl Trainer {
             parameters: ResUNet::num_parameters(&self.varmap),
             validation: v.dice.clone(),
             config: (*self.cfg).clone(),
-        };
-        let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-        write_atomic(&self.run_dir.join(SUMMARY_FILE), (json + "\n").as_bytes())?;
-        self.notify(|o| o.on_end(&summary))?;
-        Ok(summary)
+        }
     }
 
     /// Whole-volume inference on the validation cases, per-case Dice, and
@@ -458,7 +394,7 @@ impl Trainer {
         let mut overlays = Vec::new();
         for (i, case) in self.dataset.val[..n].iter().enumerate() {
             let pred = seg.segment_cached(case)?;
-            let truth = labels_of(case)?;
+            let truth = case.labels()?;
             acc.update(
                 case.id(),
                 pred.as_slice().expect("standard layout"),
@@ -582,22 +518,6 @@ fn optimise(
     Ok(done)
 }
 
-/// The labels of a cached case, `[slices, H, W]`.
-pub fn labels_of(case: &CachedCase) -> Result<Array3<u8>> {
-    let [d, h, w] = case.shape();
-    let mut out = Array3::zeros((d, h, w));
-    for k in 0..d {
-        let Some(l) = case.label_slice(k)? else {
-            return Err(TrainError::Other(format!(
-                "{}: validation case without labels",
-                case.path().display()
-            )));
-        };
-        out.index_axis_mut(Axis(0), k).assign(&l);
-    }
-    Ok(out)
-}
-
 /// `sqrt(Σ‖g‖²)` over the variables that have a gradient.
 fn global_norm(grads: &candle_core::backprop::GradStore, vars: &[Var]) -> Result<f64> {
     let mut sq: Option<Tensor> = None;
@@ -614,4 +534,16 @@ fn global_norm(grads: &candle_core::backprop::GradStore, vars: &[Var]) -> Result
         Some(s) => s.to_scalar::<f64>()?.sqrt(),
         None => 0.0,
     })
+}
+
+/// Training seconds of the run: those of earlier sessions plus this one's.
+struct Clock {
+    session: Instant,
+    before: f64,
+}
+
+impl Clock {
+    fn seconds(&self) -> f64 {
+        self.before + self.session.elapsed().as_secs_f64()
+    }
 }

@@ -7,6 +7,9 @@
 //! labels, gzip level 1 as our writer uses), generated once per run into a
 //! temporary folder.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

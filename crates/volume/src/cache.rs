@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::case::CaseDir;
 use crate::error::{Result, VolumeError};
+use crate::fs::write_atomic;
 use crate::intensity::Intensity;
-use crate::nifti_io::write_atomic;
 use crate::stack::stack_indices;
 
 /// Bumped whenever the file layout or its meaning changes.
@@ -40,11 +40,14 @@ pub const CACHE_VERSION: u32 = 1;
 /// are unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
+    /// File size in bytes.
     pub len: u64,
+    /// Modification time in nanoseconds since the epoch.
     pub mtime_ns: u128,
 }
 
 impl FileStamp {
+    /// The stamp of the file at `path`.
     pub fn of(path: &Path) -> Result<FileStamp> {
         let m = std::fs::metadata(path).map_err(|e| VolumeError::io(path, e))?;
         let mtime_ns = m
@@ -63,14 +66,19 @@ impl FileStamp {
 /// What the cache file records besides the voxels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheMeta {
+    /// Cache format version.
     pub version: u32,
+    /// The case id.
     pub id: String,
+    /// The imaging file it was built from.
     pub imaging: FileStamp,
+    /// The label file it was built from, if any.
     pub segmentation: Option<FileStamp>,
     /// `[slices, H, W]`.
     pub shape: [usize; 3],
     /// Voxel size in mm, NIfTI order.
     pub spacing: Vec<f64>,
+    /// The imaging's affine (nibabel's).
     pub affine: [[f64; 4]; 4],
     /// Voxel count of each label value (0, 1, 2); zeros without labels.
     pub label_counts: [u64; 3],
@@ -86,7 +94,10 @@ pub enum CacheStatus {
     /// No cache existed; it was built.
     Built,
     /// A cache existed but was stale or unreadable; it was rebuilt.
-    Rebuilt { reason: String },
+    Rebuilt {
+        /// Why it was rebuilt.
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,15 +224,19 @@ impl CachedCase {
         })
     }
 
+    /// The cache file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// What the cache was built from.
     pub fn meta(&self) -> &CacheMeta {
         &self.meta
     }
+    /// Whether it was reused or rebuilt.
     pub fn status(&self) -> &CacheStatus {
         &self.status
     }
+    /// The case id.
     pub fn id(&self) -> &str {
         &self.meta.id
     }
@@ -229,12 +244,15 @@ impl CachedCase {
     pub fn shape(&self) -> [usize; 3] {
         self.meta.shape
     }
+    /// Slices (the first axis).
     pub fn num_slices(&self) -> usize {
         self.meta.shape[0]
     }
+    /// Whether the case has labels.
     pub fn has_labels(&self) -> bool {
         self.label_at.is_some()
     }
+    /// The slices with kidney or tumour, in order.
     pub fn foreground_slices(&self) -> &[usize] {
         &self.meta.foreground_slices
     }
@@ -294,6 +312,22 @@ impl CachedCase {
             let b = &self.mmap[at + k * h * w..][..h * w];
             ArrayView2::from_shape((h, w), b).expect("length agrees")
         }))
+    }
+
+    /// All labels of the case (a validation case's ground truth).
+    ///
+    /// # Shapes
+    /// → `[slices, H, W]`.
+    pub fn labels(&self) -> Result<Array3<u8>> {
+        let [d, h, w] = self.meta.shape;
+        let Some(at) = self.label_at else {
+            return Err(VolumeError::missing(
+                &self.path,
+                "labels (a case without segmentation.nii.gz cannot be scored)",
+            ));
+        };
+        let b = &self.mmap[at..][..d * h * w];
+        Ok(Array3::from_shape_vec((d, h, w), b.to_vec()).expect("length agrees"))
     }
 
     /// The 2.5D stack around slice `k` (edge slices repeated), normalised.

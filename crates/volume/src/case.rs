@@ -18,7 +18,9 @@ pub const MAX_LABEL: u8 = 2;
 pub struct CaseDir {
     /// The folder name, e.g. `case_00004`.
     pub id: String,
+    /// The folder.
     pub dir: PathBuf,
+    /// The CT volume file.
     pub imaging: PathBuf,
     /// `None` for test cases (imaging only).
     pub segmentation: Option<PathBuf>,
@@ -114,9 +116,71 @@ pub fn list_cases(data_dir: impl AsRef<Path>) -> Result<Vec<CaseDir>> {
     dirs.iter().map(CaseDir::open).collect()
 }
 
+/// The file names a prediction of case `case_XXXXX` may have in a
+/// predictions folder: `case_XXXXX.nii.gz` (or `.nii`, what `kseg predict`
+/// writes for a folder of cases), or inside a folder `case_XXXXX/`.
+pub const PREDICTION_SUFFIXES: [&str; 2] = [".nii.gz", ".nii"];
+/// ... the names inside a `case_XXXXX/` prediction folder, in order of
+/// preference.
+pub const PREDICTION_FILES: [&str; 4] = [
+    "prediction.nii.gz",
+    "segmentation.nii.gz",
+    "prediction.nii",
+    "segmentation.nii",
+];
+
+/// The prediction files in `pred` (see [`PREDICTION_SUFFIXES`] and
+/// [`PREDICTION_FILES`]), by case id, in id order. Two files for one case,
+/// or none at all, are errors.
+pub fn find_predictions(pred: impl AsRef<Path>) -> Result<Vec<(String, PathBuf)>> {
+    let pred = pred.as_ref();
+    let mut found = std::collections::BTreeMap::new();
+    let entries = std::fs::read_dir(pred).map_err(|e| VolumeError::io(pred, e))?;
+    for e in entries {
+        let path = e.map_err(|e| VolumeError::io(pred, e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.starts_with("case_") {
+            continue;
+        }
+        let hit = if path.is_dir() {
+            PREDICTION_FILES
+                .iter()
+                .map(|f| path.join(f))
+                .find(|p| p.is_file())
+                .map(|p| (name.clone(), p))
+        } else {
+            PREDICTION_SUFFIXES
+                .iter()
+                .find_map(|ext| name.strip_suffix(ext))
+                .map(|id| (id.to_string(), path.clone()))
+        };
+        if let Some((id, p)) = hit
+            && let Some(prev) = found.insert(id.clone(), p.clone())
+        {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{}: two predictions for {id}: {} and {}",
+                pred.display(),
+                prev.display(),
+                p.display()
+            )));
+        }
+    }
+    if found.is_empty() {
+        return Err(VolumeError::missing(
+            pred,
+            "no predictions (case_XXXXX.nii.gz or case_XXXXX/prediction.nii.gz)",
+        ));
+    }
+    Ok(found.into_iter().collect())
+}
+
 /// A loaded case.
 #[derive(Debug, Clone)]
 pub struct Case {
+    /// The case id.
     pub id: String,
     /// HU values, `[slices, H, W]`.
     pub imaging: Volume<f32>,

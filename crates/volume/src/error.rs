@@ -13,40 +13,66 @@ pub enum VolumeError {
     /// The operating system refused an operation on a file.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a NIfTI-1 file we can read, or its header is inconsistent.
     #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// The file is a valid NIfTI file of a kind this crate deliberately refuses
     /// (NIfTI-2, a 4D volume where 3D is needed, complex data...).
     #[error("{}: unsupported: {msg}", path.display())]
-    Unsupported { path: PathBuf, msg: String },
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What kind of file it is.
+        msg: String,
+    },
     /// A label volume holds a value outside the allowed classes.
     #[error(
         "{}: label value {value} at voxel {voxel:?} is not a class (allowed 0..={max_label}; {count} such voxels)",
         path.display()
     )]
     BadLabel {
+        /// The label file.
         path: PathBuf,
+        /// The value found.
         value: f64,
+        /// The first voxel holding it.
         voxel: [usize; 3],
+        /// The highest label allowed.
         max_label: u8,
+        /// Voxels with values outside the set.
         count: usize,
     },
     /// Two volumes that must match do not.
     #[error("{}: shape {got:?} does not match {} shape {expected:?}", path.display(), other.display())]
     ShapeMismatch {
+        /// The file.
         path: PathBuf,
+        /// Its shape.
         got: Vec<usize>,
+        /// The file it must match.
         other: PathBuf,
+        /// That file's shape.
         expected: Vec<usize>,
     },
     /// A case folder or a file in it is missing.
     #[error("{}: missing: {what}", path.display())]
-    Missing { path: PathBuf, what: String },
+    Missing {
+        /// The folder (or file) concerned.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
     /// A caller passed an argument that cannot be honoured.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

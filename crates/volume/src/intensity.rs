@@ -6,7 +6,7 @@ use crate::error::{Result, VolumeError};
 
 /// HU clip window and z-score parameters.
 ///
-/// The default is SPEC §4's: clip to [-79, 304] HU, then subtract 101 and
+/// The default is docs/METHOD.md §4's: clip to [-79, 304] HU, then subtract 101 and
 /// divide by 76.9 (KiTS19 foreground statistics).
 ///
 /// ```

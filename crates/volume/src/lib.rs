@@ -1,7 +1,8 @@
 //! Volumes for kidney-tumour segmentation: NIfTI-1 I/O, KiTS19 case folders,
 //! CT intensity windowing, 2.5D slice stacking, a memory-mapped slice cache,
-//! seeded dataset splits and slice sampling, and a synthetic KiTS-like case
-//! generator. No candle here: everything works on plain `ndarray` arrays.
+//! seeded dataset splits and slice sampling, a synthetic KiTS-like case
+//! generator, the KiTS Dice metric and atomic file writes. No candle here:
+//! everything works on plain `ndarray` arrays.
 //!
 //! ```
 //! use kseg_volume::{synth, CachedCase, Intensity};
@@ -21,8 +22,10 @@
 pub mod cache;
 pub mod case;
 mod error;
+pub mod fs;
 pub mod intensity;
 pub mod layout;
+pub mod metric;
 pub mod nifti_io;
 pub mod postprocess;
 mod rng;
@@ -32,9 +35,12 @@ pub mod stack;
 pub mod synth;
 
 pub use cache::{CacheStatus, CachedCase};
-pub use case::{Case, CaseDir, list_cases};
+pub use case::{Case, CaseDir, find_predictions, list_cases};
 pub use error::{Result, VolumeError};
 pub use intensity::Intensity;
+pub use metric::{
+    CaseDice, DiceAccumulator, DiceSummary, KitsDice, MetricError, dice_from_counts, kits_dice,
+};
 pub use nifti_io::{
     DType, Header, NiftiImage, Volume, read_header, read_image, read_labels, read_volume,
     write_volume,

@@ -45,15 +45,25 @@ const MAGIC_PAIR: &[u8; 4] = b"ni1\0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DType {
+    /// unsigned 8-bit
     U8,
+    /// signed 8-bit
     I8,
+    /// unsigned 16-bit
     U16,
+    /// signed 16-bit
     I16,
+    /// unsigned 32-bit
     U32,
+    /// signed 32-bit
     I32,
+    /// unsigned 64-bit
     U64,
+    /// signed 64-bit
     I64,
+    /// 32-bit float
     F32,
+    /// 64-bit float
     F64,
 }
 
@@ -368,7 +378,9 @@ impl Header {
 /// file's own), so it costs no copy.
 #[derive(Debug, Clone)]
 pub struct NiftiImage {
+    /// The header.
     pub header: Header,
+    /// Voxel values after scaling, in NIfTI index order.
     pub data: ArrayD<f64>,
 }
 
@@ -376,7 +388,9 @@ pub struct NiftiImage {
 /// column]`), with the header it came from.
 #[derive(Debug, Clone)]
 pub struct Volume<T> {
+    /// The header.
     pub header: Header,
+    /// Voxel values, `[slices, H, W]` for KiTS19.
     pub data: Array3<T>,
 }
 
@@ -861,6 +875,7 @@ macro_rules! with_voxel {
 
 /// A float type voxels decode into.
 pub trait Sample: Copy + Send + Sync + Default + 'static {
+    /// `v` converted (saturating for integers).
     fn from_f64(v: f64) -> Self;
 }
 impl Sample for f32 {
@@ -1108,7 +1123,7 @@ pub fn write_volume<T: Storable>(
     header.cal_max = 0.0;
     header.endianness = nifti::Endianness::Little;
     header.sizeof_hdr = 348;
-    write_atomic(path, |tmp| {
+    crate::fs::write_atomic(path, |tmp| {
         let gz = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
         nifti::writer::WriterOptions::new(tmp)
             .reference_header(&header)
@@ -1116,35 +1131,4 @@ pub fn write_volume<T: Storable>(
             .write_nifti(&data)
             .map_err(|e| VolumeError::format(path, format!("cannot write: {e}")))
     })
-}
-
-/// Writes through a temporary file in `path`'s folder and renames it into
-/// place. `write` receives the temporary path (with the same file-name
-/// suffixes as `path`, so suffix-sniffing writers behave).
-pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            VolumeError::InvalidArgument(format!("{} is not a file path", path.display()))
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let suffix = [".nii.gz", ".nii", ".safetensors", ".json"]
-        .into_iter()
-        .find(|s| name.to_ascii_lowercase().ends_with(s))
-        .unwrap_or("");
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(&format!(".tmp{suffix}"))
-        .tempfile_in(&dir)
-        .map_err(|e| VolumeError::io(&dir, e))?;
-    let tmp_path = tmp.path().to_path_buf();
-    write(&tmp_path)?;
-    tmp.persist(path)
-        .map_err(|e| VolumeError::io(path, e.error))?;
-    Ok(())
 }

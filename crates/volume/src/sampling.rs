@@ -7,7 +7,9 @@ use crate::error::{Result, VolumeError};
 /// A slice of a case: indices into the sampler's case list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SliceRef {
+    /// Index of the case.
     pub case: usize,
+    /// Index of the slice in the case.
     pub slice: usize,
 }
 

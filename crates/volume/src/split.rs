@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VolumeError};
-use crate::nifti_io::write_atomic;
+use crate::fs::write_atomic;
 
 /// A train/validation split of case ids.
 ///
@@ -24,8 +24,11 @@ use crate::nifti_io::write_atomic;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Split {
+    /// The RNG seed the split was drawn with.
     pub seed: u64,
+    /// Training case ids.
     pub train: Vec<String>,
+    /// Validation case ids.
     pub val: Vec<String>,
 }
 

@@ -39,6 +39,7 @@ pub struct SynthConfig {
     pub min_slices: usize,
     /// Most slices of a case (inclusive).
     pub max_slices: usize,
+    /// RNG seed: the same seed gives the same cases.
     pub seed: u64,
     /// Range of the reconstruction field of view (mm across the larger
     /// in-plane side), drawn per case. Default 340-420 mm: the whole
@@ -77,6 +78,7 @@ impl Default for SynthConfig {
 }
 
 impl SynthConfig {
+    /// Checks the sizes and ranges.
     pub fn validate(&self) -> Result<()> {
         if self.height < 16 || self.width < 16 || self.height > 4096 || self.width > 4096 {
             return Err(VolumeError::InvalidArgument(format!(
@@ -554,7 +556,7 @@ pub fn write_dataset(out: impl AsRef<Path>, n: usize, cfg: &SynthConfig) -> Resu
         .collect();
     let dirs = dirs.into_iter().collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string_pretty(cfg).expect("config serialises");
-    crate::nifti_io::write_atomic(&stamp, |tmp| {
+    crate::fs::write_atomic(&stamp, |tmp| {
         std::fs::write(tmp, json).map_err(|e| VolumeError::io(tmp, e))
     })?;
     Ok(dirs)

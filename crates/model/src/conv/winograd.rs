@@ -19,7 +19,9 @@
 //! the last place of the inputs' scale): `tests` checks it against the
 //! definition in f64.
 
-use super::{Dims, DstMat, Mat, SharedOut, sgemm, spread, sum_parts};
+use super::im2col::Dims;
+use super::tiling::{spread, sum_parts};
+use crate::host::{DstMat, Mat, SharedOut, sgemm};
 
 /// Fewest input and output channels for the Winograd path (chosen, not
 /// swept: with fewer, its 16 products have an inner size too small for
@@ -259,7 +261,7 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
     let u = transform_weights(wt, o, c);
     let (chw, ohw) = (c * h * w, o * h * w);
     let mut y = vec![0f32; b * ohw];
-    let out = SharedOut::new(&mut y);
+    let out = SharedOut::new(&mut y, b, o, h * w);
     spread(b * bands.count, |items, threads| {
         let (mut v, mut m) = (Vec::new(), Vec::new());
         for item in items {
@@ -275,9 +277,9 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
                 sgemm(&mut dst, false, ux, vx, (o, t, c), threads);
             }
             let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
-            // SAFETY: output rows ya..yb of every channel of sample bi are
-            // this item's alone (bands do not overlap).
-            let mut dst = unsafe { out.block(bi * ohw + ya * w, o, h * w, (yb - ya) * w) };
+            // Output rows ya..yb of every channel of sample bi: this item's
+            // alone (bands do not overlap; `block` checks it).
+            let mut dst = out.block(bi, ya * w..yb * w);
             transform_output(&m, o, trs, (tw, h, w), bias, &mut dst);
         }
     });
@@ -336,7 +338,8 @@ pub(super) fn weight_grad(d: &Dims, x: &[f32], dy: &[f32]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Geo, tests::direct, tests::max_diff};
+    use super::super::cpu::tests::{direct, max_diff};
+    use super::super::im2col::Geo;
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;

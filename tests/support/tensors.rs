@@ -1,19 +1,6 @@
-//! Helpers shared by the integration tests.
+//! Tensor helpers shared by the test harnesses of crates with tensors
+//! (included with `#[path]` beside `mod.rs`).
 #![allow(dead_code)]
-
-use std::path::PathBuf;
-
-/// A path under the repository's `testdata/`.
-pub fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(rel)
-}
-
-/// Relative closeness for floats read from fixtures.
-pub fn close(a: f64, b: f64, rel: f64) -> bool {
-    (a - b).abs() <= rel * b.abs().max(1.0)
-}
 
 /// The largest absolute difference between two tensors of one shape.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {

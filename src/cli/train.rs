@@ -1,10 +1,10 @@
-//! What `kseg train` and the `train_kits19` example share: their arguments
-//! and how a run is started or resumed from them.
+//! `kseg train`, and what it shares with the `train_kits19` example: the
+//! arguments and how a run is started or resumed from them.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use kseg_train::{Summary, TrainConfig, Trainer};
+use kseg_train::{RunDir, Summary, TrainConfig, Trainer};
 
 /// Arguments of a training run.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -48,14 +48,15 @@ impl TrainArgs {
         o
     }
 
-    /// The configuration of a new run: `--config`, else the seed's setup
-    /// when `--data-dir` is given, else the synthetic CPU setup; then
+    /// The configuration of a new run: `--config`, else the reference
+    /// method's setup (`configs/kits19.toml`) when `--data-dir` is given,
+    /// else the synthetic CPU setup (`configs/synthetic-cpu.toml`); then
     /// `--data-dir` and the overrides.
     pub fn config(&self) -> Result<TrainConfig> {
         let mut cfg = match (&self.config, &self.data_dir) {
             (Some(path), _) => TrainConfig::from_file(path)?,
-            (None, Some(_)) => TrainConfig::default(),
-            (None, None) => TrainConfig::synthetic_cpu(),
+            (None, Some(_)) => crate::preset("kits19")?,
+            (None, None) => crate::preset("synthetic-cpu")?,
         };
         if let Some(d) = &self.data_dir {
             cfg.data.data_dir = Some(d.clone());
@@ -104,4 +105,19 @@ pub fn default_run_dir() -> PathBuf {
         rem % 3600 / 60,
         rem % 60
     ))
+}
+
+/// `kseg train`: trains, then prints the summary file's path (stdout) and
+/// the Dice (stderr).
+pub(super) fn run_command(args: &TrainArgs) -> Result<()> {
+    let (dir, s) = args.run()?;
+    super::print_line(&RunDir::new(dir).summary().display().to_string())?;
+    eprintln!(
+        "kidney Dice {:.4}, tumour Dice {:.4}, composite {:.4}; best checkpoint {}",
+        s.kidney_dice,
+        s.tumour_dice,
+        s.composite,
+        s.best_checkpoint.display()
+    );
+    Ok(())
 }

@@ -3,10 +3,8 @@
 
 #![allow(clippy::needless_range_loop)] // index loops read best for 4x4 matrices
 
-mod common;
-
-use common::{close, testdata};
-use kseg::volume::{DType, VolumeError, read_header, read_image, read_volume};
+use crate::support::{close, testdata};
+use kseg_volume::{DType, VolumeError, read_header, read_image, read_volume};
 use ndarray::IxDyn;
 
 struct Expect {

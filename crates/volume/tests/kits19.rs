@@ -4,10 +4,8 @@
 
 #![allow(clippy::needless_range_loop)] // index loops read best for 4x4 matrices
 
-mod common;
-
-use common::testdata;
-use kseg::volume::{self, DType, read_header, read_labels, write_volume};
+use crate::support::testdata;
+use kseg_volume::{self, DType, read_header, read_labels, write_volume};
 
 struct Row {
     case: String,
@@ -203,7 +201,7 @@ fn labels_written_with_reference_geometry_read_back_identically() {
 #[test]
 fn uint16_labels_load_as_a_case() {
     // A case folder with only a segmentation is missing its imaging.
-    let err = volume::CaseDir::open(testdata("kits19/case_00015")).unwrap_err();
+    let err = kseg_volume::CaseDir::open(testdata("kits19/case_00015")).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("imaging.nii.gz") && msg.contains("case_00015"),

@@ -1,13 +1,13 @@
-//! `SegLoss::forward` on the CPU (one host computation, crates/loss/src/fused.rs)
+//! `SegLoss::forward` on the CPU (one host computation, crates/loss/src/seg_loss/cpu.rs)
 //! against `SegLoss::forward_composed` (the same loss as candle ops:
 //! log-softmax, gather, softmax and the Lovász surrogate, with candle's own
 //! backward): values and the logit-gradients of all three parts. The
 //! composition is itself checked against PyTorch and the reference Lovász
-//! code in tests/losses_reference.rs, and `forward` against the same
+//! code in losses_reference.rs beside this file, and `forward` against the same
 //! fixture and finite differences there.
 
 use candle_core::{DType, Device, Tensor, Var};
-use kseg::loss::{Classes, LossParts, LovaszConfig, SegLoss, SegLossConfig};
+use kseg_loss::{Classes, LossParts, LovaszConfig, SegLoss, SegLossConfig};
 use rand::{Rng, SeedableRng};
 
 const IGNORE: u32 = 255;

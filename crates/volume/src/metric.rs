@@ -1,6 +1,6 @@
 //! The KiTS19 metric: per-case Dice of kidney (label > 0) and tumour
 //! (label 2) on whole volumes, averaged over cases; the composite score is
-//! the mean of the two (SPEC §5, as the official `evaluation.py`).
+//! the mean of the two (docs/METHOD.md §5, as the official `evaluation.py`).
 
 use serde::{Deserialize, Serialize};
 
@@ -8,10 +8,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MetricError {
+    /// A prediction and its truth of different sizes.
     #[error("case {case}: prediction has {pred} voxels, ground truth {truth}")]
     LengthMismatch {
+        /// The case.
         case: String,
+        /// Voxels of the prediction.
         pred: usize,
+        /// Voxels of the truth.
         truth: usize,
     },
 }
@@ -41,7 +45,7 @@ pub struct KitsDice {
 /// ```
 /// let truth = [0u8, 1, 1, 2, 2, 0];
 /// let pred = [0u8, 1, 2, 2, 0, 0];
-/// let d = kseg_loss::kits_dice(&pred, &truth).unwrap();
+/// let d = kseg_volume::metric::kits_dice(&pred, &truth).unwrap();
 /// // kidney: pred>0 {1,2,3}, truth>0 {1,2,3,4}: 2*3/7.
 /// assert!((d.kidney - 6.0 / 7.0).abs() < 1e-12);
 /// // tumour: pred=2 {2,3}, truth=2 {3,4}: 2*1/4.
@@ -79,16 +83,22 @@ fn kits_dice_case(case: &str, pred: &[u8], truth: &[u8]) -> Result<KitsDice, Met
 /// One row of the per-case table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseDice {
+    /// The case id.
     pub case: String,
+    /// Kidney Dice (label > 0).
     pub kidney: f64,
+    /// Tumour Dice (label 2).
     pub tumour: f64,
 }
 
 /// The aggregate over cases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiceSummary {
+    /// Per case, in the order scored.
     pub cases: Vec<CaseDice>,
+    /// Mean kidney Dice.
     pub kidney_mean: f64,
+    /// Mean tumour Dice.
     pub tumour_mean: f64,
     /// `(kidney_mean + tumour_mean) / 2`.
     pub composite: f64,
@@ -102,6 +112,7 @@ pub struct DiceAccumulator {
 }
 
 impl DiceAccumulator {
+    /// An empty accumulator.
     pub fn new() -> Self {
         Self::default()
     }
@@ -135,6 +146,7 @@ impl DiceAccumulator {
         }
     }
 
+    /// Forgets every case.
     pub fn reset(&mut self) {
         self.cases.clear();
     }

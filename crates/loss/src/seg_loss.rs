@@ -1,4 +1,8 @@
-//! The seed's training loss: weighted cross-entropy + λ · Lovász-Softmax.
+//! The reference method's training loss: weighted cross-entropy + λ ·
+//! Lovász-Softmax.
+//!
+//! Layout: this file holds the loss ([`SegLoss`]); `seg_loss/cpu.rs` its CPU
+//! op, the whole loss as one host computation (docs/ARCHITECTURE.md).
 
 use candle_core::{Result, Tensor, bail};
 use serde::{Deserialize, Serialize};
@@ -6,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::ce::cross_entropy_with_ignore;
 use crate::lovasz::{LovaszConfig, lovasz_softmax};
 
-/// Class weights from label voxel counts (SPEC §3): `w_c = 1 / sqrt(f_c)`
+mod cpu;
+
+/// Class weights from label voxel counts (docs/METHOD.md §3): `w_c = 1 / sqrt(f_c)`
 /// with `f_c` the class frequency, normalised to mean 1. A class with no
 /// voxels is given the frequency of the rarest class that has some.
 ///
@@ -35,6 +41,7 @@ pub fn class_weights_from_counts(counts: &[u64]) -> Result<Vec<f32>> {
 pub struct SegLossConfig {
     /// Weight of the Lovász term.
     pub lambda: f64,
+    /// The Lovász-Softmax term's settings (its ignore label also applies to the cross-entropy).
     pub lovasz: LovaszConfig,
 }
 
@@ -52,7 +59,9 @@ impl Default for SegLossConfig {
 pub struct LossParts {
     /// `ce + λ · lovasz`: call `backward()` on this.
     pub total: Tensor,
+    /// The class-weighted cross-entropy.
     pub ce: Tensor,
+    /// The Lovász-Softmax term (before λ).
     pub lovasz: Tensor,
 }
 
@@ -77,6 +86,7 @@ impl SegLoss {
         Ok(SegLoss { cfg, weights })
     }
 
+    /// The loss's settings.
     pub fn config(&self) -> &SegLossConfig {
         &self.cfg
     }
@@ -87,12 +97,19 @@ impl SegLoss {
     /// On the CPU (f32 or f64 logits) the loss is computed on the host in
     /// f64 (one pass over the logits, then the Lovász sort), and each of
     /// [`LossParts`]' three scalars is one op whose backward is its exact
-    /// gradient (`crates/loss/src/fused.rs`);
+    /// gradient (`crates/loss/src/seg_loss/cpu.rs`);
     /// elsewhere it is [`SegLoss::forward_composed`]. The two agree to
-    /// rounding (`tests/fused_loss.rs`).
+    /// rounding (`crates/loss/tests/fused_loss.rs`).
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<LossParts> {
-        if crate::fused::applies(logits, labels) {
-            return crate::fused::seg_loss_cpu(logits, labels, self.weights.as_ref(), &self.cfg);
+        if cpu::applies(logits, labels) {
+            let [total, ce, lovasz] = cpu::seg_loss_cpu(
+                logits,
+                labels,
+                self.weights.as_ref(),
+                self.cfg.lambda,
+                &self.cfg.lovasz,
+            )?;
+            return Ok(LossParts { total, ce, lovasz });
         }
         self.forward_composed(logits, labels)
     }

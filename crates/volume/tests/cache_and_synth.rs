@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use kseg::volume::{
+use kseg_volume::{
     self, CacheStatus, CachedCase, CaseDir, DType, Header, Intensity, stack_sample, synth,
     write_volume,
 };
@@ -247,7 +247,7 @@ fn synthetic_anatomy_is_kits_like() {
         assert!(fg < 0.1, "foreground share {fg}");
     }
     // list_cases sees them all.
-    assert_eq!(volume::list_cases(dir.path()).unwrap().len(), 4);
+    assert_eq!(kseg_volume::list_cases(dir.path()).unwrap().len(), 4);
 }
 
 #[test]

@@ -3,17 +3,14 @@
 //! (bermanmaxim/LovaszSoftmax) and PyTorch's cross-entropy.
 
 use candle_core::{DType, Device, Tensor, Var};
-use kseg::loss::{
+use kseg_loss::{
     Classes, LovaszConfig, SegLoss, SegLossConfig, cross_entropy_with_ignore, lovasz_softmax,
     weighted_cross_entropy,
 };
 use serde_json::Value;
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/losses_reference.json"
-    );
+    let path = crate::support::testdata("losses_reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -1,4 +1,8 @@
-//! [`SegLoss`](crate::SegLoss) on the CPU as one host computation.
+//! [`SegLoss`](crate::SegLoss)'s CPU op: the loss as one host computation.
+//!
+//! Performance-critical: after editing, run `cargo test -p kseg-loss` and
+//! `cargo bench -p kseg-loss --bench loss` before and after
+//! (docs/ARCHITECTURE.md).
 //!
 //! Built from candle ops, the combined loss is about twenty graph nodes
 //! (log-softmax, gather, index-select, products, casts, sums, the softmax,
@@ -29,8 +33,7 @@ use candle_core::{
 use rayon::prelude::*;
 
 use crate::check::{check_finite, check_logits_labels, host_labels, host_weights};
-use crate::combined::{LossParts, SegLossConfig};
-use crate::lovasz::lovasz_softmax_host;
+use crate::lovasz::{LovaszConfig, lovasz_softmax_host};
 
 /// Pixels (or gradient values) per parallel work item.
 const CHUNK: usize = 4096;
@@ -174,17 +177,18 @@ fn host_logits(logits: &Tensor) -> Result<Vec<f64>> {
     })
 }
 
-/// `ce + λ · lovasz` and its parts for CPU logits in f32 or f64 (see the
+/// `[ce + λ · lovasz, ce, lovasz]` for CPU logits in f32 or f64 (see the
 /// module documentation); the same loss as the candle-op composition
 /// [`SegLoss::forward_composed`](crate::SegLoss::forward_composed).
 pub(crate) fn seg_loss_cpu(
     logits: &Tensor,
     labels: &Tensor,
     weights: Option<&Tensor>,
-    cfg: &SegLossConfig,
-) -> Result<LossParts> {
+    lambda: f64,
+    lovasz_cfg: &LovaszConfig,
+) -> Result<[Tensor; 3]> {
     let (b, c, h, w) = check_logits_labels(logits, labels, "loss")?;
-    let (labels_host, _) = host_labels(labels, c, cfg.lovasz.ignore)?;
+    let (labels_host, _) = host_labels(labels, c, lovasz_cfg.ignore)?;
     let weights = weights.map(|wt| host_weights(wt, c)).transpose()?;
     let x = host_logits(logits)?;
     let hw = h * w;
@@ -231,7 +235,7 @@ pub(crate) fn seg_loss_cpu(
                 for p in planes.iter_mut() {
                     p[j] /= sum;
                 }
-                if Some(l) == cfg.lovasz.ignore {
+                if Some(l) == lovasz_cfg.ignore {
                     continue;
                 }
                 *pw = weights.as_ref().map_or(1.0, |wt| wt[l as usize]);
@@ -253,8 +257,7 @@ pub(crate) fn seg_loss_cpu(
     if den > 0.0 {
         ce_scale.par_iter_mut().for_each(|pw| *pw /= den);
     }
-    let (lovasz, lovasz_grad) =
-        lovasz_softmax_host(&probs, &labels_host, [b, c, h, w], &cfg.lovasz);
+    let (lovasz, lovasz_grad) = lovasz_softmax_host(&probs, &labels_host, [b, c, h, w], lovasz_cfg);
     let kept = Arc::new(Kept {
         dims: [b, c, h, w],
         dtype: logits.dtype(),
@@ -262,7 +265,7 @@ pub(crate) fn seg_loss_cpu(
         lovasz_grad,
         labels: labels_host,
         ce_scale,
-        lambda: cfg.lambda,
+        lambda,
     });
     let part = |part: Part, value: f64| {
         logits.apply_op1(PartOp {
@@ -271,9 +274,9 @@ pub(crate) fn seg_loss_cpu(
             value,
         })
     };
-    Ok(LossParts {
-        total: part(Part::Total, ce + cfg.lambda * lovasz)?,
-        ce: part(Part::Ce, ce)?,
-        lovasz: part(Part::Lovasz, lovasz)?,
-    })
+    Ok([
+        part(Part::Total, ce + lambda * lovasz)?,
+        part(Part::Ce, ce)?,
+        part(Part::Lovasz, lovasz)?,
+    ])
 }

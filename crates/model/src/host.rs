@@ -1,0 +1,306 @@
+//! The host floor of kseg-model: every raw pointer and every `unsafe`
+//! block of the crate is in this file. The CPU ops (`conv/cpu.rs`,
+//! `conv/winograd.rs`, `norm/cpu.rs`) use these safe types:
+//!
+//! - [`f32_slice`] and [`storage_f32`]: the f32 values of a CPU storage;
+//! - [`Mat`] (a strided read-only matrix view), [`DstMat`] (a block to write
+//!   a product into) and [`sgemm`] (the gemm crate's product on them);
+//! - [`SharedOut`]: one output buffer that parallel work items write
+//!   disjoint blocks of, each block checked against the others;
+//! - [`lane_sums`] and [`lane_sums3`]: vectorisable per-plane sums;
+//! - [`mmap_safetensors`]: a checkpoint file mapped for reading.
+//!
+//! Performance-critical: after editing, run `cargo test -p kseg-model` and
+//! `cargo bench --bench model` before and after (docs/ARCHITECTURE.md).
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, Layout, Result, Storage, bail};
+
+/// The f32 values of a contiguous CPU storage.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{what}: f32 only")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{what}: input must be contiguous")
+    };
+    Ok(&v[a..b])
+}
+
+/// [`f32_slice`] of a tensor's storage (in a custom op's backward).
+pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(cs) => f32_slice(cs, l, what),
+        _ => bail!("{what}: CPU storage expected"),
+    }
+}
+
+/// A row-major view of a matrix: element (i, j) at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Rows of `rs` values each (the first columns of them when the
+    /// product uses fewer).
+    pub(crate) fn rows(data: &'a [f32], rs: usize) -> Mat<'a> {
+        Mat { data, rs, cs: 1 }
+    }
+
+    pub(crate) fn t(self) -> Mat<'a> {
+        Mat {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// A row-major block to write a product into: element (i, j) at
+/// `ptr[i·rs + j]`, `rows × cols`.
+pub(crate) struct DstMat<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> DstMat<'a> {
+    /// All of `d` as `rows × cols`.
+    pub(crate) fn whole(d: &'a mut [f32], rows: usize, cols: usize) -> DstMat<'a> {
+        assert!(
+            d.len() >= rows * cols,
+            "DstMat: {rows}x{cols} in {}",
+            d.len()
+        );
+        DstMat {
+            ptr: d.as_mut_ptr(),
+            rows,
+            cols,
+            rs: cols,
+            _out: PhantomData,
+        }
+    }
+
+    /// Row `i` (`cols` values).
+    pub(crate) fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "DstMat: row {i} of {}", self.rows);
+        // SAFETY: row i of the block is in bounds (checked when the block
+        // was made) and this block has it to itself.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.rs), self.cols) }
+    }
+
+    /// Sets row `i` to `vals[i]`.
+    pub(crate) fn fill_rows(&mut self, vals: &[f32]) {
+        for (i, &v) in vals.iter().enumerate().take(self.rows) {
+            // SAFETY: row i of the block is in bounds (checked when the
+            // block was made) and this block has it to itself.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.rs), self.cols) }.fill(v);
+        }
+    }
+}
+
+/// One output buffer of `samples × rows × cols` values that several
+/// threads write disjoint blocks of: block `(sample, columns)` is every row
+/// of one sample, restricted to a range of columns (a tile of output rows
+/// of every channel). Each block can be taken once: [`SharedOut::block`]
+/// checks that it overlaps no block taken before, so the blocks in use
+/// never alias and the type is safe to use from any thread.
+pub(crate) struct SharedOut<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    /// Per sample, the column ranges taken so far (start → end).
+    taken: Vec<Mutex<BTreeMap<usize, usize>>>,
+    _out: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the pointer comes from a `&mut [f32]` held for 'a, and the only
+// access to it is through blocks that `block` has checked are disjoint from
+// every other block handed out, whichever thread asks.
+unsafe impl Send for SharedOut<'_> {}
+// SAFETY: as above; the record of taken blocks is behind a mutex.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    /// `d` as `samples` blocks of `rows × cols` values.
+    pub(crate) fn new(d: &'a mut [f32], samples: usize, rows: usize, cols: usize) -> SharedOut<'a> {
+        assert_eq!(
+            d.len(),
+            samples * rows * cols,
+            "SharedOut: {samples}x{rows}x{cols} in {}",
+            d.len()
+        );
+        SharedOut {
+            ptr: d.as_mut_ptr(),
+            rows,
+            cols,
+            taken: (0..samples).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            _out: PhantomData,
+        }
+    }
+
+    /// Columns `cs` of every row of `sample`, as a `rows × cs.len()` block
+    /// with row stride `cols`. Panics if that block overlaps one taken
+    /// before (a bug in the caller's partition of the work).
+    pub(crate) fn block(&self, sample: usize, cs: Range<usize>) -> DstMat<'a> {
+        assert!(
+            sample < self.taken.len() && cs.start <= cs.end && cs.end <= self.cols,
+            "SharedOut: block {sample}, {cs:?} outside {}x{}x{}",
+            self.taken.len(),
+            self.rows,
+            self.cols
+        );
+        if !cs.is_empty() {
+            let mut taken = self.taken[sample].lock().unwrap_or_else(|e| e.into_inner());
+            let before = taken.range(..cs.end).next_back();
+            assert!(
+                before.is_none_or(|(_, &end)| end <= cs.start),
+                "SharedOut: block {sample}, {cs:?} overlaps one already taken"
+            );
+            taken.insert(cs.start, cs.end);
+        }
+        DstMat {
+            // SAFETY: in bounds (checked above): the block's last element is
+            // at sample·rows·cols + (rows-1)·cols + cs.end - 1 < the length.
+            ptr: unsafe { self.ptr.add(sample * self.rows * self.cols + cs.start) },
+            rows: if cs.is_empty() { 0 } else { self.rows },
+            cols: cs.len(),
+            rs: self.cols,
+            _out: PhantomData,
+        }
+    }
+}
+
+/// `dst (m×n) [+]= a (m×k) · b (k×n)` with the gemm crate.
+pub(crate) fn sgemm(
+    dst: &mut DstMat,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |x: Mat, r: usize, c: usize| (r.max(1) - 1) * x.rs + (c.max(1) - 1) * x.cs;
+    assert!(
+        m <= dst.rows
+            && n <= dst.cols
+            && a.data.len() > last(a, m, k)
+            && b.data.len() > last(b, k, n),
+        "sgemm: operands smaller than {m}x{k} · {k}x{n}"
+    );
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds are checked above; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.ptr,
+            1,
+            dst.rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Lanes of the per-plane sums: independent partial sums that the compiler
+/// keeps in vector registers (one running f32 sum waits an add's latency
+/// per element and does not vectorise).
+const LANES: usize = 16;
+
+/// `Σ f(v)` over `p` for each of the `K` outputs of `f`, in [`LANES`]
+/// partial sums.
+#[inline(always)]
+pub(crate) fn lane_sums<const K: usize>(p: &[f32], f: impl Fn(f32) -> [f32; K]) -> [f32; K] {
+    let mut acc = [[0f32; LANES]; K];
+    let chunks = p.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for (l, &v) in ch.iter().enumerate() {
+            let t = f(v);
+            for k in 0..K {
+                acc[k][l] += t[k];
+            }
+        }
+    }
+    let mut out = acc.map(|a| a.iter().sum::<f32>());
+    for &v in rest {
+        let t = f(v);
+        for k in 0..K {
+            out[k] += t[k];
+        }
+    }
+    out
+}
+
+/// [`lane_sums`] of `f(a, b, c)` over three planes of the same length.
+#[inline(always)]
+pub(crate) fn lane_sums3<const K: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> [f32; K],
+) -> [f32; K] {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [[0f32; LANES]; K];
+    let full = n / LANES * LANES;
+    for ((ca, cb), cc) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+        .zip(c[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let t = f(ca[l], cb[l], cc[l]);
+            for k in 0..K {
+                acc[k][l] += t[k];
+            }
+        }
+    }
+    let mut out = acc.map(|s| s.iter().sum::<f32>());
+    for i in full..n {
+        let t = f(a[i], b[i], c[i]);
+        for k in 0..K {
+            out[k] += t[k];
+        }
+    }
+    out
+}
+
+/// `path` mapped as a safetensors file (read only).
+pub(crate) fn mmap_safetensors(path: &Path) -> Result<candle_core::safetensors::MmapedSafetensors> {
+    // SAFETY: the file is only read, and kseg replaces checkpoints by
+    // rename, never rewriting one in place; a file changed under the map by
+    // another program can give wrong weights but not unsound memory access
+    // beyond what the mapping itself allows.
+    unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+}

@@ -1,0 +1,17 @@
+//! The integration tests of kseg-volume: one harness (one test binary), a
+//! module per topic. A new test of this crate goes into the module of its
+//! topic, or a new module here; tests that run the `kseg` binary or the
+//! whole pipeline go into the root's `tests/main.rs`. Shared helpers:
+//! `tests/support/` at the workspace root.
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+/// The slice cache (build, reuse, invalidation) and the synthetic generator.
+mod cache_and_synth;
+/// The KiTS Dice metric against hand-derived cases.
+mod dice;
+/// Real KiTS19 label files (testdata/kits19) against their manifest.
+mod kits19;
+/// NIfTI files written by other software against nibabel-read values.
+mod nifti_manifest;

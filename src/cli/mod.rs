@@ -1,0 +1,104 @@
+//! The `kseg` command line: one module per command, each holding its
+//! arguments (clap) and what it does; `src/main.rs` parses, dispatches and
+//! reports errors. The crates do the work: these modules are glue.
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod augment;
+mod evaluate;
+mod info;
+mod predict;
+mod synth;
+mod train;
+
+pub use augment::AugmentArgs;
+pub use evaluate::EvaluateArgs;
+pub use info::InfoArgs;
+pub use predict::PredictArgs;
+pub use synth::SynthArgs;
+pub use train::{TrainArgs, default_run_dir};
+
+/// The `kseg` command and its arguments.
+#[derive(Parser)]
+#[command(
+    name = "kseg",
+    version,
+    about = "Kidney and kidney-tumour segmentation on abdominal CT (KiTS19)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print one JSON object describing a NIfTI file or a KiTS19 case folder.
+    ///
+    /// For a file: shape (NIfTI dim order), dtype, spacing_mm, affine (4x4,
+    /// as nibabel's img.affine), min, max, mean (after scl_slope/scl_inter;
+    /// NaN voxels ignored and counted in nan_count). For a case folder: the
+    /// same for imaging and segmentation (with label_counts), after checking
+    /// that their shapes agree and the labels are 0, 1 or 2.
+    Info(InfoArgs),
+    /// Write a PNG grid of augmented samples of one slice, the label drawn
+    /// over the middle channel (kidney green, tumour red); the first tile is
+    /// the slice as it is.
+    Augment(AugmentArgs),
+    /// Score predictions against ground truth with the KiTS19 metric:
+    /// per-case kidney (label > 0) and tumour (label 2) Dice on whole
+    /// volumes, their means and the composite. Prints the per-case table as
+    /// CSV; `--out` also writes a JSON report.
+    ///
+    /// A prediction for case `case_XXXXX` is `PRED/case_XXXXX.nii.gz` (or
+    /// `.nii`), or `PRED/case_XXXXX/prediction.nii.gz` or
+    /// `PRED/case_XXXXX/segmentation.nii.gz`; its truth is
+    /// `TRUTH/case_XXXXX/segmentation.nii.gz`. Every prediction found is
+    /// scored; a prediction without truth, a shape mismatch or labels
+    /// outside 0..=2 are errors.
+    Evaluate(EvaluateArgs),
+    /// Train the Res-U-Net: the same run as `cargo run --example
+    /// train_kits19`, from a configuration file and overrides. Without
+    /// --config and --data-dir: the synthetic CPU setup. The run folder gets
+    /// config.json, split.json, metrics.jsonl, plots/, checkpoints/ and, at
+    /// the end, summary.json.
+    Train(TrainArgs),
+    /// Segment whole volumes with a trained checkpoint: a uint8 label
+    /// volume (0 background, 1 kidney, 2 tumour) with the input's geometry.
+    ///
+    /// INPUT may be an imaging file (OUTPUT: the file to write), a case
+    /// folder (OUTPUT: a file), or a folder of case folders (OUTPUT: a
+    /// folder that gets case_XXXXX.nii.gz for each, ready for `kseg
+    /// evaluate`). The checkpoint (a model.safetensors or its checkpoint
+    /// folder) carries the model configuration and the preprocessing of
+    /// training (intensity window, stack depth, in-plane resampling).
+    Predict(PredictArgs),
+    /// Write synthetic KiTS-like cases (int16 HU imaging, uint8 labels) in
+    /// KiTS19's layout: OUT/case_00000/{imaging,segmentation}.nii.gz, ...
+    Synth(SynthArgs),
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            Command::Info(a) => a.run(),
+            Command::Augment(a) => a.run(),
+            Command::Evaluate(a) => a.run(),
+            Command::Train(a) => train::run_command(&a),
+            Command::Predict(a) => a.run(),
+            Command::Synth(a) => a.run(),
+        }
+    }
+}
+
+/// Writes `text` and a newline to standard output. Unlike `println!`, a
+/// closed pipe (`kseg info FILE | head`) is an error the caller can see,
+/// not a panic.
+pub(crate) fn print_line(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
+}
