@@ -303,3 +303,34 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no ground truth for prediction"));
 }
+
+/// `kseg info FILE | head -c 10`: a closed standard output ends the program
+/// quietly (exit 0, nothing on stderr), as Unix tools do, instead of a
+/// panic (`println!`'s "failed printing to stdout", exit 101).
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::process::Stdio;
+    let f = testdata("kits19/case_00004/segmentation.nii.gz");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args(["info", "--labels", f.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the program writes: its write gets EPIPE
+    // (Rust ignores SIGPIPE, so the error reaches the program).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
