@@ -14,7 +14,7 @@ use kseg_model::ResUNetConfig;
 use kseg_volume::Intensity;
 use serde::{Deserialize, Serialize};
 
-use kseg_volume::fs::{write_bytes_atomic, write_dir_atomic};
+use kseg_volume::fs::{write_bytes_atomic, write_dir_atomic, write_json_atomic};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
@@ -260,7 +260,6 @@ fn write_folder(
         optimiser
             .save(&tmp.optimiser())
             .map_err(|e| TrainError::checkpoint(dir.path(), e.to_string()))?;
-        let json = serde_json::to_string_pretty(state).expect("state serialises");
-        Ok(write_bytes_atomic(&tmp.state(), (json + "\n").as_bytes())?)
+        Ok(write_json_atomic(&tmp.state(), state)?)
     })
 }

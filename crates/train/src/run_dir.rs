@@ -29,6 +29,11 @@ const MODEL: &str = "model.safetensors";
 const OPTIMISER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 
+/// The folder name of the checkpoint after `step` steps: `step_NNNNNN`.
+fn step_name(step: usize) -> String {
+    format!("{STEP_PREFIX}{step:06}")
+}
+
 /// A run folder and the paths of what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {
@@ -83,7 +88,7 @@ impl RunDir {
 
     /// `checkpoints/step_NNNNNN`: the checkpoint after `step` steps.
     pub fn step_checkpoint(&self, step: usize) -> CheckpointDir {
-        CheckpointDir::new(self.checkpoints().join(format!("{STEP_PREFIX}{step:06}")))
+        CheckpointDir::new(self.checkpoints().join(step_name(step)))
     }
 
     /// `checkpoints/best`: the checkpoint of the best validation so far.
@@ -98,13 +103,7 @@ impl RunDir {
 
     /// Points `latest.json` at the checkpoint of `step`.
     pub fn write_latest(&self, step: usize) -> Result<()> {
-        let dir = self.step_checkpoint(step);
-        let name = dir
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let latest = serde_json::json!({ "step": step, "dir": name });
+        let latest = serde_json::json!({ "step": step, "dir": step_name(step) });
         kseg_volume::fs::write_bytes_atomic(
             &self.latest_file(),
             format!("{latest:#}\n").as_bytes(),

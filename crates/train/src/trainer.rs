@@ -9,7 +9,7 @@ use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
 use kseg_loss::{SegLoss, class_weights_from_counts};
 use kseg_model::ResUNet;
-use kseg_volume::fs::write_bytes_atomic;
+use kseg_volume::fs::{write_bytes_atomic, write_json_atomic};
 use kseg_volume::{CachedCase, DiceAccumulator};
 use ndarray::{Array3, Axis};
 
@@ -26,11 +26,6 @@ use crate::optim::{AdamW, Optimiser, Sgd};
 use crate::plots::Plots;
 use crate::run_dir::RunDir;
 use crate::runtime::{device, device_name, on_cpu_pool};
-
-/// `value` as pretty JSON with a final newline.
-fn json_text(value: &impl serde::Serialize) -> String {
-    serde_json::to_string_pretty(value).expect("serialises") + "\n"
-}
 
 /// A run: its folder, data, model, optimiser, loop state and observers.
 pub struct Trainer {
@@ -65,8 +60,8 @@ impl Trainer {
         let device = device(&cfg.device)?;
         let dataset = Dataset::prepare(&cfg.data)?;
         let (model, varmap) = ResUNet::init(&cfg.model, cfg.train.seed, DType::F32, &device)?;
-        write_bytes_atomic(&run.config(), json_text(&cfg).as_bytes())?;
-        write_bytes_atomic(&run.split(), json_text(&dataset.split).as_bytes())?;
+        write_json_atomic(&run.config(), &cfg)?;
+        dataset.split.save(run.split())?;
         let _ = std::fs::remove_file(run.metrics());
         let state = TrainState {
             step: 0,
@@ -126,7 +121,7 @@ impl Trainer {
         let text: String = kept.iter().map(|v| format!("{v}\n")).collect();
         write_bytes_atomic(&metrics, text.as_bytes())?;
         if cfg != state.config {
-            write_bytes_atomic(&run.config(), json_text(&cfg).as_bytes())?;
+            write_json_atomic(&run.config(), &cfg)?;
         }
         let mut state = state;
         state.config = cfg.clone();
@@ -256,7 +251,7 @@ impl Trainer {
             None => self.validate()?, // resumed at the end: report anyway
         };
         let summary = self.summary(&v);
-        write_bytes_atomic(&self.run.summary(), json_text(&summary).as_bytes())?;
+        write_json_atomic(&self.run.summary(), &summary)?;
         self.notify(|o| o.on_end(&summary))?;
         Ok(summary)
     }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::case::CaseDir;
 use crate::error::{Result, VolumeError};
-use crate::fs::write_atomic;
+use crate::fs::write_bytes_atomic;
 use crate::intensity::Intensity;
 use crate::stack::stack_indices;
 
@@ -435,8 +435,6 @@ pub fn build(case: &CaseDir, path: &Path) -> Result<()> {
         ));
     }
     let info = HashMap::from([(META_KEY.to_string(), meta_json)]);
-    write_atomic(path, |tmp| {
-        let bytes = safetensors::serialize(tensors, Some(info)).map_err(bad)?;
-        std::fs::write(tmp, bytes).map_err(|e| VolumeError::io(tmp, e))
-    })
+    let bytes = safetensors::serialize(tensors, Some(info)).map_err(bad)?;
+    write_bytes_atomic(path, &bytes)
 }

@@ -77,6 +77,16 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// [`write_atomic`] of `value` as pretty JSON with a final newline (the
+/// form of every JSON file kseg writes: configurations, splits, loop
+/// states, summaries).
+pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(value).map_err(|e| {
+        VolumeError::InvalidArgument(format!("{}: cannot serialise: {e}", path.display()))
+    })?;
+    write_bytes_atomic(path, (json + "\n").as_bytes())
+}
+
 /// Writes the folder `path` through a temporary folder beside it and a
 /// rename: `write` fills the temporary folder. A folder already at `path`
 /// is replaced (it steps aside under a temporary name first and is removed

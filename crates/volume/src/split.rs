@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VolumeError};
-use crate::fs::write_atomic;
+use crate::fs::write_json_atomic;
 
 /// A train/validation split of case ids.
 ///
@@ -57,11 +57,7 @@ impl Split {
 
     /// Writes the split as pretty JSON (atomically).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let json = serde_json::to_string_pretty(self).expect("split serialises");
-        write_atomic(path, |tmp| {
-            std::fs::write(tmp, json + "\n").map_err(|e| VolumeError::io(tmp, e))
-        })
+        write_json_atomic(path.as_ref(), self)
     }
 
     /// Reads a split file and checks it: no id twice, no id in both lists.

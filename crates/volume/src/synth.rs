@@ -556,8 +556,6 @@ pub fn write_dataset(out: impl AsRef<Path>, n: usize, cfg: &SynthConfig) -> Resu
         .collect();
     let dirs = dirs.into_iter().collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string_pretty(cfg).expect("config serialises");
-    crate::fs::write_atomic(&stamp, |tmp| {
-        std::fs::write(tmp, json).map_err(|e| VolumeError::io(tmp, e))
-    })?;
+    crate::fs::write_bytes_atomic(&stamp, json.as_bytes())?;
     Ok(dirs)
 }
