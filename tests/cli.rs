@@ -54,6 +54,14 @@ fn info_reports_header_and_statistics() {
     assert_eq!(v["nan_count"], 153);
     assert!((v["min"].as_f64().unwrap() - 409.30).abs() < 0.01);
     assert!((v["max"].as_f64().unwrap() - 13360.96).abs() < 0.01);
+    // Label counts of a file that holds no labels: refused, naming it.
+    let o = run(&["info", "--labels", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("resampled_anat_moved.nii") && err.contains("not a label file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,15 +301,66 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     )
     .unwrap();
     std::fs::remove_file(pred.join("case_00000.nii.gz")).unwrap();
-    let o = run(&[
+    let args = [
         "evaluate",
         "--pred",
         pred.to_str().unwrap(),
         "--truth",
         truth.to_str().unwrap(),
-    ]);
+    ];
+    let o = run(&[&args[..], &["--allow-missing"]].concat());
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no ground truth for prediction"));
+    std::fs::remove_file(pred.join("case_00007.nii.gz")).unwrap();
+    // A truth case without a prediction: an error naming it (it used to
+    // score the subset without a word)...
+    let o = run(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no prediction for 1 of the truth cases") && err.contains("case_00000"),
+        "{err}"
+    );
+    // ...or, asked for, the subset scored with the missing case named on
+    // stderr and in the report.
+    let o = run(&[
+        &args[..],
+        &["--allow-missing", "--out", report.to_str().unwrap()],
+    ]
+    .concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("1 truth cases have no prediction: case_00000"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["missing"], serde_json::json!(["case_00000"]));
+    assert_eq!(v["cases"].as_array().unwrap().len(), 1);
+    // A prediction on another grid than its truth's: shifted 50 mm, or
+    // with an axis flipped. Same voxels, so only the geometry can tell.
+    for (name, edit) in [
+        (
+            "shifted",
+            &(|h: &mut kseg::volume::nifti::NiftiHeader| h.srow_x[3] += 50.0) as &dyn Fn(&mut _),
+        ),
+        ("flipped", &|h: &mut kseg::volume::nifti::NiftiHeader| {
+            h.srow_y = h.srow_y.map(|v| -v);
+        }),
+    ] {
+        let mut raw = t0.header.nifti().clone();
+        raw.sform_code = 1;
+        edit(&mut raw);
+        let h = kseg::volume::Header::from_nifti(raw).unwrap();
+        write_volume(pred.join("case_00000.nii.gz"), t0.data.view(), &h).unwrap();
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("case_00000.nii.gz") && err.contains("not on the grid"),
+            "{name}: {err}"
+        );
+    }
 }
 
 /// `kseg info FILE | head -c 10`: a closed standard output ends the program

@@ -322,12 +322,52 @@ fn resumed_run_equals_uninterrupted_run() {
     let err = t.run().unwrap_err().to_string();
     assert!(err.contains("simulated crash"), "{err}");
     drop(t);
+    // The log's lines up to the checkpoint stay as written, byte for byte.
+    // One is re-spelt with a trailing zero, as another JSON writer (or a
+    // float that does not survive a parse and print) would leave it: a
+    // resume that parses and prints the lines changes it.
+    let log = broken.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["step"].as_u64().unwrap() <= 10
+        })
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            if v["step"] == 3 && v["kind"] == "step" {
+                l.replacen("\"epoch\":", "\"epoch\": ", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let rest: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+                > 10
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &log,
+        kept.iter().map(|l| format!("{l}\n")).collect::<String>() + &rest,
+    )
+    .unwrap();
     let mut t = Trainer::resume(&broken, &[])
         .unwrap()
         .with_default_observers()
         .unwrap();
     assert_eq!(t.step(), 10);
     t.run().unwrap();
+    let after = std::fs::read_to_string(&log).unwrap();
+    let head: Vec<&str> = after.lines().take(kept.len()).collect();
+    assert_eq!(head, kept, "the lines before the checkpoint changed");
+    assert!(kept.iter().any(|l| l.contains("\"epoch\": ")));
 
     // Identical losses (bit for bit through JSON's shortest round-trip
     // representation) and identical validation records.
@@ -558,6 +598,23 @@ fn more_cases_in_the_same_folder_make_a_new_split() {
     c.data.split_file = Some(split);
     let ds = kseg::train::Dataset::prepare(&c.data).unwrap();
     assert_eq!((ds.train.len(), ds.val.len()), (2, 1));
+    // A case folder without labels is left out, but by name: on stderr and
+    // in the run's split.json (it used to vanish without a word).
+    let data = tmp.path().join("data");
+    std::fs::remove_file(data.join("case_00007/segmentation.nii.gz")).unwrap();
+    c.data.split_file = None;
+    c.data.data_dir = Some(data);
+    let run = tmp.path().join("run");
+    Trainer::new(c, &run).unwrap().run().unwrap();
+    let saved = volume::Split::load(run.join("split.json")).unwrap();
+    assert_eq!(saved.unlabelled, ["case_00007"]);
+    assert!(
+        !saved
+            .train
+            .iter()
+            .chain(&saved.val)
+            .any(|id| id == "case_00007")
+    );
 }
 
 #[test]
@@ -649,4 +706,77 @@ fn kseg_train_cli_runs_from_a_config_file_and_resumes_longer() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("latest.json"), "{e}");
+}
+
+/// Every entry under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn one_process_per_run_folder_and_an_interrupt_leaves_no_temporaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cfg = tiny_config(&data, 1_000_000);
+    cfg.train.validate_every = 0;
+    let cfg_path = tmp.path().join("long.json");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let run = tmp.path().join("run");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args(["train", "--config", s(&cfg_path), "--out", s(&run)])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = run.join("checkpoints/latest.json");
+    let t0 = std::time::Instant::now();
+    while !latest.exists() {
+        assert!(t0.elapsed().as_secs() < 300, "no checkpoint after 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // While it trains, a second process cannot use the folder (it used to
+    // finish with exit 0, mixing its files with the first run's).
+    let out = kseg_cli(&["train", "--resume", s(&run), "--steps", "3"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(s(&run)) && e.contains("another kseg process"),
+        "{e}"
+    );
+    // SIGTERM: the handler removes the writes in progress and exits 130.
+    let kill = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    let temp =
+        |p: &PathBuf| kseg::volume::fs::is_temp_name(&p.file_name().unwrap().to_string_lossy());
+    let left: Vec<PathBuf> = walk(&run).into_iter().filter(temp).collect();
+    assert!(left.is_empty(), "{left:?}");
+    // What a SIGKILL or a power loss leaves: the next run of that folder
+    // removes it (and only it) under the lock, then resumes.
+    let stale = [
+        run.join("checkpoints/.step_000099.AbCdEf.tmp"),
+        run.join(".metrics.jsonl.x1Y2z3.tmp"),
+        run.join("checkpoints/.best.Q1w2E3.old"),
+    ];
+    std::fs::create_dir(&stale[0]).unwrap();
+    std::fs::write(stale[0].join("model.safetensors"), b"half").unwrap();
+    std::fs::write(&stale[1], b"half").unwrap();
+    std::fs::create_dir(&stale[2]).unwrap();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&latest).unwrap()).unwrap();
+    let step = v["step"].as_u64().unwrap() + 2;
+    kseg_ok(&["train", "--resume", s(&run), "--steps", &step.to_string()]);
+    let left: Vec<PathBuf> = walk(&run).into_iter().filter(temp).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(run.join("summary.json").is_file());
 }

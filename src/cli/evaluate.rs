@@ -18,19 +18,91 @@ pub struct EvaluateArgs {
     /// JSON report: kidney_dice, tumour_dice, composite, cases.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Score the cases that have a prediction when some truth cases have
+    /// none (they are named on stderr and in the report's `missing`).
+    /// Default: a truth case without a prediction is an error.
+    #[arg(long)]
+    pub allow_missing: bool,
 }
 
 impl EvaluateArgs {
     /// Scores every prediction found, prints the CSV table and writes the
     /// JSON report when asked.
     pub fn run(&self) -> Result<()> {
-        evaluate(&self.pred, &self.truth, self.out.as_deref())
+        evaluate(
+            &self.pred,
+            &self.truth,
+            self.out.as_deref(),
+            self.allow_missing,
+        )
     }
 }
 
-fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> Result<()> {
+/// The ids of the truth folder's `case_*` folders that hold a
+/// segmentation.
+fn truth_cases(truth: &Path) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let entries = std::fs::read_dir(truth)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read the truth folder: {e}", truth.display()))?;
+    for e in entries {
+        let e = e.map_err(|e| anyhow::anyhow!("{}: {e}", truth.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("case_") && e.path().join(volume::case::SEGMENTATION).is_file() {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// Up to ten names and how many more.
+fn some(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 10 {
+        s.push_str(&format!(" and {} more", names.len() - 10));
+    }
+    s
+}
+
+fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>, allow_missing: bool) -> Result<()> {
+    if let Some(out) = out {
+        let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) {
+            bail!(
+                "{}: no such folder for the report",
+                folder.unwrap_or(out).display()
+            );
+        }
+    }
+    let predictions = volume::find_predictions(pred)?;
+    let missing: Vec<String> = truth_cases(truth)?
+        .into_iter()
+        .filter(|id| !predictions.iter().any(|(p, _)| p == id))
+        .collect();
+    if !missing.is_empty() {
+        if !allow_missing {
+            bail!(
+                "{}: no prediction for {} of the truth cases in {}: {} (--allow-missing scores the others)",
+                pred.display(),
+                missing.len(),
+                truth.display(),
+                some(&missing)
+            );
+        }
+        eprintln!(
+            "scoring {} cases; {} truth cases have no prediction: {}",
+            predictions.len(),
+            missing.len(),
+            some(&missing)
+        );
+    }
     let mut acc = DiceAccumulator::new();
-    for (id, pred_path) in volume::find_predictions(pred)? {
+    for (id, pred_path) in predictions {
         let truth_path = truth.join(&id).join(volume::case::SEGMENTATION);
         if !truth_path.is_file() {
             bail!(
@@ -52,6 +124,13 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> Result<()> {
                 expected: t.shape().to_vec(),
             }
             .into());
+        }
+        if let Some(why) = p.header.grid_mismatch(&t.header) {
+            bail!(
+                "{}: not on the grid of its truth {}: {why}",
+                pred_path.display(),
+                truth_path.display()
+            );
         }
         let (ps, ts) = (
             p.data.as_slice().expect("standard layout"),
@@ -77,6 +156,7 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>) -> Result<()> {
             "tumour_dice": summary.tumour_mean,
             "composite": summary.composite,
             "cases": summary.cases,
+            "missing": missing,
         });
         volume::fs::write_bytes_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }

@@ -53,6 +53,53 @@ impl PredictArgs {
     }
 }
 
+/// Whether `a` and `b` name the same existing file (hard links and
+/// symbolic links included).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The (imaging file, output file) pairs of a prediction, every output
+/// checked before any work: a NIfTI name, not a folder, not an input; and
+/// whether `output` is a folder of predictions.
+fn jobs(input: &Path, output: &Path) -> Result<(Vec<(PathBuf, PathBuf)>, bool)> {
+    let folder_of_cases = input.is_dir()
+        && !input.join(volume::case::IMAGING).exists()
+        && !input.join("imaging.nii").exists();
+    let jobs: Vec<(PathBuf, PathBuf)> = if folder_of_cases {
+        if output.exists() && !output.is_dir() {
+            anyhow::bail!(
+                "{}: exists and is not a folder (a folder of cases is predicted into a folder)",
+                output.display()
+            );
+        }
+        volume::list_cases(input)?
+            .into_iter()
+            .map(|c| (c.imaging, output.join(format!("{}.nii.gz", c.id))))
+            .collect()
+    } else if input.is_dir() {
+        vec![(CaseDir::open(input)?.imaging, output.to_path_buf())]
+    } else {
+        vec![(input.to_path_buf(), output.to_path_buf())]
+    };
+    for (src, dst) in &jobs {
+        if same_file(src, dst) {
+            anyhow::bail!(
+                "{}: the output is the input image {}; choose another --output",
+                dst.display(),
+                src.display()
+            );
+        }
+        if !folder_of_cases {
+            volume::check_output_path(dst)?;
+        }
+    }
+    Ok((jobs, folder_of_cases))
+}
+
 fn predict(
     checkpoint: &Path,
     input: &Path,
@@ -62,6 +109,7 @@ fn predict(
     device: &str,
     batch: usize,
 ) -> Result<()> {
+    let (jobs, into_folder) = jobs(input, output)?;
     let dev = pick_device(device)?;
     let mut seg = Segmenter::load(checkpoint, &dev, batch)?;
     if let Some(n) = lcc {
@@ -71,23 +119,10 @@ fn predict(
         seg.set_mirror(m);
     }
     let keep = seg.meta().keep_largest;
-    // (imaging file, output file) pairs.
-    let jobs: Vec<(PathBuf, PathBuf)> = if input.is_dir()
-        && !input.join(volume::case::IMAGING).exists()
-        && !input.join("imaging.nii").exists()
-    {
-        let cases = volume::list_cases(input)?;
+    if into_folder {
         std::fs::create_dir_all(output)
             .with_context(|| format!("{}: cannot create the output folder", output.display()))?;
-        cases
-            .into_iter()
-            .map(|c| (c.imaging, output.join(format!("{}.nii.gz", c.id))))
-            .collect()
-    } else if input.is_dir() {
-        vec![(CaseDir::open(input)?.imaging, output.to_path_buf())]
-    } else {
-        vec![(input.to_path_buf(), output.to_path_buf())]
-    };
+    }
     for (src, dst) in &jobs {
         let t0 = std::time::Instant::now();
         let vol = volume::read_volume(src)?;

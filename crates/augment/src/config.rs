@@ -125,10 +125,10 @@ impl AugmentConfig {
                 "crop_aspect must satisfy 0 < lo <= hi, finite, got ({r0}, {r1})"
             ));
         }
-        if let Some((h, w)) = self.out_size {
-            if h == 0 || w == 0 {
-                return bad(format!("out_size must be positive, got {h}x{w}"));
-            }
+        if let Some((h, w)) = self.out_size
+            && (h == 0 || w == 0)
+        {
+            return bad(format!("out_size must be positive, got {h}x{w}"));
         }
         if !self.fill.is_finite() {
             return bad(format!("fill must be finite, got {}", self.fill));

@@ -276,11 +276,11 @@ fn intensity(p: &AugmentParams, img: &mut Array3<f32>) {
             img.mapv_inplace(|v| lo + range * ((v - lo) / range).powf(g as f32));
         }
     }
-    if let Some((sd, seed)) = p.noise {
-        if sd > 0.0 {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let n = Normal::new(0.0f32, sd as f32).expect("sd > 0");
-            img.mapv_inplace(|v| v + n.sample(&mut rng));
-        }
+    if let Some((sd, seed)) = p.noise
+        && sd > 0.0
+    {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = Normal::new(0.0f32, sd as f32).expect("sd > 0");
+        img.mapv_inplace(|v| v + n.sample(&mut rng));
     }
 }

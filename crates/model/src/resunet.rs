@@ -50,7 +50,7 @@ impl ResUNetConfig {
         // PixelShuffle(2) needs channels divisible by 4 at every level: the
         // deepest has base·2^depth; the head's input base·2 (depth 1) or the
         // last decoder's width.
-        if self.base_channels < 2 || self.base_channels % 2 != 0 {
+        if self.base_channels < 2 || !self.base_channels.is_multiple_of(2) {
             bail!(
                 "Res-U-Net: base_channels must be even and >= 2, got {}",
                 self.base_channels
@@ -62,7 +62,100 @@ impl ResUNetConfig {
                 self.negative_slope
             );
         }
+        // No allocation sized by an unchecked value: a model file's metadata
+        // or a config cannot ask for more than these.
+        let limits = [
+            ("in_channels", self.in_channels, MAX_IN_CHANNELS),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+            ("base_channels", self.base_channels, MAX_BASE_CHANNELS),
+            ("depth", self.depth, MAX_DEPTH),
+        ];
+        for (name, value, max) in limits {
+            if value > max {
+                bail!("Res-U-Net: {name} = {value} is beyond the supported {max}");
+            }
+        }
+        let widest = self.base_channels << self.depth;
+        if widest > MAX_WIDTH {
+            bail!(
+                "Res-U-Net: base_channels·2^depth = {widest} channels at the deepest level is beyond the supported {MAX_WIDTH}"
+            );
+        }
         Ok(())
+    }
+}
+
+/// Largest `in_channels` (a 2n+1 stack of n ≤ 31 neighbours each side).
+pub const MAX_IN_CHANNELS: usize = 63;
+/// Largest `num_classes`.
+pub const MAX_CLASSES: usize = 256;
+/// Largest `base_channels`.
+pub const MAX_BASE_CHANNELS: usize = 1024;
+/// Largest `depth` (a 2^10 = 1024-pixel multiple).
+pub const MAX_DEPTH: usize = 10;
+/// Largest width at the deepest level (the reference model has 1024; this
+/// allows 8× more, about 2·10⁹ parameters).
+pub const MAX_WIDTH: usize = 8192;
+
+/// A `VarBuilder` backend over a mapped checkpoint that hands out the
+/// file's tensors only when their shape and dtype are what the model asks
+/// for, and keeps them for the `VarMap`.
+#[derive(Clone)]
+struct CheckedFile {
+    st: std::sync::Arc<candle_core::safetensors::MmapedSafetensors>,
+    path: std::path::PathBuf,
+    cfg: ResUNetConfig,
+    loaded: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Tensor>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for CheckedFile {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let err = |e: String| candle_core::Error::Msg(format!("{}: {e}", self.path.display()));
+        let cfg = self.cfg;
+        let view = self.st.get(name).map_err(|_| {
+            err(format!(
+                "no tensor {name} (is it a Res-U-Net checkpoint of {cfg:?}?)"
+            ))
+        })?;
+        if view.shape() != s.dims() {
+            return Err(err(format!(
+                "{name} has shape {:?}, the model expects {:?}",
+                view.shape(),
+                s.dims()
+            )));
+        }
+        use safetensors::Dtype as D;
+        if !matches!(view.dtype(), D::F16 | D::BF16 | D::F32 | D::F64) {
+            return Err(err(format!(
+                "{name} is {:?}; weights must be floating point (F16, BF16, F32 or F64)",
+                view.dtype()
+            )));
+        }
+        let t = self
+            .st
+            .load(name, dev)
+            .map_err(|e| err(format!("{name}: {e}")))?
+            .to_dtype(dtype)?;
+        self.loaded
+            .lock()
+            .expect("loaded lock")
+            .insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.st.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.st.get(name).is_ok()
     }
 }
 
@@ -168,37 +261,44 @@ impl ResUNet {
 
     /// Loads a checkpoint (safetensors, PyTorch names, docs/METHOD.md §2) for inference or
     /// fine-tuning: its tensors become the variables of a new `VarMap`.
+    ///
+    /// Nothing is allocated at the size `cfg` claims: every tensor the
+    /// model asks for is first compared, by shape and dtype, with the file's
+    /// header, and the variables are made from the file's tensors (no random
+    /// initialisation), so memory is bounded by the file, whatever `cfg`
+    /// says.
     pub fn load(
         cfg: &ResUNetConfig,
         path: impl AsRef<Path>,
         dtype: DType,
         device: &Device,
     ) -> Result<(ResUNet, VarMap)> {
-        let varmap = VarMap::new();
-        let model = ResUNet::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        cfg.validate()?;
         let path = path.as_ref();
-        let err = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
-        let st = crate::host::mmap_safetensors(path).map_err(|e| err(e.to_string()))?;
-        let data = varmap.data().lock().expect("varmap lock");
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &data[name];
-            let t = st.load(name, device).map_err(|_| {
-                err(format!(
-                    "no tensor {name} (is it a Res-U-Net checkpoint of {cfg:?}?)"
-                ))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(err(format!(
-                    "{name} has shape {:?}, the model expects {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
+        let st = crate::host::mmap_safetensors(path)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+        let file = CheckedFile {
+            st: std::sync::Arc::new(st),
+            path: path.to_path_buf(),
+            cfg: *cfg,
+            loaded: Default::default(),
+        };
+        // First pass: the file's tensors, checked one by one against the
+        // shapes the model asks for.
+        ResUNet::new(
+            cfg,
+            VarBuilder::from_backend(Box::new(file.clone()), dtype, device.clone()),
+        )?;
+        let varmap = VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("varmap lock");
+            for (name, t) in file.loaded.lock().expect("loaded lock").drain() {
+                data.insert(name, candle_core::Var::from_tensor(&t)?);
             }
-            var.set(&t.to_dtype(dtype)?)?;
         }
-        drop(data);
+        // Second pass: the model over those variables (found by name, so
+        // nothing is initialised).
+        let model = ResUNet::new(cfg, VarBuilder::from_varmap(&varmap, dtype, device))?;
         Ok((model, varmap))
     }
 

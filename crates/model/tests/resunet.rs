@@ -108,12 +108,46 @@ fn seeded_init_and_save_load_round_trip() {
         panic!("a base-8 model must not load a base-4 checkpoint");
     };
     let msg = e.to_string();
-    // Names are checked in order: conv0.bn.bias comes first.
+    // Tensors are checked in the order the model asks for them:
+    // conv0.conv.weight comes first.
     assert!(
-        msg.contains("conv0.bn.bias has shape [4], the model expects [8]")
+        msg.contains("conv0.conv.weight has shape [4, 3, 3, 3], the model expects [8, 3, 3, 3]")
             && msg.contains("model.safetensors"),
         "{msg}"
     );
+    // A configuration claiming a huge model is refused before anything is
+    // allocated at its size: here 2·10⁹ parameters (8 GB of f32) that the
+    // old load created and randomly initialised before comparing shapes.
+    let huge = ResUNetConfig {
+        base_channels: 256,
+        depth: 5,
+        ..cfg
+    };
+    let Err(e) = ResUNet::load(&huge, &path, DType::F32, &dev) else {
+        panic!("a base-256 model must not load a base-4 checkpoint");
+    };
+    assert!(
+        e.to_string()
+            .contains("conv0.conv.weight has shape [4, 3, 3, 3]"),
+        "{e}"
+    );
+    // Beyond the supported sizes: refused by the configuration check.
+    for absurd in [
+        ResUNetConfig {
+            base_channels: 1 << 20,
+            ..cfg
+        },
+        ResUNetConfig { depth: 40, ..cfg },
+        ResUNetConfig {
+            num_classes: 1 << 30,
+            ..cfg
+        },
+    ] {
+        let Err(e) = ResUNet::load(&absurd, &path, DType::F32, &dev) else {
+            panic!("{absurd:?} must be refused");
+        };
+        assert!(e.to_string().contains("beyond the supported"), "{e}");
+    }
 }
 
 #[test]

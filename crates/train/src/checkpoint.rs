@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use kseg_volume::fs::{write_bytes_atomic, write_dir_atomic, write_json_atomic};
 
 use crate::config::TrainConfig;
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TrainError, candle_text};
 use crate::optim::Optimiser;
 use crate::run_dir::{CheckpointDir, RunDir};
 /// The safetensors metadata key that holds [`ModelMeta`] as JSON.
@@ -66,6 +66,38 @@ impl ModelMeta {
         }
     }
 }
+
+impl ModelMeta {
+    /// Checks the metadata as a configuration is checked: the model's
+    /// sizes, the stack it takes, the intensity window (std > 0) and the
+    /// in-plane size, so a damaged or edited file cannot make inference
+    /// allocate at an absurd size or predict nonsense.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.model.validate().map_err(|e| candle_text(&e))?;
+        if self.model.in_channels != 2 * self.context + 1 {
+            return Err(format!(
+                "model.in_channels = {} but context = {} gives {}-slice stacks",
+                self.model.in_channels,
+                self.context,
+                2 * self.context + 1
+            ));
+        }
+        self.intensity.validate().map_err(|e| e.to_string())?;
+        if let Some((h, w)) = self.in_plane {
+            let m = 1usize << self.model.depth;
+            if h == 0 || w == 0 || h > MAX_IN_PLANE || w > MAX_IN_PLANE || h % m != 0 || w % m != 0
+            {
+                return Err(format!(
+                    "in_plane {h}x{w} must be positive multiples of 2^depth = {m}, at most {MAX_IN_PLANE}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Largest in-plane size a model file may ask inputs to be resampled to.
+pub const MAX_IN_PLANE: usize = 4096;
 
 /// The best validation so far.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -132,7 +164,16 @@ pub fn save_model(varmap: &VarMap, meta: &ModelMeta, path: &Path) -> Result<()> 
 pub fn read_meta(path: &Path) -> Result<ModelMeta> {
     // Mapped, not read: the model is mapped again to load its weights, and
     // a full model file is 126 MB.
-    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            TrainError::checkpoint(
+                path,
+                "no such file (a checkpoint is a model.safetensors or a checkpoint folder holding one)",
+            )
+        } else {
+            TrainError::io(path, e)
+        }
+    })?;
     // SAFETY: the file is only read; checkpoints are replaced by rename,
     // never rewritten in place.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TrainError::io(path, e))?;
@@ -167,9 +208,8 @@ pub fn read_meta(path: &Path) -> Result<ModelMeta> {
             format!("metadata format {} is not supported (1)", meta.format),
         ));
     }
-    meta.model
-        .validate()
-        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    meta.validate()
+        .map_err(|e| TrainError::checkpoint(path, format!("bad kseg metadata: {e}")))?;
     Ok(meta)
 }
 
@@ -254,12 +294,25 @@ fn write_folder(
     optimiser: &dyn Optimiser,
     state: &TrainState,
 ) -> Result<()> {
+    let mut tmp_path = None;
     write_dir_atomic(dir.path(), |tmp| {
+        tmp_path = Some(tmp.to_path_buf());
         let tmp = CheckpointDir::new(tmp);
         save_model(varmap, meta, &tmp.model())?;
         optimiser
             .save(&tmp.optimiser())
             .map_err(|e| TrainError::checkpoint(dir.path(), e.to_string()))?;
         Ok(write_json_atomic(&tmp.state(), state)?)
+    })
+    .map_err(|e: TrainError| {
+        // Errors inside name the temporary folder: say the checkpoint's
+        // own path, the one the user will look for.
+        let msg = e.to_string();
+        match tmp_path.as_ref().map(|t| t.to_string_lossy().into_owned()) {
+            Some(t) if msg.contains(&t) => {
+                TrainError::Other(msg.replace(&t, &dir.path().to_string_lossy()))
+            }
+            _ => e,
+        }
     })
 }

@@ -64,7 +64,23 @@ impl Dataset {
             ))
         });
         std::fs::create_dir_all(&cache_dir).map_err(|e| TrainError::io(&cache_dir, e))?;
-        let split = Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?;
+        let mut split = Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?;
+        split.unlabelled = cases
+            .iter()
+            .filter(|c| c.segmentation.is_none())
+            .map(|c| c.id.clone())
+            .collect();
+        if !split.unlabelled.is_empty() {
+            let n = split.unlabelled.len();
+            let mut named = split.unlabelled[..n.min(10)].join(", ");
+            if n > 10 {
+                named.push_str(&format!(" and {} more", n - 10));
+            }
+            eprintln!(
+                "{}: {n} case folders have no segmentation and are left out (listed in the run's split.json): {named}",
+                data_dir.display()
+            );
+        }
         if split.train.is_empty() {
             return Err(TrainError::config(
                 &split_file,

@@ -60,7 +60,7 @@ pub enum TrainError {
     #[error("metric: {0}")]
     Metric(#[from] kseg_volume::MetricError),
     /// From candle.
-    #[error("{0}")]
+    #[error("{}", candle_text(.0))]
     Candle(#[from] candle_core::Error),
     /// Anything else, said in words.
     #[error("{0}")]
@@ -69,6 +69,15 @@ pub enum TrainError {
 
 /// The crate's result type.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// A candle error's message without the backtrace candle appends when
+/// `RUST_BACKTRACE` is set: errors reach users as one line.
+pub fn candle_text(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_text(inner),
+        e => e.to_string(),
+    }
+}
 
 impl TrainError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {

@@ -12,7 +12,7 @@ use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use rayon::prelude::*;
 
 use crate::checkpoint::{ModelMeta, read_meta};
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TrainError, candle_text};
 use crate::run_dir::CheckpointDir;
 
 /// A model with its preprocessing, ready to segment volumes.
@@ -41,7 +41,7 @@ impl Segmenter {
         let path = CheckpointDir::model_file(checkpoint);
         let meta = read_meta(&path)?;
         let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
-            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+            .map_err(|e| TrainError::checkpoint(&path, candle_text(&e)))?;
         Ok(Segmenter::new(model, meta, device.clone(), batch))
     }
 

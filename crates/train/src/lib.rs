@@ -29,11 +29,11 @@ pub use config::{
     ClassWeights, DataConfig, LoopConfig, LossConfig, OptimConfig, PostprocessConfig, TrainConfig,
 };
 pub use data::{Batch, Dataset, Loader};
-pub use error::{Result, TrainError};
+pub use error::{Result, TrainError, candle_text};
 pub use infer::Segmenter;
 pub use observe::{Observer, RunInfo, StepRecord, Summary, ValidationRecord};
 pub use optim::{AdamW, AdamWConfig, Optimiser, Sgd, SgdConfig, decays};
-pub use run_dir::{CheckpointDir, RunDir};
+pub use run_dir::{CheckpointDir, RunDir, RunLock};
 pub use runtime::{device, device_name, init_cpu_threads, on_cpu_pool};
 pub use schedule::Schedule;
 pub use trainer::Trainer;

@@ -199,7 +199,7 @@ impl Observer for Progress {
                 bar.set_position(r.step as u64);
                 bar.set_message(msg);
             }
-            None if r.step % self.every == 0 => eprintln!("step {} {msg}", r.step),
+            None if r.step.is_multiple_of(self.every) => eprintln!("step {} {msg}", r.step),
             None => {}
         }
         Ok(())
@@ -273,7 +273,7 @@ impl JsonLines {
 
 impl Observer for JsonLines {
     fn on_step(&mut self, r: &StepRecord) -> Result<()> {
-        if r.step % self.every != 0 {
+        if !r.step.is_multiple_of(self.every) {
             return Ok(());
         }
         let mut v = serde_json::to_value(r).expect("record serialises");
@@ -305,6 +305,16 @@ impl Observer for JsonLines {
 /// Reads back the records of a metrics log up to step `upto` (for resume:
 /// the log then holds what an uninterrupted run's would).
 pub fn read_metrics(path: &Path, upto: usize) -> Result<Vec<serde_json::Value>> {
+    Ok(read_metric_lines(path, upto)?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// [`read_metrics`] with each record's line as it was written, so a resume
+/// can keep the text byte for byte (parsing and printing a float again may
+/// change its last digit).
+pub fn read_metric_lines(path: &Path, upto: usize) -> Result<Vec<(String, serde_json::Value)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -312,7 +322,10 @@ pub fn read_metrics(path: &Path, upto: usize) -> Result<Vec<serde_json::Value>> 
     };
     Ok(text
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= upto))
+        .filter_map(|l| {
+            let v = serde_json::from_str::<serde_json::Value>(l).ok()?;
+            Some((l.to_string(), v))
+        })
+        .filter(|(_, v)| v["step"].as_u64().is_some_and(|s| s as usize <= upto))
         .collect())
 }

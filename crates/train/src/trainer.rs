@@ -16,15 +16,15 @@ use ndarray::{Array3, Axis};
 use crate::checkpoint::{Best, Checkpoint, Checkpointer, ModelMeta, TrainState};
 use crate::config::{ClassWeights, OptimConfig, TrainConfig};
 use crate::data::{Dataset, Loader};
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TrainError, candle_text};
 use crate::infer::Segmenter;
 use crate::observe::{
     JsonLines, Observer, OverlaySlice, Progress, RunInfo, StepRecord, Summary, ValidationRecord,
-    read_metrics,
+    read_metric_lines,
 };
 use crate::optim::{AdamW, Optimiser, Sgd};
 use crate::plots::Plots;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunLock};
 use crate::runtime::{device, device_name, on_cpu_pool};
 
 /// A run: its folder, data, model, optimiser, loop state and observers.
@@ -42,6 +42,8 @@ pub struct Trainer {
     checkpointer: Checkpointer,
     last_checkpoint: Option<PathBuf>,
     observers: Vec<Box<dyn Observer>>,
+    /// Held for the trainer's life: no other process trains in `run`.
+    _lock: RunLock,
 }
 
 impl Trainer {
@@ -56,7 +58,15 @@ impl Trainer {
                 msg: "already holds a run (config.json); resume it with --resume or choose another --out".into(),
             });
         }
-        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        let lock = run.lock()?;
+        // Checked again under the lock: a run started at the same moment
+        // may have written it since.
+        if run.config().exists() {
+            return Err(TrainError::Config {
+                path: Some(run_dir.to_path_buf()),
+                msg: "already holds a run (config.json); resume it with --resume or choose another --out".into(),
+            });
+        }
         let device = device(&cfg.device)?;
         let dataset = Dataset::prepare(&cfg.data)?;
         let (model, varmap) = ResUNet::init(&cfg.model, cfg.train.seed, DType::F32, &device)?;
@@ -70,7 +80,7 @@ impl Trainer {
             wall_seconds: 0.0,
             config: cfg.clone(),
         };
-        Trainer::assemble(cfg, run, device, dataset, model, varmap, state)
+        Trainer::assemble(cfg, run, lock, device, dataset, model, varmap, state)
     }
 
     /// Continues the run in `run_dir` from its latest checkpoint. `overrides`
@@ -78,6 +88,9 @@ impl Trainer {
     /// configuration; the model must stay the same.
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Trainer> {
         let run = RunDir::new(run_dir);
+        // The folder must hold a run before anything is created in it.
+        run.latest()?;
+        let lock = run.lock()?;
         let ckpt = Checkpoint::open(run.latest()?)?;
         let state = ckpt.state;
         let mut cfg = state.config.clone();
@@ -105,7 +118,7 @@ impl Trainer {
             ));
         }
         let (model, varmap) = ResUNet::load(&cfg.model, &path, DType::F32, &device)
-            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+            .map_err(|e| TrainError::checkpoint(&path, candle_text(&e)))?;
         let dataset = Dataset::prepare(&cfg.data)?;
         // The run's saved split must be the one the data gives now.
         let saved = kseg_volume::Split::load(run.split())?;
@@ -117,15 +130,15 @@ impl Trainer {
         }
         // The metrics log keeps what an uninterrupted run's would hold.
         let metrics = run.metrics();
-        let kept = read_metrics(&metrics, state.step)?;
-        let text: String = kept.iter().map(|v| format!("{v}\n")).collect();
+        let kept = read_metric_lines(&metrics, state.step)?;
+        let text: String = kept.iter().map(|(line, _)| format!("{line}\n")).collect();
         write_bytes_atomic(&metrics, text.as_bytes())?;
         if cfg != state.config {
             write_json_atomic(&run.config(), &cfg)?;
         }
         let mut state = state;
         state.config = cfg.clone();
-        let mut t = Trainer::assemble(cfg, run, device, dataset, model, varmap, state)?;
+        let mut t = Trainer::assemble(cfg, run, lock, device, dataset, model, varmap, state)?;
         let opt_path = ckpt.dir.optimiser();
         t.optimiser
             .load(&opt_path)
@@ -134,9 +147,11 @@ impl Trainer {
         Ok(t)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: TrainConfig,
         run: RunDir,
+        lock: RunLock,
         device: Device,
         dataset: Dataset,
         model: ResUNet,
@@ -173,6 +188,7 @@ impl Trainer {
             checkpointer,
             last_checkpoint: None,
             observers: Vec::new(),
+            _lock: lock,
         })
     }
 
@@ -306,13 +322,13 @@ impl Trainer {
         let every = self.cfg.train.validate_every;
         let mut is_best = false;
         let mut val = None;
-        if last || (every > 0 && s % every == 0) {
+        if last || (every > 0 && s.is_multiple_of(every)) {
             let v = self.validate()?;
             is_best = v.is_best;
             self.notify(|o| o.on_validation(&v))?;
             val = Some(v);
         }
-        if last || is_best || s % self.cfg.train.checkpoint_every == 0 {
+        if last || is_best || s.is_multiple_of(self.cfg.train.checkpoint_every) {
             self.state.wall_seconds = clock.seconds();
             let meta = ModelMeta::from_config(&self.cfg, s);
             let dir = self.checkpointer.save(

@@ -32,6 +32,7 @@ mod rng;
 pub mod sampling;
 pub mod split;
 pub mod stack;
+pub mod stats;
 pub mod synth;
 
 pub use cache::{CacheStatus, CachedCase};
@@ -42,8 +43,8 @@ pub use metric::{
     CaseDice, DiceAccumulator, DiceSummary, KitsDice, MetricError, dice_from_counts, kits_dice,
 };
 pub use nifti_io::{
-    DType, Header, NiftiImage, Volume, read_header, read_image, read_labels, read_volume,
-    write_volume,
+    DType, Header, NiftiImage, Volume, check_output_path, read_header, read_image, read_labels,
+    read_volume, write_volume,
 };
 pub use rng::sample_rng;
 pub use sampling::{SliceRef, SliceSampler};

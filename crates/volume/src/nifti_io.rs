@@ -342,6 +342,61 @@ impl Header {
         Some(m)
     }
 
+    /// Where the voxel grids of `self` and `other` part, in words, or
+    /// `None` when they are the same grid: same 3D shape, and every corner
+    /// voxel of the volume at the same place in the world ([`Header::affine`])
+    /// within a hundredth of the smallest voxel size (float32 headers
+    /// round; a shift, flip or another spacing does not pass).
+    pub fn grid_mismatch(&self, other: &Header) -> Option<String> {
+        let (a, b) = (self.shape(), other.shape());
+        let get = |s: &[usize], i: usize| s.get(i).copied().unwrap_or(1);
+        let (sa, sb) = (
+            [get(a, 0), get(a, 1), get(a, 2)],
+            [get(b, 0), get(b, 1), get(b, 2)],
+        );
+        if sa != sb {
+            return Some(format!("shape {sa:?} vs {sb:?}"));
+        }
+        let (ma, mb) = (self.affine(), other.affine());
+        let smallest = self
+            .spacing()
+            .iter()
+            .chain(other.spacing().iter())
+            .take(6)
+            .map(|v| v.abs())
+            .filter(|v| *v > 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let tol = if smallest.is_finite() {
+            smallest / 100.0
+        } else {
+            1e-3
+        };
+        let mut worst = (0.0f64, [0usize; 3]);
+        for corner in 0..8 {
+            let ijk = [0, 1, 2].map(|d| {
+                if corner >> d & 1 == 1 {
+                    sa[d].saturating_sub(1)
+                } else {
+                    0
+                }
+            });
+            let at = |m: &[[f64; 4]; 4]| {
+                [0, 1, 2].map(|r| (0..3).map(|c| m[r][c] * ijk[c] as f64).sum::<f64>() + m[r][3])
+            };
+            let (pa, pb) = (at(&ma), at(&mb));
+            let d = (0..3).map(|r| (pa[r] - pb[r]).powi(2)).sum::<f64>().sqrt();
+            if d > worst.0 || d.is_nan() {
+                worst = (d, ijk);
+            }
+        }
+        (worst.0 > tol || worst.0.is_nan()).then(|| {
+            format!(
+                "voxel {:?} lies {:.3} mm apart in the two (tolerance {tol:.4} mm)",
+                worst.1, worst.0
+            )
+        })
+    }
+
     /// The voxel-to-world affine that nibabel's `img.affine` reports: the
     /// sform if `sform_code > 0`, else the qform if `qform_code > 0`, else the
     /// Analyze-style fallback (`pixdim` zooms, x flipped, origin at the
@@ -403,9 +458,9 @@ impl<T> Volume<T> {
 }
 
 /// The raw bytes of a file's voxels and its validated header.
-struct Raw {
-    header: Header,
-    bytes: Vec<u8>,
+pub(crate) struct Raw {
+    pub(crate) header: Header,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// Opens a file, gunzipping it when it starts with the gzip magic. Also
@@ -786,7 +841,7 @@ impl DataStream {
     }
 }
 
-fn read_raw(path: &Path) -> Result<Raw> {
+pub(crate) fn read_raw(path: &Path) -> Result<Raw> {
     let mut s = DataStream::open(path)?;
     let nbytes = s.nbytes;
     let mut bytes = Vec::new();
@@ -810,13 +865,14 @@ fn read_raw(path: &Path) -> Result<Raw> {
 
 /// Reads voxel `i` of a byte buffer as f64: one zero-sized type per datatype
 /// and byte order, so the decoding loops are monomorphised and inlined.
-trait Voxel: Send + Sync {
+/// A stored voxel type: the value of voxel `i` of the raw bytes.
+pub(crate) trait Voxel: Send + Sync {
     fn at(bytes: &[u8], i: usize) -> f64;
 }
 
 macro_rules! voxel_type {
     ($name:ident, $ty:ty, $from:ident) => {
-        struct $name;
+        pub(crate) struct $name;
         impl Voxel for $name {
             #[inline(always)]
             fn at(bytes: &[u8], i: usize) -> f64 {
@@ -872,6 +928,7 @@ macro_rules! with_voxel {
         }
     }};
 }
+pub(crate) use with_voxel;
 
 /// A float type voxels decode into.
 pub trait Sample: Copy + Send + Sync + Default + 'static {
@@ -944,9 +1001,20 @@ pub fn read_image(path: impl AsRef<Path>) -> Result<NiftiImage> {
     })
 }
 
-/// The 3D shape of a header, or an error for true 4D+ data.
+/// The 3D shape of a header, or an error for 1D and 2D images and true
+/// 4D+ data.
 fn shape3(path: &Path, header: &Header) -> Result<[usize; 3]> {
     let s = header.shape();
+    if s.len() < 3 {
+        // Read as 3D, a 96×96 image would be 96 slices of 96×1.
+        return Err(VolumeError::unsupported(
+            path,
+            format!(
+                "{}D image of shape {s:?}; kseg segments 3D volumes (store a single slice as a 3D volume of shape [1, H, W])",
+                s.len()
+            ),
+        ));
+    }
     if s.len() > 3 && s[3..].iter().any(|&d| d != 1) {
         return Err(VolumeError::unsupported(
             path,
@@ -1075,6 +1143,36 @@ impl Storable for u8 {}
 impl Storable for i16 {}
 impl Storable for f32 {}
 
+/// Checks that [`write_volume`] can write `path`: a name ending in `.nii`
+/// or `.nii.gz`, not a folder, in a folder that exists. Commands call it
+/// before their work, so a bad output path fails at once.
+pub fn check_output_path(path: &Path) -> Result<()> {
+    let lower = path.to_string_lossy().to_ascii_lowercase();
+    if !(lower.ends_with(".nii") || lower.ends_with(".nii.gz")) {
+        return Err(VolumeError::InvalidArgument(format!(
+            "{}: a NIfTI output's name must end in .nii or .nii.gz",
+            path.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(VolumeError::InvalidArgument(format!(
+            "{} is a folder; a file path is needed",
+            path.display()
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(VolumeError::missing(
+            parent,
+            "no such folder (the output's folder must exist)",
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `data` (C order, `[i, j, k]`) with the geometry of `reference`:
 /// dims, pixdim, qform and sform (codes and parameters), units, description
 /// and intent are copied, so nibabel and ITK compute the same affine; the
@@ -1082,13 +1180,15 @@ impl Storable for f32 {}
 /// gzipped.
 ///
 /// The file is written to a temporary file beside `path` and renamed, so a
-/// failed write never leaves a partial file behind.
+/// failed write never leaves a partial file behind. `path` must end in
+/// `.nii` or `.nii.gz` (the format follows the name; nothing is appended).
 pub fn write_volume<T: Storable>(
     path: impl AsRef<Path>,
     data: ArrayView3<T>,
     reference: &Header,
 ) -> Result<()> {
     let path = path.as_ref();
+    check_output_path(path)?;
     let want = data.shape();
     let ref_shape = reference.shape();
     let get = |i: usize| ref_shape.get(i).copied().unwrap_or(1);

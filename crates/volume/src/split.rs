@@ -30,6 +30,11 @@ pub struct Split {
     pub train: Vec<String>,
     /// Validation case ids.
     pub val: Vec<String>,
+    /// Case folders of the data that have no labels and so are in neither
+    /// list (KiTS19's test cases 210-299, or a folder missing its
+    /// segmentation): named so that nothing is left out without a word.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlabelled: Vec<String>,
 }
 
 impl Split {
@@ -52,7 +57,12 @@ impl Split {
         let mut train = ids;
         train.sort();
         val.sort();
-        Ok(Split { seed, train, val })
+        Ok(Split {
+            seed,
+            train,
+            val,
+            unlabelled: Vec::new(),
+        })
     }
 
     /// Writes the split as pretty JSON (atomically).

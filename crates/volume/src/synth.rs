@@ -544,12 +544,11 @@ pub fn write_dataset(out: impl AsRef<Path>, n: usize, cfg: &SynthConfig) -> Resu
         .into_par_iter()
         .map(|i| {
             let dir = out.join(case_id(i));
-            if same {
-                if let Ok(c) = CaseDir::open(&dir) {
-                    if c.segmentation.is_some() {
-                        return Ok(c);
-                    }
-                }
+            if same
+                && let Ok(c) = CaseDir::open(&dir)
+                && c.segmentation.is_some()
+            {
+                return Ok(c);
             }
             write_case(&generate_case(cfg, i)?, &dir)
         })

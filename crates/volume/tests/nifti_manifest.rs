@@ -259,9 +259,12 @@ fn true_4d_is_refused_by_the_3d_reader() {
             "{msg}"
         );
     }
-    // 2D data is a 3D volume with one k plane.
-    let v = read_volume(testdata("nifti/nifti-rs/minimal_extended_hdr.nii")).unwrap();
-    assert_eq!(v.shape(), [8, 8, 1]);
+    // 2D data is refused too: read as 3D, an 8×8 image would be 8 slices of
+    // 8×1 (issue #21). The N-D reader takes it as it is.
+    let f = testdata("nifti/nifti-rs/minimal_extended_hdr.nii");
+    let msg = read_volume(&f).unwrap_err().to_string();
+    assert!(msg.contains("2D image of shape [8, 8]"), "{msg}");
+    assert_eq!(kseg_volume::read_image(&f).unwrap().data.shape(), [8, 8]);
 }
 
 fn assert_affine(file: &str, got: [[f64; 4]; 4], want: [[f64; 4]; 4]) {

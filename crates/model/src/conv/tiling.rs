@@ -38,7 +38,7 @@ impl Tiling {
         let cols = (floats / ckk.max(1)).max(min_cols);
         let mut rows = (cols / geo.wo.max(1)).clamp(1, geo.ho.max(1));
         let mut tiles = geo.ho.div_ceil(rows);
-        if threads > 1 && b % threads != 0 && tiles > 1 {
+        if threads > 1 && !b.is_multiple_of(threads) && tiles > 1 {
             tiles = tiles.next_multiple_of(threads).min(geo.ho);
             rows = geo.ho.div_ceil(tiles);
             tiles = geo.ho.div_ceil(rows);
@@ -61,7 +61,7 @@ impl Tiling {
 /// come back in group order (sums over them are reproducible).
 pub(super) fn spread<R: Send>(items: usize, f: impl Fn(Range<usize>, usize) -> R + Sync) -> Vec<R> {
     let threads = rayon::current_num_threads();
-    if threads > 1 && items >= threads && (items % threads == 0 || items >= 4 * threads) {
+    if threads > 1 && items >= threads && (items.is_multiple_of(threads) || items >= 4 * threads) {
         let groups = items.min(4 * threads);
         (0..groups)
             .into_par_iter()
