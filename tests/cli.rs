@@ -393,3 +393,93 @@ fn a_closed_stdout_ends_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `kseg evaluate --protocol kits23` on real KiTS23 files: the per-case
+/// region scores are the official code's, the means are their means.
+#[test]
+fn evaluate_kits23_matches_the_official_metrics() {
+    let official: Value = serde_json::from_str(
+        &std::fs::read_to_string(testdata("kits23/kits23_official_metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pred = dir.path().join("pred");
+    std::fs::create_dir(&pred).unwrap();
+    let cases = ["case_00002", "case_00200", "case_00400"];
+    for c in cases {
+        std::fs::copy(
+            testdata(&format!("kits23/{c}/pred_shifted.nii.gz")),
+            pred.join(format!("{c}.nii.gz")),
+        )
+        .unwrap();
+    }
+    let report = dir.path().join("r.json");
+    let truth = testdata("kits23");
+    let o = run(&[
+        "evaluate",
+        "--protocol",
+        "kits23",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(csv.starts_with("case,kidney_and_mass_dice,kidney_and_mass_surface_dice,kidney_and_mass_hd95,kidney_and_mass_msd,mass_dice,"), "{csv}");
+    assert_eq!(csv.lines().count(), 4);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["protocol"], "kits23");
+    let mut sums = [[0.0; 2]; 3];
+    for (i, c) in cases.iter().enumerate() {
+        let want = official["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["case"] == *c
+                    && p["prediction"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("pred_shifted.nii.gz")
+            })
+            .unwrap();
+        assert_eq!(v["cases"][i]["case"], *c);
+        for (r, region) in ["kidney_and_mass", "mass", "tumor"].iter().enumerate() {
+            for (m, metric) in ["dice", "surface_dice"].iter().enumerate() {
+                let got = v["cases"][i][region][metric].as_f64().unwrap();
+                let w = want[metric][region].as_f64().unwrap();
+                assert!(
+                    (got - w).abs() < 1e-6,
+                    "{c} {region} {metric}: {got} vs {w}"
+                );
+                sums[r][m] += w;
+            }
+            assert!(v["cases"][i][region]["hd95"].as_f64().unwrap() > 0.0);
+        }
+    }
+    for (r, region) in ["kidney_and_mass", "mass", "tumor"].iter().enumerate() {
+        let mean = v["regions"][region]["dice"].as_f64().unwrap();
+        assert!((mean - sums[r][0] / 3.0).abs() < 1e-6);
+        let mean = v["regions"][region]["surface_dice"].as_f64().unwrap();
+        assert!((mean - sums[r][1] / 3.0).abs() < 1e-6);
+    }
+    let composite: f64 = sums.iter().flatten().sum::<f64>() / 18.0;
+    assert!((v["composite"].as_f64().unwrap() - composite).abs() < 1e-6);
+    // The KiTS19 protocol refuses cyst labels, naming the file and value.
+    let o = run(&[
+        "evaluate",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--truth",
+        truth.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("label value 3") && err.contains("0..=2"),
+        "{err}"
+    );
+}

@@ -1,10 +1,15 @@
-//! `kseg evaluate`: the KiTS19 Dice of predictions against ground truth.
+//! `kseg evaluate`: predictions against ground truth, with the KiTS19
+//! metric (kidney and tumour Dice) or the KiTS21/KiTS23 metrics (Dice and
+//! surface Dice of three regions, plus HD95 and mean surface distance).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use kseg_volume::{self as volume, DiceAccumulator};
-use serde_json::json;
+use kseg_volume::metric::{KITS23_REGIONS, Kits23Accumulator};
+use kseg_volume::{self as volume, DiceAccumulator, LabelSet, Volume};
+use serde_json::{Value, json};
+
+use super::print_line;
 
 /// The arguments of `kseg evaluate` (see `kseg evaluate --help`).
 #[derive(clap::Args, Debug, Clone)]
@@ -23,17 +28,24 @@ pub struct EvaluateArgs {
     /// Default: a truth case without a prediction is an error.
     #[arg(long)]
     pub allow_missing: bool,
+    /// kits19: kidney and tumour Dice (labels 0..=2). kits23: Dice, surface
+    /// Dice (the official tolerances), HD95 and mean surface distance of
+    /// the regions kidney_and_mass, mass and tumor (labels 0..=3).
+    #[arg(long, default_value = "kits19", value_parser = ["kits19", "kits23"])]
+    pub protocol: String,
 }
 
 impl EvaluateArgs {
     /// Scores every prediction found, prints the CSV table and writes the
     /// JSON report when asked.
     pub fn run(&self) -> Result<()> {
+        let labels: LabelSet = self.protocol.parse()?;
         evaluate(
             &self.pred,
             &self.truth,
             self.out.as_deref(),
             self.allow_missing,
+            labels,
         )
     }
 }
@@ -69,7 +81,13 @@ fn some(names: &[String]) -> String {
     s
 }
 
-fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>, allow_missing: bool) -> Result<()> {
+fn evaluate(
+    pred: &Path,
+    truth: &Path,
+    out: Option<&Path>,
+    allow_missing: bool,
+    labels: LabelSet,
+) -> Result<()> {
     if let Some(out) = out {
         let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
         if folder.is_some_and(|f| !f.is_dir()) {
@@ -101,7 +119,7 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>, allow_missing: bool) 
             some(&missing)
         );
     }
-    let mut acc = DiceAccumulator::new();
+    let mut scorer = Scorer::new(labels);
     for (id, pred_path) in predictions {
         let truth_path = truth.join(&id).join(volume::case::SEGMENTATION);
         if !truth_path.is_file() {
@@ -113,8 +131,8 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>, allow_missing: bool) 
             );
         }
         let (p, t) = (
-            volume::read_labels(&pred_path, 2)?,
-            volume::read_labels(&truth_path, 2)?,
+            volume::read_labels(&pred_path, labels.max_label())?,
+            volume::read_labels(&truth_path, labels.max_label())?,
         );
         if p.shape() != t.shape() {
             return Err(volume::VolumeError::ShapeMismatch {
@@ -132,16 +150,64 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>, allow_missing: bool) 
                 truth_path.display()
             );
         }
+        scorer.update(&id, &p, &t)?;
+    }
+    scorer.report(out, &missing)
+}
+
+/// The per-case scores of one protocol.
+enum Scorer {
+    Kits19(DiceAccumulator),
+    Kits23(Kits23Accumulator),
+}
+
+impl Scorer {
+    fn new(labels: LabelSet) -> Scorer {
+        match labels {
+            LabelSet::Kits19 => Scorer::Kits19(DiceAccumulator::new()),
+            LabelSet::Kits23 => Scorer::Kits23(Kits23Accumulator::new()),
+        }
+    }
+
+    fn update(&mut self, id: &str, p: &Volume<u8>, t: &Volume<u8>) -> Result<()> {
         let (ps, ts) = (
             p.data.as_slice().expect("standard layout"),
             t.data.as_slice().expect("standard layout"),
         );
-        acc.update(&id, ps, ts)?;
+        match self {
+            Scorer::Kits19(acc) => {
+                acc.update(id, ps, ts)?;
+            }
+            Scorer::Kits23(acc) => {
+                // Distances in mm from the truth's voxel size, as the
+                // official code does.
+                let sp = t.header.spacing();
+                acc.update(id, ps, ts, t.shape(), [sp[0], sp[1], sp[2]])?;
+            }
+        }
+        Ok(())
     }
+
+    /// Prints the CSV table and a summary line, and writes the JSON report.
+    fn report(&self, out: Option<&Path>, missing: &[String]) -> Result<()> {
+        let report = match self {
+            Scorer::Kits19(acc) => kits19_report(acc)?,
+            Scorer::Kits23(acc) => kits23_report(acc)?,
+        };
+        if let Some(out) = out {
+            let mut report = report;
+            report["missing"] = json!(missing);
+            volume::fs::write_json_atomic(out, &report)?;
+        }
+        Ok(())
+    }
+}
+
+fn kits19_report(acc: &DiceAccumulator) -> Result<Value> {
     let summary = acc.aggregate();
-    println!("case,kidney_dice,tumour_dice");
+    print_line("case,kidney_dice,tumour_dice")?;
     for c in &summary.cases {
-        println!("{},{:.6},{:.6}", c.case, c.kidney, c.tumour);
+        print_line(&format!("{},{:.6},{:.6}", c.case, c.kidney, c.tumour))?;
     }
     eprintln!(
         "{} cases: kidney {:.4}, tumour {:.4}, composite {:.4}",
@@ -150,15 +216,67 @@ fn evaluate(pred: &Path, truth: &Path, out: Option<&Path>, allow_missing: bool) 
         summary.tumour_mean,
         summary.composite
     );
-    if let Some(out) = out {
-        let report = json!({
-            "kidney_dice": summary.kidney_mean,
-            "tumour_dice": summary.tumour_mean,
-            "composite": summary.composite,
-            "cases": summary.cases,
-            "missing": missing,
-        });
-        volume::fs::write_bytes_atomic(out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(json!({
+        "protocol": "kits19",
+        "kidney_dice": summary.kidney_mean,
+        "tumour_dice": summary.tumour_mean,
+        "composite": summary.composite,
+        "cases": summary.cases,
+    }))
+}
+
+fn kits23_report(acc: &Kits23Accumulator) -> Result<Value> {
+    let summary = acc.aggregate();
+    let mut header = vec!["case".to_string()];
+    for r in &KITS23_REGIONS {
+        for m in ["dice", "surface_dice", "hd95", "msd"] {
+            header.push(format!("{}_{m}", r.name));
+        }
     }
-    Ok(())
+    print_line(&header.join(","))?;
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    for c in &summary.cases {
+        let mut row = vec![c.case.clone()];
+        for s in &c.regions {
+            row.push(format!("{:.6}", s.dice));
+            row.push(format!("{:.6}", s.surface_dice));
+            row.push(opt(s.hd95));
+            row.push(opt(s.mean_surface_distance));
+        }
+        print_line(&row.join(","))?;
+    }
+    let words: Vec<String> = KITS23_REGIONS
+        .iter()
+        .zip(&summary.means)
+        .map(|(r, m)| format!("{} dice {:.4} sd {:.4}", r.name, m.dice, m.surface_dice))
+        .collect();
+    eprintln!(
+        "{} cases: {}; composite {:.4}",
+        summary.cases.len(),
+        words.join(", "),
+        summary.composite
+    );
+    let regions: serde_json::Map<String, Value> = KITS23_REGIONS
+        .iter()
+        .zip(&summary.means)
+        .map(|(r, m)| (r.name.to_string(), json!(m)))
+        .collect();
+    let cases: Vec<Value> = summary
+        .cases
+        .iter()
+        .map(|c| {
+            let mut v = json!({ "case": c.case });
+            for (r, s) in KITS23_REGIONS.iter().zip(&c.regions) {
+                v[r.name] = json!(s);
+            }
+            v
+        })
+        .collect();
+    Ok(json!({
+        "protocol": "kits23",
+        "tolerances_mm": KITS23_REGIONS.iter().map(|r| (r.name, r.tolerance_mm)).collect::<std::collections::BTreeMap<_, _>>(),
+        "regions": regions,
+        "composite": summary.composite,
+        "cases": cases,
+    }))
 }

@@ -47,17 +47,23 @@ enum Command {
     /// over the middle channel (kidney green, tumour red); the first tile is
     /// the slice as it is.
     Augment(AugmentArgs),
-    /// Score predictions against ground truth with the KiTS19 metric:
-    /// per-case kidney (label > 0) and tumour (label 2) Dice on whole
-    /// volumes, their means and the composite. Prints the per-case table as
-    /// CSV; `--out` also writes a JSON report.
+    /// Score predictions against ground truth. `--protocol kits19`
+    /// (default): per-case kidney (label > 0) and tumour (label 2) Dice on
+    /// whole volumes, their means and the composite. `--protocol kits23`:
+    /// per case and region (kidney_and_mass {1,2,3}, mass {2,3}, tumor {2})
+    /// Dice and surface Dice at the official tolerances, as the official
+    /// KiTS23 code computes them (both empty: 1 and 1; one empty: 0 and 0),
+    /// plus HD95 and mean surface distance in mm (not in the official
+    /// score); the composite is the mean of the six region means. Prints
+    /// the per-case table as CSV; `--out` also writes a JSON report.
     ///
     /// A prediction for case `case_XXXXX` is `PRED/case_XXXXX.nii.gz` (or
     /// `.nii`), or `PRED/case_XXXXX/prediction.nii.gz` or
     /// `PRED/case_XXXXX/segmentation.nii.gz`; its truth is
     /// `TRUTH/case_XXXXX/segmentation.nii.gz`. Every prediction found is
-    /// scored; a prediction without truth, a shape mismatch or labels
-    /// outside 0..=2 are errors.
+    /// scored; a truth case without prediction (unless --allow-missing), a
+    /// prediction without truth, a shape or grid mismatch, or labels
+    /// outside the protocol's set are errors.
     Evaluate(EvaluateArgs),
     /// Train the Res-U-Net: the same run as `cargo run --example
     /// train_kits19`, from a configuration file and overrides. Without

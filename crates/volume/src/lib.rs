@@ -24,6 +24,7 @@ pub mod case;
 mod error;
 pub mod fs;
 pub mod intensity;
+pub mod labels;
 pub mod layout;
 pub mod metric;
 pub mod nifti_io;
@@ -33,12 +34,14 @@ pub mod sampling;
 pub mod split;
 pub mod stack;
 pub mod stats;
+pub mod surface;
 pub mod synth;
 
 pub use cache::{CacheStatus, CachedCase};
 pub use case::{Case, CaseDir, find_predictions, list_cases};
 pub use error::{Result, VolumeError};
 pub use intensity::Intensity;
+pub use labels::LabelSet;
 pub use metric::{
     CaseDice, DiceAccumulator, DiceSummary, KitsDice, MetricError, dice_from_counts, kits_dice,
 };

@@ -1,8 +1,17 @@
 //! The KiTS19 metric: per-case Dice of kidney (label > 0) and tumour
 //! (label 2) on whole volumes, averaged over cases; the composite score is
 //! the mean of the two (docs/METHOD.md §5, as the official `evaluation.py`).
+//! The KiTS21/KiTS23 metrics (Dice and surface Dice of three regions) are in
+//! [`kits23`].
 
 use serde::{Deserialize, Serialize};
+
+pub mod kits23;
+
+pub use kits23::{
+    KITS23_REGIONS, Kits23Accumulator, Kits23Case, Kits23Summary, Region, RegionMeans, RegionScore,
+    kits23_case,
+};
 
 /// What can go wrong when scoring a case.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

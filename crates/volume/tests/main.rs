@@ -13,5 +13,8 @@ mod cache_and_synth;
 mod dice;
 /// Real KiTS19 label files (testdata/kits19) against their manifest.
 mod kits19;
+/// The KiTS23 metrics (Dice, surface Dice) against the official code's
+/// values on real KiTS23 label files (testdata/kits23).
+mod kits23;
 /// NIfTI files written by other software against nibabel-read values.
 mod nifti_manifest;
