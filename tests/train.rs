@@ -75,6 +75,16 @@ fn kseg_ok(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// Copies the case folders `ids` of `data` into `dst`.
+fn copy_cases(ids: &[String], data: &Path, dst: &Path) {
+    for id in ids {
+        std::fs::create_dir_all(dst.join(id)).unwrap();
+        for f in ["imaging.nii.gz", "segmentation.nii.gz"] {
+            std::fs::copy(data.join(id).join(f), dst.join(id).join(f)).unwrap();
+        }
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -190,12 +200,7 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
     // evaluate`: the same numbers, and the predictions carry the imaging's
     // geometry.
     let val_dir = tmp.path().join("val");
-    for id in &split.val {
-        std::fs::create_dir_all(val_dir.join(id)).unwrap();
-        for f in ["imaging.nii.gz", "segmentation.nii.gz"] {
-            std::fs::copy(data.join(id).join(f), val_dir.join(id).join(f)).unwrap();
-        }
-    }
+    copy_cases(&split.val, &data, &val_dir);
     kseg_ok(&[
         "predict",
         "--checkpoint",
@@ -779,4 +784,170 @@ fn one_process_per_run_folder_and_an_interrupt_leaves_no_temporaries() {
     let left: Vec<PathBuf> = walk(&run).into_iter().filter(temp).collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(run.join("summary.json").is_file());
+}
+
+/// The KiTS23 setup on tiny synthetic cases with cysts: region-based
+/// training, validation on the KiTS23 metrics (summary.json holds the
+/// three regions' Dice and surface Dice), predictions in KiTS23 labels that
+/// `kseg evaluate --protocol kits23` scores as validation did.
+#[test]
+fn kits23_runs_train_on_regions_and_validate_on_the_official_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let mut cfg = tiny_config(&data, 30);
+    cfg.data.labels = volume::LabelSet::Kits23;
+    cfg.data.synthetic.generator.cysts = true;
+    cfg.loss.regions = true;
+    cfg.model.num_classes = 3;
+    cfg.optim = kseg::train::OptimConfig::AdamW(kseg::train::AdamWConfig {
+        lr: 1e-2,
+        ..Default::default()
+    });
+    // The synthetic cases hold cysts.
+    let _ = kseg::train::Dataset::prepare(&cfg.data).unwrap();
+    let counts = kseg::train::Dataset::prepare(&cfg.data)
+        .unwrap()
+        .class_counts;
+    assert_eq!(counts.len(), 4);
+    assert!(counts[3] > 0, "no cyst voxels: {counts:?}");
+    let summary = Trainer::new(cfg.clone(), &run)
+        .unwrap()
+        .with_default_observers()
+        .unwrap()
+        .run()
+        .unwrap();
+    let losses = step_losses(&run);
+    let mean = |v: &[(u64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    assert!(mean(&losses[24..]) < 0.9 * mean(&losses[..6]), "{losses:?}");
+    let sj: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let regions = summary.regions.clone().expect("KiTS23 summary has regions");
+    for r in ["kidney_and_mass", "mass", "tumor"] {
+        for m in ["dice", "surface_dice"] {
+            let v = sj["regions"][r][m].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{r} {m} {v}");
+        }
+    }
+    let composite = regions
+        .values()
+        .map(|m| m.dice + m.surface_dice)
+        .sum::<f64>()
+        / 6.0;
+    assert!((summary.composite - composite).abs() < 1e-12);
+    // The checkpoint records the label set and the regions.
+    let last = run.join("checkpoints/step_000030/model.safetensors");
+    let meta = kseg::train::checkpoint::read_meta(&last).unwrap();
+    assert!(meta.regions && meta.labels == volume::LabelSet::Kits23);
+
+    // kseg predict on the validation cases, kseg evaluate --protocol kits23:
+    // the same means as the run's last validation.
+    let split: volume::Split = volume::Split::load(run.join("split.json")).unwrap();
+    let (val_dir, pred_dir) = (tmp.path().join("val"), tmp.path().join("pred"));
+    copy_cases(&split.val, &data, &val_dir);
+    kseg_ok(&[
+        "predict",
+        "--checkpoint",
+        s(&last),
+        "--input",
+        s(&val_dir),
+        "--output",
+        s(&pred_dir),
+        "--device",
+        "cpu",
+    ]);
+    let report = tmp.path().join("report.json");
+    kseg_ok(&[
+        "evaluate",
+        "--protocol",
+        "kits23",
+        "--pred",
+        s(&pred_dir),
+        "--truth",
+        s(&val_dir),
+        "--out",
+        s(&report),
+    ]);
+    let ev: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for (name, m) in &regions {
+        let got = ev["regions"][name]["dice"].as_f64().unwrap();
+        assert!((got - m.dice).abs() < 1e-9, "{name}: {got} vs {}", m.dice);
+        let got = ev["regions"][name]["surface_dice"].as_f64().unwrap();
+        assert!(
+            (got - m.surface_dice).abs() < 1e-9,
+            "{name}: {got} vs {}",
+            m.surface_dice
+        );
+    }
+
+    // The simpler alternative: one softmax over the four labels.
+    let mut soft = cfg.clone();
+    soft.loss.regions = false;
+    soft.model.num_classes = 4;
+    soft.train.steps = 5;
+    let s4 = Trainer::new(soft, &tmp.path().join("softmax"))
+        .unwrap()
+        .run()
+        .unwrap();
+    assert!(s4.regions.is_some());
+    // A KiTS19 configuration on these cases: the cyst label is refused,
+    // naming the file and the value.
+    let mut k19 = cfg.clone();
+    k19.data.labels = volume::LabelSet::Kits19;
+    k19.loss.regions = false;
+    let err = Trainer::new(k19, &tmp.path().join("k19"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("segmentation.nii.gz") && err.contains("label value 3"),
+        "{err}"
+    );
+}
+
+/// The KiTS23 presets are their KiTS19 counterparts plus the label set,
+/// the regions and (synthetic) cysts; `--data-dir` on a KiTS23 dataset
+/// folder (it holds kits23.json) picks the KiTS23 setup.
+#[test]
+fn kits23_presets_and_their_choice() {
+    for (k23, k19) in [("kits23", "kits19"), ("synthetic-kits23", "synthetic-cpu")] {
+        let a = kseg::preset(k23).unwrap();
+        let mut b = kseg::preset(k19).unwrap();
+        b.data.labels = volume::LabelSet::Kits23;
+        b.loss.regions = true;
+        b.model.num_classes = 3;
+        b.data.synthetic.generator.cysts = k23.starts_with("synthetic");
+        assert_eq!(a, b, "{k23} vs {k19}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |dir: &Path| kseg::cli::TrainArgs {
+        data_dir: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let c = args(tmp.path()).config().unwrap();
+    assert_eq!(
+        (c.data.labels, c.loss.regions),
+        (volume::LabelSet::Kits19, false)
+    );
+    std::fs::write(tmp.path().join("kits23.json"), "[]").unwrap();
+    let c = args(tmp.path()).config().unwrap();
+    assert_eq!(
+        (c.data.labels, c.loss.regions),
+        (volume::LabelSet::Kits23, true)
+    );
+    // Inconsistent settings are refused with what to change.
+    let mut bad = kseg::preset("synthetic-kits23").unwrap();
+    bad.data.labels = volume::LabelSet::Kits19;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("loss.regions needs data.labels"), "{e}");
+    let mut bad = kseg::preset("synthetic-kits23").unwrap();
+    bad.loss.regions = false;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("model.num_classes must be 4"), "{e}");
+    // KiTS19 configurations serialise as before (no new keys).
+    let json = serde_json::to_string(&kseg::preset("synthetic-cpu").unwrap()).unwrap();
+    assert!(
+        !json.contains("labels") && !json.contains("regions") && !json.contains("cysts"),
+        "{json}"
+    );
 }

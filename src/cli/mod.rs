@@ -41,7 +41,8 @@ enum Command {
     /// as nibabel's img.affine), min, max, mean (after scl_slope/scl_inter;
     /// NaN voxels ignored and counted in nan_count). For a case folder: the
     /// same for imaging and segmentation (with label_counts), after checking
-    /// that their shapes agree and the labels are 0, 1 or 2.
+    /// that their shapes agree and the labels are 0, 1, 2 or 3 (KiTS19's,
+    /// or KiTS23's with cysts).
     Info(InfoArgs),
     /// Write a PNG grid of augmented samples of one slice, the label drawn
     /// over the middle channel (kidney green, tumour red); the first tile is

@@ -128,14 +128,19 @@ fn predict(
         let vol = volume::read_volume(src)?;
         let labels = seg.segment_volume(vol.data.view())?;
         volume::write_volume(dst, labels.view(), &vol.header)?;
-        let count = |v: u8| labels.iter().filter(|&&x| x == v).count();
+        let names = seg.meta().labels.names();
+        let counts: Vec<String> = (1..names.len())
+            .map(|v| {
+                let n = labels.iter().filter(|&&x| x as usize == v).count();
+                format!("{} {n}", names[v])
+            })
+            .collect();
         eprintln!(
-            "{} -> {}: {:?} voxels, kidney {}, tumour {}{} ({:.1} s)",
+            "{} -> {}: {:?} voxels, {}{} ({:.1} s)",
             src.display(),
             dst.display(),
             vol.shape(),
-            count(1),
-            count(2),
+            counts.join(", "),
             keep.map(|n| format!(", {n} largest components kept"))
                 .unwrap_or_default(),
             t0.elapsed().as_secs_f64()

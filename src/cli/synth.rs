@@ -32,6 +32,9 @@ pub struct SynthArgs {
     /// 36). Default: the generator's, 8 32.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub tumour_radius: Option<Vec<f32>>,
+    /// Also draw renal cysts (label 3, the KiTS23 label set).
+    #[arg(long)]
+    pub cysts: bool,
 }
 
 impl SynthArgs {
@@ -47,6 +50,7 @@ impl SynthArgs {
             seed: self.seed,
             fov_mm: pair(&self.fov, d.fov_mm),
             tumour_radius_mm: pair(&self.tumour_radius, d.tumour_radius_mm),
+            cysts: self.cysts,
         };
         let start = std::time::Instant::now();
         let dirs = synth::write_dataset(&self.out, self.cases, &cfg)?;

@@ -17,11 +17,15 @@ pub struct TrainArgs {
     /// A configuration file (TOML or JSON) to start from.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A built-in configuration to start from: kits19, synthetic-cpu,
+    /// kits23 or synthetic-kits23 (configs/NAME.toml).
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
     /// The run folder (default: runs/<date-time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["data_dir", "config", "out"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "config", "preset", "out"])]
     pub resume: Option<PathBuf>,
     /// Training steps (same as --set train.steps=N).
     #[arg(long)]
@@ -48,15 +52,25 @@ impl TrainArgs {
         o
     }
 
-    /// The configuration of a new run: `--config`, else the reference
-    /// method's setup (`configs/kits19.toml`) when `--data-dir` is given,
-    /// else the synthetic CPU setup (`configs/synthetic-cpu.toml`); then
-    /// `--data-dir` and the overrides.
+    /// The configuration of a new run: `--config` or `--preset`, else the
+    /// reference method's setup when `--data-dir` is given
+    /// (`configs/kits23.toml` when the folder holds KiTS23's `kits23.json`,
+    /// else `configs/kits19.toml`), else the synthetic CPU setup
+    /// (`configs/synthetic-cpu.toml`); then `--data-dir` and the overrides.
     pub fn config(&self) -> Result<TrainConfig> {
-        let mut cfg = match (&self.config, &self.data_dir) {
-            (Some(path), _) => TrainConfig::from_file(path)?,
-            (None, Some(_)) => crate::preset("kits19")?,
-            (None, None) => crate::preset("synthetic-cpu")?,
+        let mut cfg = match (&self.config, &self.preset, &self.data_dir) {
+            (Some(path), _, _) => TrainConfig::from_file(path)?,
+            (None, Some(name), _) => crate::preset(name)?,
+            // The KiTS23 repository's dataset/ folder holds kits23.json.
+            (None, None, Some(d)) if d.join("kits23.json").is_file() => {
+                eprintln!(
+                    "{} holds kits23.json: KiTS23 labels, region-based training (configs/kits23.toml)",
+                    d.display()
+                );
+                crate::preset("kits23")?
+            }
+            (None, None, Some(_)) => crate::preset("kits19")?,
+            (None, None, None) => crate::preset("synthetic-cpu")?,
         };
         if let Some(d) = &self.data_dir {
             cfg.data.data_dir = Some(d.clone());

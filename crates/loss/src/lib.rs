@@ -23,8 +23,10 @@
 mod ce;
 mod check;
 mod lovasz;
+mod region_loss;
 mod seg_loss;
 
 pub use ce::{cross_entropy_with_ignore, weighted_cross_entropy};
 pub use lovasz::{Classes, LovaszConfig, lovasz_grad, lovasz_softmax, lovasz_softmax_host};
+pub use region_loss::RegionLoss;
 pub use seg_loss::{LossParts, SegLoss, SegLossConfig, class_weights_from_counts};

@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::DType;
 use candle_nn::VarMap;
 use kseg_model::ResUNetConfig;
-use kseg_volume::Intensity;
+use kseg_volume::{Intensity, LabelSet};
 use serde::{Deserialize, Serialize};
 
 use kseg_volume::fs::{write_bytes_atomic, write_dir_atomic, write_json_atomic};
@@ -49,6 +49,18 @@ pub struct ModelMeta {
     /// Average each slice's prediction with that of its mirror image.
     #[serde(default)]
     pub mirror: bool,
+    /// The label values predictions are written with (KiTS19's unless
+    /// recorded).
+    #[serde(default, skip_serializing_if = "is_kits19")]
+    pub labels: LabelSet,
+    /// The outputs are the KiTS23 regions (sigmoids), decoded kidney, then
+    /// cyst, then tumour; `false`: a softmax over the labels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regions: bool,
+}
+
+fn is_kits19(l: &LabelSet) -> bool {
+    *l == LabelSet::Kits19
 }
 
 impl ModelMeta {
@@ -63,6 +75,8 @@ impl ModelMeta {
             step,
             keep_largest: cfg.postprocess.keep_largest,
             mirror: cfg.postprocess.mirror,
+            labels: cfg.data.labels,
+            regions: cfg.loss.regions,
         }
     }
 }
@@ -83,6 +97,22 @@ impl ModelMeta {
             ));
         }
         self.intensity.validate().map_err(|e| e.to_string())?;
+        let outputs = if self.regions {
+            if self.labels != LabelSet::Kits23 {
+                return Err(format!("regions with the {} label set", self.labels));
+            }
+            kseg_volume::metric::KITS23_REGIONS.len()
+        } else {
+            self.labels.num_labels()
+        };
+        if self.model.num_classes != outputs {
+            return Err(format!(
+                "the model has {} outputs; {} {} needs {outputs}",
+                self.model.num_classes,
+                self.labels,
+                if self.regions { "regions" } else { "labels" }
+            ));
+        }
         if let Some((h, w)) = self.in_plane {
             let m = 1usize << self.model.depth;
             if h == 0 || w == 0 || h > MAX_IN_PLANE || w > MAX_IN_PLANE || h % m != 0 || w % m != 0

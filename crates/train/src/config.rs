@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use kseg_augment::AugmentConfig;
 use kseg_loss::{LovaszConfig, SegLossConfig};
 use kseg_model::ResUNetConfig;
-use kseg_volume::Intensity;
 use kseg_volume::synth::SynthConfig;
+use kseg_volume::{Intensity, LabelSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -106,6 +106,16 @@ pub struct DataConfig {
     pub intensity: Intensity,
     /// Use at most this many validation cases per validation (`None`: all).
     pub max_val_cases: Option<usize>,
+    /// The label values of the data: `kits19` (0..=2, the default) or
+    /// `kits23` (0..=3, cysts). Label files are checked against it, and
+    /// validation scores with the set's metrics (KiTS23: Dice and surface
+    /// Dice of three regions).
+    #[serde(skip_serializing_if = "is_default")]
+    pub labels: LabelSet,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Default for DataConfig {
@@ -122,6 +132,7 @@ impl Default for DataConfig {
             foreground_fraction: 1.0 / 3.0,
             intensity: Intensity::default(),
             max_val_cases: None,
+            labels: LabelSet::Kits19,
         }
     }
 }
@@ -168,8 +179,17 @@ pub struct LossConfig {
     pub lambda: f64,
     /// The Lovász-Softmax term's settings (and the ignore label).
     pub lovasz: LovaszConfig,
-    /// The cross-entropy's class weights.
+    /// The cross-entropy's class weights (with `regions`: two per region,
+    /// outside and inside, the same for every region; `auto` computes them
+    /// per region).
     pub class_weights: ClassWeights,
+    /// Region-based training (KiTS23 only): one sigmoid output per region
+    /// (kidney_and_mass {1,2,3}, mass {2,3}, tumor {2}), each with the
+    /// reference method's loss on its two-class problem; the model has 3
+    /// outputs and predictions are decoded kidney, then cyst, then tumour.
+    /// `false`: one softmax over the label set's classes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub regions: bool,
 }
 
 impl Default for LossConfig {
@@ -179,6 +199,7 @@ impl Default for LossConfig {
             lambda: seg.lambda,
             lovasz: seg.lovasz,
             class_weights: ClassWeights::Auto,
+            regions: false,
         }
     }
 }
@@ -345,6 +366,16 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The model's output channels this configuration needs: one per
+    /// label of the set, or one per region with `loss.regions`.
+    pub fn outputs(&self) -> usize {
+        if self.loss.regions {
+            kseg_volume::metric::KITS23_REGIONS.len()
+        } else {
+            self.data.labels.num_labels()
+        }
+    }
+
     /// Checks the values that the parts do not check themselves, and the
     /// parts.
     pub fn validate(&self) -> Result<()> {
@@ -361,9 +392,22 @@ impl TrainConfig {
                 2 * self.data.context + 1
             ));
         }
-        if self.model.num_classes != 3 {
+        let labels = self.data.labels;
+        if self.loss.regions && labels != LabelSet::Kits23 {
             return bad(format!(
-                "model.num_classes must be 3 for KiTS19 (background, kidney, tumour), got {}",
+                "loss.regions needs data.labels = \"kits23\" (its regions hold cysts), got {labels}"
+            ));
+        }
+        let outputs = self.outputs();
+        if self.model.num_classes != outputs {
+            return bad(format!(
+                "model.num_classes must be {outputs} for {} ({}), got {}",
+                labels,
+                if self.loss.regions {
+                    "one output per region: kidney_and_mass, mass, tumor".to_string()
+                } else {
+                    labels.names().join(", ")
+                },
                 self.model.num_classes
             ));
         }
@@ -399,13 +443,16 @@ impl TrainConfig {
                 "training size {h}x{w} must be divisible by 2^depth = {m}"
             ));
         }
+        let classes = if self.loss.regions {
+            2
+        } else {
+            self.model.num_classes
+        };
         if let ClassWeights::Fixed(w) = &self.loss.class_weights
-            && (w.len() != self.model.num_classes
-                || w.iter().any(|v| !(v.is_finite() && *v >= 0.0)))
+            && (w.len() != classes || w.iter().any(|v| !(v.is_finite() && *v >= 0.0)))
         {
             return bad(format!(
-                "loss.class_weights must be {} finite values >= 0, got {w:?}",
-                self.model.num_classes
+                "loss.class_weights must be {classes} finite values >= 0, got {w:?}"
             ));
         }
         if !(0.0..=1.0).contains(&self.data.foreground_fraction) {

@@ -28,8 +28,9 @@ pub struct Dataset {
     pub train: Vec<CachedCase>,
     /// Validation cases, in the split's order.
     pub val: Vec<CachedCase>,
-    /// Voxel counts of labels 0, 1, 2 over the training cases.
-    pub class_counts: [u64; 3],
+    /// Voxel counts of each label value of the set (0, 1, 2; KiTS23 also
+    /// 3) over the training cases.
+    pub class_counts: Vec<u64>,
     sampler: SliceSampler,
 }
 
@@ -108,14 +109,14 @@ impl Dataset {
         let open = |ids: &[String]| -> Result<Vec<CachedCase>> {
             let dirs = ids.iter().map(find).collect::<Result<Vec<_>>>()?;
             dirs.par_iter()
-                .map(|c| Ok(CachedCase::open_or_build(c, &cache_dir)?))
+                .map(|c| Ok(CachedCase::open_or_build_with(c, &cache_dir, cfg.labels)?))
                 .collect()
         };
         let train = open(&split.train)?;
         let val = open(&split.val)?;
-        let mut class_counts = [0u64; 3];
+        let mut class_counts = vec![0u64; cfg.labels.num_labels()];
         for c in &train {
-            for (n, m) in class_counts.iter_mut().zip(c.meta().label_counts) {
+            for (n, m) in class_counts.iter_mut().zip(&c.meta().label_counts) {
                 *n += m;
             }
         }
@@ -161,7 +162,7 @@ fn ensure_synthetic(cfg: &DataConfig) -> Result<PathBuf> {
     let g = &s.generator;
     let dir = s.dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
-            "data/synth-{}x{}-z{}-{}-fov{}-{}-r{}-{}-seed{}",
+            "data/synth-{}x{}-z{}-{}-fov{}-{}-r{}-{}-seed{}{}",
             g.height,
             g.width,
             g.min_slices,
@@ -170,7 +171,9 @@ fn ensure_synthetic(cfg: &DataConfig) -> Result<PathBuf> {
             g.fov_mm.1,
             g.tumour_radius_mm.0,
             g.tumour_radius_mm.1,
-            g.seed
+            g.seed,
+            // Cases with cysts are other cases: a folder of their own.
+            if g.cysts { "-cysts" } else { "" }
         ))
     });
     let missing: Vec<usize> = (0..s.cases)

@@ -63,9 +63,20 @@ impl Segmenter {
 
     /// Per-class scores whose argmax is the prediction: the logits, or with
     /// mirroring the sum of the class probabilities of `x` and of its
-    /// mirror image (mirrored back), i.e. twice their mean.
+    /// mirror image (mirrored back), i.e. twice their mean. For a region
+    /// model the probabilities are the regions' sigmoids.
     fn scores(&self, x: &Tensor) -> Result<Tensor> {
         crate::runtime::on_cpu_pool(&self.device, || self.scores_here(x))
+    }
+
+    /// The probabilities of the network's outputs: softmax over classes,
+    /// or each region's sigmoid.
+    fn probabilities(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        if self.meta.regions {
+            candle_nn::ops::sigmoid(logits)
+        } else {
+            candle_nn::ops::softmax(logits, 1)
+        }
     }
 
     /// [`Segmenter::scores`] on the calling thread.
@@ -78,8 +89,8 @@ impl Segmenter {
         let rev: Vec<u32> = (0..w as u32).rev().collect();
         let rev = Tensor::from_vec(rev, w, x.device())?;
         let mirrored = self.model.forward_t(&x.index_select(&rev, 3)?, false)?;
-        let p = candle_nn::ops::softmax(&logits, 1)?;
-        let q = candle_nn::ops::softmax(&mirrored, 1)?.index_select(&rev, 3)?;
+        let p = self.probabilities(&logits)?;
+        let q = self.probabilities(&mirrored)?.index_select(&rev, 3)?;
         Ok((p + q)?)
     }
 
@@ -87,7 +98,8 @@ impl Segmenter {
     /// components when the checkpoint says so).
     ///
     /// # Shapes
-    /// `hu`: `[slices, H, W]` → labels `[slices, H, W]` (0, 1, 2).
+    /// `hu`: `[slices, H, W]` → labels `[slices, H, W]` (the checkpoint's
+    /// label set: 0, 1, 2, and 3 for KiTS23's cysts).
     pub fn segment_volume(&self, hu: ArrayView3<f32>) -> Result<Array3<u8>> {
         let (d, h, w) = hu.dim();
         let (n, int) = (self.meta.context, self.meta.intensity);
@@ -136,11 +148,11 @@ impl Segmenter {
             let flat: Vec<f32> = inputs.iter().flat_map(|a| a.iter().copied()).collect();
             let x = Tensor::from_vec(flat, (chunk.len(), c, nh, nw), &self.device)?;
             let scores = self.scores(&x)?;
-            if resample {
+            if resample || self.meta.regions {
                 let probs = if self.meta.mirror {
                     (scores * 0.5)?
                 } else {
-                    candle_nn::ops::softmax(&scores, 1)?
+                    self.probabilities(&scores)?
                 };
                 let probs = probs
                     .to_device(&Device::Cpu)?
@@ -156,7 +168,16 @@ impl Segmenter {
                             probs[i * per..(i + 1) * per].to_vec(),
                         )
                         .expect("sizes agree");
-                        Ok(argmax(&resize(&p, (h, w), 0.0)?))
+                        let p = if resample {
+                            resize(&p, (h, w), 0.0)?
+                        } else {
+                            p.slice(s![.., ..h, ..w]).to_owned()
+                        };
+                        Ok(if self.meta.regions {
+                            decode_regions(&p)
+                        } else {
+                            argmax(&p)
+                        })
                     })
                     .collect::<Result<_>>()?;
                 for (&k, lab) in chunk.iter().zip(labels) {
@@ -205,6 +226,23 @@ fn pad(x: Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
     let mut out = Array3::from_elem((c, nh, nw), fill);
     out.slice_mut(s![.., ..h, ..w]).assign(&x);
     out
+}
+
+/// Labels from the KiTS23 regions' probabilities `[kidney_and_mass, mass,
+/// tumor]`: kidney where kidney_and_mass > 0.5, then cyst where mass > 0.5,
+/// then tumour where tumor > 0.5, each overwriting the last (nnU-Net's
+/// region decoding in KiTS23's order).
+fn decode_regions(p: &Array3<f32>) -> Array2<u8> {
+    let (_, h, w) = p.dim();
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        let mut label = 0;
+        for (r, value) in [(0, 1), (1, 3), (2, 2)] {
+            if p[[r, y, x]] > 0.5 {
+                label = value;
+            }
+        }
+        label
+    })
 }
 
 /// The class of highest score at each pixel (the first on ties).

@@ -1,10 +1,12 @@
 //! Reporting: what the trainer tells observers, and the observers kseg
 //! ships (a progress bar, a JSON-lines log, PNG plots).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kseg_volume::DiceSummary;
+use kseg_volume::metric::{KITS23_REGIONS, Kits23Summary, RegionMeans};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -51,14 +53,39 @@ pub struct OverlaySlice {
 pub struct ValidationRecord {
     /// The step validated after.
     pub step: usize,
-    /// Per-case and mean Dice.
+    /// Per-case and mean Dice (kidney: label > 0, tumour: label 2; for
+    /// KiTS23 labels these are the kidney_and_mass and tumor regions' Dice).
     pub dice: DiceSummary,
+    /// KiTS23 label sets: the official metrics of the three regions.
+    pub regions: Option<Kits23Summary>,
     /// Wall time of the validation.
     pub seconds: f64,
     /// Whether it is the best so far.
     pub is_best: bool,
     /// Slices to draw.
     pub overlays: Vec<OverlaySlice>,
+}
+
+impl ValidationRecord {
+    /// The score the best checkpoint is chosen by: the KiTS23 composite
+    /// (mean of the regions' Dice and surface Dice) for KiTS23 labels, else
+    /// the KiTS19 composite.
+    pub fn score(&self) -> f64 {
+        self.regions
+            .as_ref()
+            .map_or(self.dice.composite, |r| r.composite)
+    }
+
+    /// The regions' means by name, for reports.
+    pub fn region_means(&self) -> Option<BTreeMap<String, RegionMeans>> {
+        self.regions.as_ref().map(|r| {
+            KITS23_REGIONS
+                .iter()
+                .zip(&r.means)
+                .map(|(reg, m)| (reg.name.to_string(), *m))
+                .collect()
+        })
+    }
 }
 
 /// What a run ends with; written as `summary.json`.
@@ -68,8 +95,13 @@ pub struct Summary {
     pub kidney_dice: f64,
     /// Mean tumour Dice at the end.
     pub tumour_dice: f64,
-    /// Mean of kidney and tumour Dice at the end.
+    /// The score at the end: mean of kidney and tumour Dice (KiTS19), or of
+    /// the three regions' Dice and surface Dice (KiTS23).
     pub composite: f64,
+    /// KiTS23 labels: each region's mean Dice, surface Dice, HD95 and mean
+    /// surface distance at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<BTreeMap<String, RegionMeans>>,
     /// Step of the best validation.
     pub best_step: usize,
     /// Its composite.
@@ -206,12 +238,23 @@ impl Observer for Progress {
     }
 
     fn on_validation(&mut self, r: &ValidationRecord) -> Result<()> {
+        let scores = match r.region_means() {
+            Some(m) => {
+                m.iter()
+                    .map(|(name, m)| format!("{name} {:.4}/{:.4}", m.dice, m.surface_dice))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    + " (Dice/surface Dice)"
+            }
+            None => format!(
+                "kidney {:.4} tumour {:.4}",
+                r.dice.kidney_mean, r.dice.tumour_mean
+            ),
+        };
         let line = format!(
-            "validation at step {}: kidney {:.4} tumour {:.4} composite {:.4}{} ({:.1} s)",
+            "validation at step {}: {scores} composite {:.4}{} ({:.1} s)",
             r.step,
-            r.dice.kidney_mean,
-            r.dice.tumour_mean,
-            r.dice.composite,
+            r.score(),
             if r.is_best { " (best)" } else { "" },
             r.seconds
         );
@@ -282,16 +325,19 @@ impl Observer for JsonLines {
     }
 
     fn on_validation(&mut self, r: &ValidationRecord) -> Result<()> {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "kind": "validation",
             "step": r.step,
             "kidney_dice": r.dice.kidney_mean,
             "tumour_dice": r.dice.tumour_mean,
-            "composite": r.dice.composite,
+            "composite": r.score(),
             "is_best": r.is_best,
             "seconds": r.seconds,
             "cases": r.dice.cases,
         });
+        if let Some(m) = r.region_means() {
+            v["regions"] = serde_json::json!(m);
+        }
         self.write(v)
     }
 

@@ -212,7 +212,7 @@ fn line_chart(
 }
 
 /// A grey image (`window` maps to black..white) with labels drawn over it:
-/// kidney green, tumour red.
+/// kidney green, tumour red, cyst blue.
 pub fn overlay_rgb(
     image: ArrayView2<f32>,
     labels: ArrayView2<u8>,
@@ -226,6 +226,7 @@ pub fn overlay_rgb(
         let px = match labels[[r, c]] {
             1 => [0.6 * g, 0.6 * g + 100.0, 0.6 * g],
             2 => [0.6 * g + 100.0, 0.6 * g, 0.6 * g],
+            3 => [0.6 * g, 0.6 * g + 40.0, 0.6 * g + 100.0],
             _ => [g, g, g],
         };
         image::Rgb(px.map(|v| v.min(255.0) as u8))

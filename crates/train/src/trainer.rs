@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
-use kseg_loss::{SegLoss, class_weights_from_counts};
+use kseg_loss::{LossParts, RegionLoss, SegLoss, class_weights_from_counts};
 use kseg_model::ResUNet;
 use kseg_volume::fs::{write_bytes_atomic, write_json_atomic};
-use kseg_volume::{CachedCase, DiceAccumulator};
+use kseg_volume::metric::Kits23Accumulator;
+use kseg_volume::{CachedCase, DiceAccumulator, LabelSet};
 use ndarray::{Array3, Axis};
 
 use crate::checkpoint::{Best, Checkpoint, Checkpointer, ModelMeta, TrainState};
@@ -37,7 +38,7 @@ pub struct Trainer {
     varmap: VarMap,
     trainable: Vec<Var>,
     optimiser: Box<dyn Optimiser>,
-    loss: SegLoss,
+    loss: Loss,
     state: TrainState,
     checkpointer: Checkpointer,
     last_checkpoint: Option<PathBuf>,
@@ -164,15 +165,7 @@ impl Trainer {
             OptimConfig::AdamW(c) => Box::new(AdamW::new(&vars, c)?),
             OptimConfig::Sgd(c) => Box::new(Sgd::new(&vars, c)?),
         };
-        let weights = match &cfg.loss.class_weights {
-            ClassWeights::Auto => Some(class_weights_from_counts(&dataset.class_counts)?),
-            ClassWeights::None => None,
-            ClassWeights::Fixed(w) => Some(w.clone()),
-        };
-        let weights = weights
-            .map(|w| Tensor::from_vec(w, 3, &device))
-            .transpose()?;
-        let loss = SegLoss::new(cfg.loss.seg(), weights)?;
+        let loss = Loss::new(&cfg, &dataset.class_counts, &device)?;
         let checkpointer = Checkpointer::new(&run, cfg.train.keep_checkpoints)?;
         Ok(Trainer {
             cfg: Arc::new(cfg),
@@ -351,7 +344,7 @@ impl Trainer {
             step: v.step,
             kidney: v.dice.kidney_mean,
             tumour: v.dice.tumour_mean,
-            composite: v.dice.composite,
+            composite: v.score(),
         });
         let last_checkpoint = self.last_checkpoint.clone().unwrap_or_else(|| {
             self.run
@@ -364,7 +357,8 @@ impl Trainer {
         Summary {
             kidney_dice: v.dice.kidney_mean,
             tumour_dice: v.dice.tumour_mean,
-            composite: v.dice.composite,
+            composite: v.score(),
+            regions: v.region_means(),
             best_step: best.step,
             best_composite: best.composite,
             best_checkpoint: if best_dir.is_dir() {
@@ -402,6 +396,7 @@ impl Trainer {
             .unwrap_or(usize::MAX)
             .min(self.dataset.val.len());
         let mut acc = DiceAccumulator::new();
+        let mut regions = (self.cfg.data.labels == LabelSet::Kits23).then(Kits23Accumulator::new);
         let mut overlays = Vec::new();
         for (i, case) in self.dataset.val[..n].iter().enumerate() {
             let pred = seg.segment_cached(case)?;
@@ -411,27 +406,39 @@ impl Trainer {
                 pred.as_slice().expect("standard layout"),
                 truth.as_slice().expect("standard layout"),
             )?;
+            if let Some(r) = &mut regions {
+                let sp = &case.meta().spacing;
+                r.update(
+                    case.id(),
+                    pred.as_slice().expect("standard layout"),
+                    truth.as_slice().expect("standard layout"),
+                    case.shape(),
+                    [sp[0], sp[1], sp[2]],
+                )?;
+            }
             if i < self.cfg.train.overlay_slices {
                 overlays.push(self.overlay(case, &pred, &truth)?);
             }
         }
-        let dice = acc.aggregate();
-        let is_best = n > 0 && self.state.best.is_none_or(|b| dice.composite > b.composite);
-        if is_best {
+        let mut record = ValidationRecord {
+            step: self.state.step,
+            dice: acc.aggregate(),
+            regions: regions.map(|r| r.aggregate()),
+            seconds: t0.elapsed().as_secs_f64(),
+            is_best: false,
+            overlays,
+        };
+        let score = record.score();
+        record.is_best = n > 0 && self.state.best.is_none_or(|b| score > b.composite);
+        if record.is_best {
             self.state.best = Some(Best {
                 step: self.state.step,
-                kidney: dice.kidney_mean,
-                tumour: dice.tumour_mean,
-                composite: dice.composite,
+                kidney: record.dice.kidney_mean,
+                tumour: record.dice.tumour_mean,
+                composite: score,
             });
         }
-        Ok(ValidationRecord {
-            step: self.state.step,
-            dice,
-            seconds: t0.elapsed().as_secs_f64(),
-            is_best,
-            overlays,
-        })
+        Ok(record)
     }
 
     /// The slice of `case` with the most tumour (else kidney) voxels.
@@ -445,7 +452,11 @@ impl Trainer {
             truth
                 .index_axis(Axis(0), k)
                 .iter()
-                .map(|&v| [0u64, 1, 1000][v as usize])
+                .map(|&v| match v {
+                    2 => 1000u64,
+                    0 => 0,
+                    _ => 1,
+                })
                 .sum::<u64>()
         };
         let k = (0..truth.dim().0)
@@ -474,11 +485,72 @@ struct StepDone {
     failed: Option<(&'static str, f64)>,
 }
 
+/// The training loss: the reference method's over the label set's classes,
+/// or per region (`loss.regions`).
+enum Loss {
+    Softmax(SegLoss),
+    Regions(RegionLoss),
+}
+
+impl Loss {
+    /// The loss `cfg` asks for, with class weights from the training
+    /// cases' label counts when they are `auto`.
+    fn new(cfg: &TrainConfig, counts: &[u64], device: &Device) -> Result<Loss> {
+        let tensor = |w: Vec<f32>| -> Result<Tensor> {
+            let n = w.len();
+            Ok(Tensor::from_vec(w, n, device)?)
+        };
+        if !cfg.loss.regions {
+            let weights = match &cfg.loss.class_weights {
+                ClassWeights::Auto => Some(class_weights_from_counts(counts)?),
+                ClassWeights::None => None,
+                ClassWeights::Fixed(w) => Some(w.clone()),
+            };
+            let weights = weights.map(tensor).transpose()?;
+            return Ok(Loss::Softmax(SegLoss::new(cfg.loss.seg(), weights)?));
+        }
+        let regions = &kseg_volume::metric::KITS23_REGIONS;
+        let weights = regions
+            .iter()
+            .map(|r| {
+                let inside: u64 = (0..counts.len())
+                    .filter(|&v| r.contains(v as u8))
+                    .map(|v| counts[v])
+                    .sum();
+                let outside = counts.iter().sum::<u64>() - inside;
+                Ok(match &cfg.loss.class_weights {
+                    ClassWeights::Auto => {
+                        Some(tensor(class_weights_from_counts(&[outside, inside])?)?)
+                    }
+                    ClassWeights::None => None,
+                    ClassWeights::Fixed(w) => Some(tensor(w.clone())?),
+                })
+            })
+            .collect::<Result<Option<Vec<Tensor>>>>()?;
+        let labels = regions
+            .iter()
+            .map(|r| r.labels.iter().map(|&v| u32::from(v)).collect())
+            .collect();
+        Ok(Loss::Regions(RegionLoss::new(
+            cfg.loss.seg(),
+            labels,
+            weights,
+        )?))
+    }
+
+    fn forward(&self, logits: &Tensor, labels: &Tensor) -> candle_core::Result<LossParts> {
+        match self {
+            Loss::Softmax(l) => l.forward(logits, labels),
+            Loss::Regions(l) => l.forward(logits, labels),
+        }
+    }
+}
+
 /// Forward, loss, backward, gradient clipping and the optimiser's update
 /// on one batch.
 fn optimise(
     model: &ResUNet,
-    loss_fn: &SegLoss,
+    loss_fn: &Loss,
     optimiser: &mut dyn Optimiser,
     trainable: &[Var],
     clip: Option<f64>,

@@ -31,6 +31,7 @@ use crate::case::CaseDir;
 use crate::error::{Result, VolumeError};
 use crate::fs::write_bytes_atomic;
 use crate::intensity::Intensity;
+use crate::labels::LabelSet;
 use crate::stack::stack_indices;
 
 /// Bumped whenever the file layout or its meaning changes.
@@ -80,8 +81,10 @@ pub struct CacheMeta {
     pub spacing: Vec<f64>,
     /// The imaging's affine (nibabel's).
     pub affine: [[f64; 4]; 4],
-    /// Voxel count of each label value (0, 1, 2); zeros without labels.
-    pub label_counts: [u64; 3],
+    /// Voxel count of each label value of the label set the case was
+    /// read with (0, 1, 2 for KiTS19; 0..=3 for KiTS23); zeros without
+    /// labels.
+    pub label_counts: Vec<u64>,
     /// Slices holding at least one kidney or tumour voxel, ascending.
     pub foreground_slices: Vec<usize>,
 }
@@ -124,6 +127,16 @@ impl CachedCase {
     /// Opens `<cache_dir>/<id>.safetensors` for `case`, building or
     /// rebuilding it first when it is missing, stale or damaged.
     pub fn open_or_build(case: &CaseDir, cache_dir: impl AsRef<Path>) -> Result<CachedCase> {
+        Self::open_or_build_with(case, cache_dir, LabelSet::Kits19)
+    }
+
+    /// [`CachedCase::open_or_build`] for the labels of `labels` (a cache
+    /// built for another label set is rebuilt).
+    pub fn open_or_build_with(
+        case: &CaseDir,
+        cache_dir: impl AsRef<Path>,
+        labels: LabelSet,
+    ) -> Result<CachedCase> {
         let cache_dir = cache_dir.as_ref();
         std::fs::create_dir_all(cache_dir).map_err(|e| VolumeError::io(cache_dir, e))?;
         let path = cache_dir.join(format!("{}.safetensors", case.id));
@@ -135,9 +148,16 @@ impl CachedCase {
             .transpose()?;
         let status = if path.exists() {
             match Self::open(&path) {
-                Ok(c) if c.meta.imaging == imaging && c.meta.segmentation == segmentation => {
+                Ok(c)
+                    if c.meta.imaging == imaging
+                        && c.meta.segmentation == segmentation
+                        && c.meta.label_counts.len() == labels.num_labels() =>
+                {
                     return Ok(c);
                 }
+                Ok(c) if c.meta.label_counts.len() != labels.num_labels() => CacheStatus::Rebuilt {
+                    reason: format!("built for another label set, not {labels}"),
+                },
                 Ok(_) => CacheStatus::Rebuilt {
                     reason: "source files changed".into(),
                 },
@@ -148,7 +168,7 @@ impl CachedCase {
         } else {
             CacheStatus::Built
         };
-        build(case, &path)?;
+        build_with(case, &path, labels)?;
         let mut c = Self::open(&path)?;
         c.status = status;
         Ok(c)
@@ -363,15 +383,21 @@ impl CachedCase {
     }
 }
 
-/// Decodes `case` and writes its cache file at `path` (atomically).
+/// Decodes `case` (KiTS19 labels) and writes its cache file at `path`
+/// (atomically).
 pub fn build(case: &CaseDir, path: &Path) -> Result<()> {
+    build_with(case, path, LabelSet::Kits19)
+}
+
+/// [`build`] for the labels of `labels`.
+pub fn build_with(case: &CaseDir, path: &Path, labels: LabelSet) -> Result<()> {
     let imaging_stamp = FileStamp::of(&case.imaging)?;
     let seg_stamp = case
         .segmentation
         .as_deref()
         .map(FileStamp::of)
         .transpose()?;
-    let loaded = case.load()?;
+    let loaded = case.load_with(labels)?;
     let img = &loaded.imaging;
     let shape = img.shape();
     let values = img
@@ -389,7 +415,7 @@ pub fn build(case: &CaseDir, path: &Path) -> Result<()> {
     } else {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     };
-    let mut label_counts = [0u64; 3];
+    let mut label_counts = vec![0u64; labels.num_labels()];
     let mut foreground_slices = Vec::new();
     if let Some(l) = &loaded.labels {
         for (k, plane) in l.data.outer_iter().enumerate() {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, VolumeError};
+use crate::labels::LabelSet;
 use crate::nifti_io::{Volume, read_labels, read_volume};
 
 /// File name of a case's CT volume.
@@ -64,12 +65,18 @@ impl CaseDir {
     /// The two files are decoded in parallel (gzip inflation is serial per
     /// file, so this is the cheap way to use two cores).
     pub fn load(&self) -> Result<Case> {
+        self.load_with(LabelSet::Kits19)
+    }
+
+    /// [`CaseDir::load`] with the labels checked against `labels` instead
+    /// of KiTS19's.
+    pub fn load_with(&self, labels: LabelSet) -> Result<Case> {
         let (imaging, labels) = rayon::join(
             || read_volume(&self.imaging),
             || {
                 self.segmentation
                     .as_ref()
-                    .map(|p| read_labels(p, MAX_LABEL))
+                    .map(|p| read_labels(p, labels.max_label()))
             },
         );
         let imaging = imaging?;

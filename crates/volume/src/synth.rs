@@ -2,7 +2,8 @@
 //! the tests, so that nothing has to be downloaded.
 //!
 //! Each case is an axial CT-like volume in HU (stored int16) with labels
-//! (0 background, 1 kidney, 2 tumour), written in KiTS19's layout and
+//! (0 background, 1 kidney, 2 tumour; with `cysts`, 3 cyst as in KiTS21 and
+//! KiTS23, where a tumour overlapping a cyst wins), written in KiTS19's layout and
 //! orientation. The phantom has a body outline with a subcutaneous fat
 //! layer, textured soft tissue, a liver, bowel gas, the aorta, a vertebral
 //! column with discs, two kidneys of varied size, position, tilt and shape
@@ -51,6 +52,12 @@ pub struct SynthConfig {
     /// across; KiTS19's median tumour is about 4 cm).
     #[serde(default = "default_tumour_radius")]
     pub tumour_radius_mm: (f32, f32),
+    /// Draw one to three renal cysts per case (label 3, KiTS21/KiTS23's
+    /// label set): round, water density (0-20 HU) inside a thin enhancing
+    /// wall, attached to a kidney. Off by default (KiTS19's labels; the
+    /// cases are then the same as before cysts existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cysts: bool,
 }
 
 fn default_fov() -> (f32, f32) {
@@ -73,6 +80,7 @@ impl Default for SynthConfig {
             seed: 0,
             fov_mm: default_fov(),
             tumour_radius_mm: default_tumour_radius(),
+            cysts: false,
         }
     }
 }
@@ -183,6 +191,15 @@ struct Tumour {
     core_hu: f32,
 }
 
+/// A renal cyst: a sphere of water density in a thin wall.
+struct Cyst {
+    blob: Blob,
+    /// Normalised squared radius of the fluid inside the wall.
+    inner_q: f32,
+    hu: f32,
+    wall_hu: f32,
+}
+
 /// All random parameters of one phantom, in mm.
 struct Phantom {
     body: Blob,
@@ -198,10 +215,31 @@ struct Phantom {
     disc_phase: f32,
     kidneys: Vec<Kidney>,
     tumours: Vec<Tumour>,
+    cysts: Vec<Cyst>,
 }
 
 fn u(rng: &mut impl Rng, lo: f32, hi: f32) -> f32 {
     rng.random_range(lo..hi)
+}
+
+/// The centre and radius of a lesion attached to kidney `kb`: a point on
+/// the kidney's surface (in the kidney's frame), a radius drawn from
+/// `radius`, the centre moved out along the surface normal by a share of
+/// the radius drawn from `depth` (negative: inside). Draws in that order.
+fn attach(rng: &mut impl Rng, kb: &Blob, radius: (f32, f32), depth: (f32, f32)) -> ([f32; 3], f32) {
+    let (th, ph) = (u(rng, 0.0, TAU), u(rng, -1.2, 1.2));
+    let (dz, dv, du) = (
+        ph.sin() * kb.r[0],
+        ph.cos() * th.sin() * kb.r[1],
+        ph.cos() * th.cos() * kb.r[2],
+    );
+    let r = u(rng, radius.0, radius.1);
+    let out = u(rng, depth.0, depth.1) * r;
+    let scale = 1.0 + out / (dv * dv + du * du).sqrt().max(1.0);
+    let (du, dv) = (du * scale, dv * scale);
+    let x = kb.c[2] + kb.cos * du - kb.sin * dv + kb.drift * dz;
+    let y = kb.c[1] + kb.sin * du + kb.cos * dv;
+    ([kb.c[0] + dz, y, x], r)
 }
 
 impl Phantom {
@@ -287,22 +325,9 @@ impl Phantom {
         let mut tumours = Vec::new();
         for _ in 0..n_tumours {
             let k = &kidneys[rng.random_range(0..2)];
-            let kb = k.blob;
-            // A point on the kidney's surface, in the kidney's frame.
-            let (th, ph) = (u(rng, 0.0, TAU), u(rng, -1.2, 1.2));
-            let (dz, dv, du) = (
-                ph.sin() * kb.r[0],
-                ph.cos() * th.sin() * kb.r[1],
-                ph.cos() * th.cos() * kb.r[2],
-            );
-            let r = u(rng, tumour_radius.0, tumour_radius.1);
-            let depth = u(rng, -0.4, 0.5) * r; // centre inside or outside the surface
-            let scale = 1.0 + depth / (dv * dv + du * du).sqrt().max(1.0);
-            let (du, dv) = (du * scale, dv * scale);
-            let x = kb.c[2] + kb.cos * du - kb.sin * dv + kb.drift * dz;
-            let y = kb.c[1] + kb.sin * du + kb.cos * dv;
+            let (c, r) = attach(rng, &k.blob, tumour_radius, (-0.4, 0.5));
             let mut blob = Blob::new(
-                [kb.c[0] + dz, y, x],
+                c,
                 [r * u(rng, 0.8, 1.2), r * u(rng, 0.8, 1.2), r],
                 u(rng, 0.0, 3.0),
             );
@@ -333,6 +358,26 @@ impl Phantom {
             disc_phase: u(rng, 0.0, 34.0),
             kidneys,
             tumours,
+            cysts: Vec::new(),
+        }
+    }
+
+    /// One to three cysts on the kidneys' surfaces, from a stream of their
+    /// own (the rest of the phantom does not depend on whether cysts are
+    /// drawn).
+    fn draw_cysts(&mut self, rng: &mut impl Rng) {
+        let n =
+            1 + usize::from(rng.random::<f32>() < 0.4) + usize::from(rng.random::<f32>() < 0.15);
+        for _ in 0..n {
+            let k = &self.kidneys[rng.random_range(0..2)];
+            let (c, r) = attach(rng, &k.blob, (6.0, 22.0), (-0.3, 0.6));
+            let wall = u(rng, 1.0, 2.0);
+            self.cysts.push(Cyst {
+                blob: Blob::new(c, [r, r, r], 0.0),
+                inner_q: ((r - wall) / r).powi(2),
+                hu: u(rng, 0.0, 20.0),
+                wall_hu: u(rng, 40.0, 80.0),
+            });
         }
     }
 
@@ -403,6 +448,13 @@ impl Phantom {
                 } + 0.3 * texture;
             }
         }
+        for c in &self.cysts {
+            let q = c.blob.q(z, y, x);
+            if q < 1.0 {
+                label = 3;
+                hu = if q < c.inner_q { c.hu } else { c.wall_hu } + 0.1 * texture;
+            }
+        }
         for t in &self.tumours {
             let q = t.blob.q(z, y, x);
             if q < 1.0 {
@@ -442,7 +494,10 @@ fn blur(plane: &mut Array2<f32>, sigma: f32) {
 pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<SynthCase> {
     cfg.validate()?;
     let mut rng = sample_rng(cfg.seed, u64::MAX, index as u64);
-    let phantom = Phantom::draw(&mut rng, cfg.tumour_radius_mm);
+    let mut phantom = Phantom::draw(&mut rng, cfg.tumour_radius_mm);
+    if cfg.cysts {
+        phantom.draw_cysts(&mut sample_rng(cfg.seed, u64::MAX - 1, index as u64));
+    }
     let (h, w) = (cfg.height, cfg.width);
     let slices = rng.random_range(cfg.min_slices..=cfg.max_slices);
     let fov = u(&mut rng, cfg.fov_mm.0, cfg.fov_mm.1);
