@@ -483,3 +483,27 @@ fn evaluate_kits23_matches_the_official_metrics() {
         "{err}"
     );
 }
+
+/// `kseg info` reports the axis codes nibabel's `aff2axcodes` gives (values
+/// read with nibabel 5), the slice axis and obliqueness.
+#[test]
+fn info_reports_axis_codes_as_nibabel() {
+    for (file, codes, slice_axis) in [
+        ("nifti/nibabel/anatomical.nii", ["L", "A", "S"], 2),
+        (
+            "nifti/nibabel/reoriented_anat_moved.nii",
+            ["R", "A", "S"],
+            2,
+        ),
+        ("nifti/nibabel/someones_anatomy.nii.gz", ["R", "A", "S"], 2),
+        ("nifti/nibabel/standard.nii.gz", ["R", "A", "S"], 2),
+        ("nifti/nifti-rs/minimal.nii.gz", ["L", "A", "S"], 2),
+        ("kits19/case_00004/segmentation.nii.gz", ["I", "P", "L"], 0),
+        ("kits19/case_00015/segmentation.nii.gz", ["I", "P", "L"], 0),
+    ] {
+        let v = kseg(&["info", testdata(file).to_str().unwrap()]);
+        assert_eq!(v["axis_codes"], serde_json::json!(codes), "{file}");
+        assert_eq!(v["slice_axis"], slice_axis, "{file}");
+        assert_eq!(v["oblique"], false, "{file}");
+    }
+}

@@ -951,3 +951,147 @@ fn kits23_presets_and_their_choice() {
         "{json}"
     );
 }
+
+/// A copy of `file` (a KiTS-layout volume) stored with file axis `a`
+/// holding internal axis `p[a]`, reversed where `f[a]`, with the affine
+/// that keeps every voxel where it was in the world.
+fn reoriented_copy(file: &Path, dst: &Path, p: [usize; 3], f: [bool; 3], labels: bool) {
+    let v = volume::read_volume(file).unwrap();
+    let h = volume::orient::reoriented_header(&v.header, p, f).unwrap();
+    let data = volume::orient::permute(v.data.view(), p, f);
+    if labels {
+        volume::write_volume(dst, data.mapv(|x| x as u8).view(), &h).unwrap();
+    } else {
+        volume::write_volume(dst, data.mapv(|x| x as i16).view(), &h).unwrap();
+    }
+}
+
+/// Case folders stored slices-last in RAS or LPS (dcm2niix's and the
+/// Decathlon's layouts) read, train and predict as their KiTS-layout
+/// originals: the same internal arrays, the same Dice, the same labels voxel
+/// for voxel (mapped through the affines), written in the input's layout.
+#[test]
+fn any_orientation_reads_trains_and_predicts_as_kits_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = tiny_config(&data, 12);
+    let _ = kseg::train::Dataset::prepare(&cfg.data).unwrap();
+    let layouts = [
+        ("ras", [2, 1, 0], [true, true, true]),
+        ("lps", [2, 1, 0], [false, false, true]),
+    ];
+    for (name, p, f) in layouts {
+        let dst = tmp.path().join(name);
+        for c in volume::list_cases(&data).unwrap() {
+            std::fs::create_dir_all(dst.join(&c.id)).unwrap();
+            reoriented_copy(
+                &c.imaging,
+                &dst.join(&c.id).join("imaging.nii.gz"),
+                p,
+                f,
+                false,
+            );
+            let seg = c.segmentation.unwrap();
+            reoriented_copy(
+                &seg,
+                &dst.join(&c.id).join("segmentation.nii.gz"),
+                p,
+                f,
+                true,
+            );
+        }
+        let codes = volume::orient::Orientation::from_affine(
+            &volume::read_header(dst.join("case_00000/imaging.nii.gz"))
+                .unwrap()
+                .affine(),
+        )
+        .codes();
+        assert_eq!(
+            codes,
+            if name == "ras" {
+                ['R', 'A', 'S']
+            } else {
+                ['L', 'P', 'S']
+            }
+        );
+        // Same internal arrays.
+        let (a, b) = (
+            volume::CaseDir::open(data.join("case_00000"))
+                .unwrap()
+                .load()
+                .unwrap(),
+            volume::CaseDir::open(dst.join("case_00000"))
+                .unwrap()
+                .load()
+                .unwrap(),
+        );
+        assert_eq!(a.imaging.data, b.imaging.data);
+        assert_eq!(a.labels.unwrap().data, b.labels.unwrap().data);
+    }
+    // Training on the RAS copy: the same run (same losses, same Dice).
+    let train = |d: &Path, run: &str| {
+        let mut c = cfg.clone();
+        c.data.data_dir = Some(d.to_path_buf());
+        c.data.synthetic.dir = None;
+        let s = Trainer::new(c, &tmp.path().join(run))
+            .unwrap()
+            .with_default_observers()
+            .unwrap()
+            .run()
+            .unwrap();
+        (s, step_losses(&tmp.path().join(run)))
+    };
+    let (s_kits, l_kits) = train(&data, "run_kits");
+    let (s_ras, l_ras) = train(&tmp.path().join("ras"), "run_ras");
+    assert_eq!(l_kits, l_ras);
+    assert_eq!(
+        (s_kits.kidney_dice, s_kits.tumour_dice),
+        (s_ras.kidney_dice, s_ras.tumour_dice)
+    );
+    // Predictions of each copy, in the copy's own layout, map back to the
+    // KiTS-layout prediction voxel for voxel.
+    let ckpt = tmp.path().join("run_kits/checkpoints/step_000012");
+    let mut preds = Vec::new();
+    for (name, p, f) in [("kits", [0, 1, 2], [false; 3]), layouts[0], layouts[1]] {
+        let dir = if name == "kits" {
+            data.clone()
+        } else {
+            tmp.path().join(name)
+        };
+        let input = dir.join("case_00000/imaging.nii.gz");
+        let out = tmp.path().join(format!("pred_{name}.nii.gz"));
+        kseg_ok(&[
+            "predict",
+            "--checkpoint",
+            s(&ckpt),
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+            "--device",
+            "cpu",
+        ]);
+        let pred = volume::read_labels(&out, 2).unwrap();
+        // The output has the input's geometry...
+        let h = volume::read_header(&input).unwrap();
+        assert_eq!(
+            (pred.header.shape(), pred.header.affine()),
+            (h.shape(), h.affine())
+        );
+        // ...and mapped back through the layout (file axis a holds
+        // internal axis p[a], reversed where f[a]), the same labels.
+        let mut v = pred.data.view();
+        for (a, _) in f.iter().enumerate().filter(|(_, f)| **f) {
+            v.invert_axis(ndarray::Axis(a));
+        }
+        let mut inv = [0; 3];
+        for (a, &pa) in p.iter().enumerate() {
+            inv[pa] = a;
+        }
+        let internal = v.permuted_axes(inv).as_standard_layout().into_owned();
+        preds.push(internal);
+    }
+    assert!(preds[0].iter().any(|&v| v > 0), "the prediction is empty");
+    assert_eq!(preds[0], preds[1], "RAS copy");
+    assert_eq!(preds[0], preds[2], "LPS copy");
+}

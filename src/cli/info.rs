@@ -33,6 +33,7 @@ impl InfoArgs {
 /// pass over the stored voxels, `kseg_volume::stats`).
 fn image_json(path: &Path, labels: bool) -> Result<Value> {
     let (h, st) = volume::stats::read_stats(path, labels)?;
+    let o = volume::orient::Orientation::from_affine(&h.affine());
     let num = |v: Option<f64>| match v {
         Some(v) if v.is_finite() => json!(v),
         _ => Value::Null,
@@ -43,6 +44,9 @@ fn image_json(path: &Path, labels: bool) -> Result<Value> {
         "dtype": h.dtype().name(),
         "spacing_mm": h.spacing(),
         "affine": h.affine(),
+        "axis_codes": o.codes().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "slice_axis": o.slice_axis(),
+        "oblique": o.is_oblique(),
         "min": num(st.min),
         "max": num(st.max),
         "mean": num(st.mean),

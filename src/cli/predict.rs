@@ -125,8 +125,18 @@ fn predict(
     }
     for (src, dst) in &jobs {
         let t0 = std::time::Instant::now();
-        let vol = volume::read_volume(src)?;
+        // Read into the internal layout (KiTS19's orientation), segmented
+        // there, written back voxel for voxel in the input's.
+        let (vol, o) = volume::read_volume_internal(src)?;
+        if o.is_oblique() {
+            eprintln!(
+                "{}: oblique affine; segmenting along its nearest axes {:?}",
+                src.display(),
+                o.codes()
+            );
+        }
         let labels = seg.segment_volume(vol.data.view())?;
+        let labels = o.into_file(labels);
         volume::write_volume(dst, labels.view(), &vol.header)?;
         let names = seg.meta().labels.names();
         let counts: Vec<String> = (1..names.len())
@@ -139,7 +149,7 @@ fn predict(
             "{} -> {}: {:?} voxels, {}{} ({:.1} s)",
             src.display(),
             dst.display(),
-            vol.shape(),
+            vol.header.shape(),
             counts.join(", "),
             keep.map(|n| format!(", {n} largest components kept"))
                 .unwrap_or_default(),

@@ -30,6 +30,22 @@ fn case_dir() -> (tempfile::TempDir, kseg_volume::CaseDir) {
     (dir, case)
 }
 
+/// `case` written slices-last in RAS into `dir/ras/case_00000`.
+fn ras_copy(case: &kseg_volume::CaseDir, dir: &std::path::Path) -> kseg_volume::CaseDir {
+    use kseg_volume::orient::{permute, reoriented_header};
+    let out = dir.join("ras/case_00000");
+    std::fs::create_dir_all(&out).unwrap();
+    let (p, f) = ([2, 1, 0], [true; 3]);
+    let img = read_volume(&case.imaging).unwrap();
+    let h = reoriented_header(&img.header, p, f).unwrap();
+    let data = permute(img.data.view(), p, f).mapv(|v| v as i16);
+    kseg_volume::write_volume(out.join("imaging.nii.gz"), data.view(), &h).unwrap();
+    let lab = read_labels(case.segmentation.as_ref().unwrap(), 2).unwrap();
+    let data = permute(lab.data.view(), p, f);
+    kseg_volume::write_volume(out.join("segmentation.nii.gz"), data.view(), &h).unwrap();
+    kseg_volume::CaseDir::open(out).unwrap()
+}
+
 fn benches(c: &mut Criterion) {
     let (dir, case) = case_dir();
     let seg = case.segmentation.clone().unwrap();
@@ -42,6 +58,12 @@ fn benches(c: &mut Criterion) {
     // parallel and checks them against each other.
     g.bench_function("gz_case_200x512x512_load", |b| {
         b.iter(|| black_box(case.load().unwrap()))
+    });
+    // The same case stored slices-last in RAS (dcm2niix's layout): the
+    // load reorients it to the internal layout (docs/PERFORMANCE.md).
+    let ras = ras_copy(&case, dir.path());
+    g.bench_function("gz_case_200x512x512_load_ras", |b| {
+        b.iter(|| black_box(ras.load().unwrap()))
     });
     g.bench_function("gz_case_200x512x512_imaging_then_labels", |b| {
         b.iter(|| {

@@ -35,7 +35,7 @@ use crate::labels::LabelSet;
 use crate::stack::stack_indices;
 
 /// Bumped whenever the file layout or its meaning changes.
-pub const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 2;
 
 /// Size and modification time of a source file: a cache is fresh while they
 /// are unchanged.
@@ -77,7 +77,7 @@ pub struct CacheMeta {
     pub segmentation: Option<FileStamp>,
     /// `[slices, H, W]`.
     pub shape: [usize; 3],
-    /// Voxel size in mm, NIfTI order.
+    /// Voxel size in mm of the cached (internal-layout) axes.
     pub spacing: Vec<f64>,
     /// The imaging's affine (nibabel's).
     pub affine: [[f64; 4]; 4],
@@ -435,7 +435,13 @@ pub fn build_with(case: &CaseDir, path: &Path, labels: LabelSet) -> Result<()> {
         imaging: imaging_stamp,
         segmentation: seg_stamp,
         shape,
-        spacing: img.header.spacing(),
+        spacing: {
+            let sp = img.header.spacing();
+            loaded
+                .orientation
+                .internal_order([sp[0], sp[1], sp[2]])
+                .to_vec()
+        },
         affine: img.header.affine(),
         label_counts,
         foreground_slices,

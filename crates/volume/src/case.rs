@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, VolumeError};
 use crate::labels::LabelSet;
-use crate::nifti_io::{Volume, read_labels, read_volume};
+use crate::nifti_io::{Volume, read_labels_internal, read_volume_internal};
+use crate::orient::Orientation;
 
 /// File name of a case's CT volume.
 pub const IMAGING: &str = "imaging.nii.gz";
@@ -60,7 +61,10 @@ impl CaseDir {
         })
     }
 
-    /// Loads imaging (HU, f32) and labels, checking that they agree.
+    /// Loads imaging (HU, f32) and labels, checking that they agree, and
+    /// brings both to the internal layout ([`crate::orient`]: slices first,
+    /// KiTS19's orientation) from whatever orientation the imaging's affine
+    /// gives.
     ///
     /// The two files are decoded in parallel (gzip inflation is serial per
     /// file, so this is the cheap way to use two cores).
@@ -72,24 +76,35 @@ impl CaseDir {
     /// of KiTS19's.
     pub fn load_with(&self, labels: LabelSet) -> Result<Case> {
         let (imaging, labels) = rayon::join(
-            || read_volume(&self.imaging),
+            || read_volume_internal(&self.imaging),
             || {
                 self.segmentation
                     .as_ref()
-                    .map(|p| read_labels(p, labels.max_label()))
+                    .map(|p| read_labels_internal(p, labels.max_label()))
             },
         );
-        let imaging = imaging?;
+        let (imaging, orientation) = imaging?;
         let labels = match (&self.segmentation, labels) {
             (Some(p), Some(l)) => {
-                let l = l?;
-                if l.shape() != imaging.shape() {
+                let (l, theirs) = l?;
+                if l.header.shape() != imaging.header.shape() {
                     return Err(VolumeError::ShapeMismatch {
                         path: p.clone(),
-                        got: l.shape().to_vec(),
+                        got: l.header.shape().to_vec(),
                         other: self.imaging.clone(),
-                        expected: imaging.shape().to_vec(),
+                        expected: imaging.header.shape().to_vec(),
                     });
+                }
+                if theirs.codes() != orientation.codes() {
+                    return Err(VolumeError::format(
+                        p,
+                        format!(
+                            "axes {:?} but the imaging's are {:?} ({}): the two must share a voxel grid",
+                            theirs.codes(),
+                            orientation.codes(),
+                            self.imaging.display()
+                        ),
+                    ));
                 }
                 Some(l)
             }
@@ -99,6 +114,7 @@ impl CaseDir {
             id: self.id.clone(),
             imaging,
             labels,
+            orientation,
         })
     }
 }
@@ -189,8 +205,12 @@ pub fn find_predictions(pred: impl AsRef<Path>) -> Result<Vec<(String, PathBuf)>
 pub struct Case {
     /// The case id.
     pub id: String,
-    /// HU values, `[slices, H, W]`.
+    /// HU values in the internal layout, `[slices, H, W]` (KiTS19's
+    /// orientation, whatever the file's; the header is the file's).
     pub imaging: Volume<f32>,
-    /// Labels 0/1/2, `[slices, H, W]`; `None` for test cases.
+    /// Labels in the internal layout, `[slices, H, W]`; `None` for test
+    /// cases.
     pub labels: Option<Volume<u8>>,
+    /// How the files' axes map to the internal layout.
+    pub orientation: Orientation,
 }

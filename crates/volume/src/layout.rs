@@ -29,6 +29,57 @@ where
     out
 }
 
+/// [`fortran_to_c_with`] under a signed permutation of the axes: the
+/// C-ordered output has axis `d` running along file axis `perm[d]`
+/// (reversed where `flip[d]`), so `out[d0, d1, d2]` is `get(f)` for the
+/// Fortran flat index `f` of that file voxel. Reorientation in the same
+/// pass as the decoding: no second copy.
+///
+/// # Shapes
+/// `dims` is the file's; the output has `[dims[perm[0]], dims[perm[1]],
+/// dims[perm[2]]]`.
+pub fn fortran_to_c_oriented<T, F>(
+    dims: [usize; 3],
+    perm: [usize; 3],
+    flip: [bool; 3],
+    get: F,
+) -> Vec<T>
+where
+    T: Copy + Send + Sync + Default,
+    F: Fn(usize) -> T + Sync,
+{
+    if perm == [0, 1, 2] && flip == [false; 3] {
+        return fortran_to_c_with(dims, get);
+    }
+    let stride = [1, dims[0], dims[0] * dims[1]];
+    let out_dims = perm.map(|a| dims[a]);
+    // Signed file strides of the output axes, and the file index of the
+    // output's first voxel.
+    let step: [isize; 3] =
+        [0, 1, 2].map(|d| stride[perm[d]] as isize * if flip[d] { -1 } else { 1 });
+    let base: usize = (0..3)
+        .filter(|&d| flip[d])
+        .map(|d| (out_dims[d] - 1) * stride[perm[d]])
+        .sum();
+    let mut out = vec![T::default(); out_dims.iter().product()];
+    if out.is_empty() {
+        return out;
+    }
+    let plane = out_dims[1] * out_dims[2];
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(d0, chunk)| {
+            for d1 in 0..out_dims[1] {
+                let mut f = base as isize + d0 as isize * step[0] + d1 as isize * step[1];
+                for o in &mut chunk[d1 * out_dims[2]..(d1 + 1) * out_dims[2]] {
+                    *o = get(f as usize);
+                    f += step[2];
+                }
+            }
+        });
+    out
+}
+
 /// Fills the planes `k0..k1` (third index) of the C-ordered `[i, j, k]`
 /// array `out` with `get(f)`, where `f = i + n0 * (j + n1 * (k - k0))` is
 /// the Fortran flat index relative to the first plane: what a reader that
@@ -134,5 +185,37 @@ mod tests {
             fortran_planes_to_c(&mut parts, dims, k0, k1, |i| chunk[i]);
         }
         assert_eq!(parts, whole);
+    }
+
+    /// The fused reorientation equals decoding in the file's order and
+    /// then permuting and flipping with ndarray, for all 48 signed
+    /// permutations.
+    #[test]
+    fn oriented_decoding_equals_decoding_then_permuting() {
+        let dims = [3, 4, 5];
+        let src: Vec<u32> = (0..60).collect();
+        let c = ndarray::Array3::from_shape_vec(dims, fortran_to_c_3d(&src, dims)).unwrap();
+        for perm in [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ] {
+            for bits in 0..8u8 {
+                let flip = [0, 1, 2].map(|d| bits >> d & 1 == 1);
+                let mut v = c.view().permuted_axes(perm);
+                for (d, _) in flip.iter().enumerate().filter(|(_, f)| **f) {
+                    v.invert_axis(ndarray::Axis(d));
+                }
+                let want: Vec<u32> = v.iter().copied().collect();
+                assert_eq!(
+                    fortran_to_c_oriented(dims, perm, flip, |i| src[i]),
+                    want,
+                    "{perm:?} {flip:?}"
+                );
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod labels;
 pub mod layout;
 pub mod metric;
 pub mod nifti_io;
+pub mod orient;
 pub mod postprocess;
 mod rng;
 pub mod sampling;
@@ -47,7 +48,7 @@ pub use metric::{
 };
 pub use nifti_io::{
     DType, Header, NiftiImage, Volume, check_output_path, read_header, read_image, read_labels,
-    read_volume, write_volume,
+    read_labels_internal, read_volume, read_volume_internal, write_volume,
 };
 pub use rng::sample_rng;
 pub use sampling::{SliceRef, SliceSampler};

@@ -34,7 +34,8 @@ use ndarray::{Array3, ArrayD, ArrayView3, IxDyn, ShapeBuilder};
 use nifti::NiftiHeader;
 
 use crate::error::{Result, VolumeError};
-use crate::layout::fortran_to_c_with;
+use crate::layout::fortran_to_c_oriented;
+use crate::orient::Orientation;
 
 /// Size of a NIfTI-1 header on disk.
 const HEADER_SIZE: usize = 348;
@@ -1033,17 +1034,42 @@ fn shape3(path: &Path, header: &Header) -> Result<[usize; 3]> {
 /// # Shapes
 /// `data` is `[i, j, k]` = NIfTI `dim[1..=3]`; for KiTS19 `[slices, H, W]`.
 pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume<f32>> {
-    let path = path.as_ref();
+    read_volume_in(path.as_ref(), false).map(|(v, _)| v)
+}
+
+/// [`read_volume`] brought to the internal layout ([`crate::orient`]:
+/// slices first, KiTS19's orientation) in the same pass as the decoding,
+/// with the orientation it came from. The header is the file's.
+pub fn read_volume_internal(path: impl AsRef<Path>) -> Result<(Volume<f32>, Orientation)> {
+    read_volume_in(path.as_ref(), true)
+}
+
+fn read_volume_in(path: &Path, internal: bool) -> Result<(Volume<f32>, Orientation)> {
     let raw = read_raw(path)?;
     let shape = shape3(path, &raw.header)?;
+    let (o, layout) = layout_of(&raw.header, internal);
     let data = match raw.header.scaling() {
-        None => decode_to_c(&raw, shape, |v| v as f32),
-        Some((slope, inter)) => decode_to_c(&raw, shape, move |v| (v * slope + inter) as f32),
+        None => decode_to_c(&raw, shape, layout, |v| v as f32),
+        Some((slope, inter)) => {
+            decode_to_c(&raw, shape, layout, move |v| (v * slope + inter) as f32)
+        }
     };
-    Ok(Volume {
-        header: raw.header,
-        data: Array3::from_shape_vec(shape, data).expect("shape and length agree"),
-    })
+    let out_shape = layout.0.map(|a| shape[a]);
+    Ok((
+        Volume {
+            header: raw.header,
+            data: Array3::from_shape_vec(out_shape, data).expect("shape and length agree"),
+        },
+        o,
+    ))
+}
+
+/// The orientation of `header` and the layout to read it in: the
+/// internal one, or the file's own.
+fn layout_of(header: &Header, internal: bool) -> (Orientation, Layout) {
+    let o = Orientation::from_affine(&header.affine());
+    let layout = if internal { o.mapping() } else { FILE_ORDER };
+    (o, layout)
 }
 
 /// Decodes raw voxels (any datatype and byte order) straight into a
@@ -1053,7 +1079,7 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume<f32>> {
 /// (Overlapping gzip inflation with this pass in a reader thread was tried
 /// and measured slower on two cores once imaging and labels load in
 /// parallel; see docs/PERFORMANCE.md.)
-fn decode_to_c<T, F>(raw: &Raw, shape: [usize; 3], map: F) -> Vec<T>
+fn decode_to_c<T, F>(raw: &Raw, shape: [usize; 3], o: Layout, map: F) -> Vec<T>
 where
     T: Copy + Send + Sync + Default,
     F: Fn(f64) -> T + Sync + Copy,
@@ -1062,17 +1088,24 @@ where
         raw.header.dtype,
         raw.header.is_big_endian(),
         planes_to_c,
-        (raw, shape, map)
+        (raw, (shape, o), map)
     )
 }
 
-fn planes_to_c<V, T, F>(raw: &Raw, shape: [usize; 3], map: F) -> Vec<T>
+/// The axis order an array is read into: the file's (`[i, j, k]`) or a
+/// signed permutation of it (`(perm, flip)`, [`crate::orient`]).
+type Layout = ([usize; 3], [bool; 3]);
+
+/// The file's own axis order.
+const FILE_ORDER: Layout = ([0, 1, 2], [false; 3]);
+
+fn planes_to_c<V, T, F>(raw: &Raw, (shape, (perm, flip)): ([usize; 3], Layout), map: F) -> Vec<T>
 where
     V: Voxel,
     T: Copy + Send + Sync + Default,
     F: Fn(f64) -> T + Sync + Copy,
 {
-    fortran_to_c_with(shape, |i| map(V::at(&raw.bytes, i)))
+    fortran_to_c_oriented(shape, perm, flip, |i| map(V::at(&raw.bytes, i)))
 }
 
 /// Reads a label volume: every value must be an integer in `0..=max_label`
@@ -1083,22 +1116,35 @@ where
 /// that names the file, the first bad voxel (NIfTI index, in file order) and
 /// how many bad voxels there are.
 pub fn read_labels(path: impl AsRef<Path>, max_label: u8) -> Result<Volume<u8>> {
+    read_labels_in(path.as_ref(), max_label, false).map(|(v, _)| v)
+}
+
+/// [`read_labels`] brought to the internal layout in the same pass (see
+/// [`read_volume_internal`]).
+pub fn read_labels_internal(
+    path: impl AsRef<Path>,
+    max_label: u8,
+) -> Result<(Volume<u8>, Orientation)> {
+    read_labels_in(path.as_ref(), max_label, true)
+}
+
+fn read_labels_in(path: &Path, max_label: u8, internal: bool) -> Result<(Volume<u8>, Orientation)> {
     const BAD: u8 = u8::MAX;
     if max_label == BAD {
         return Err(VolumeError::InvalidArgument(
             "max_label must be below 255".into(),
         ));
     }
-    let path = path.as_ref();
     let raw = read_raw(path)?;
     let shape = shape3(path, &raw.header)?;
+    let (o, layout) = layout_of(&raw.header, internal);
     let (slope, inter) = raw.header.scaling().unwrap_or((1.0, 0.0));
     let ok = move |v: f64| v >= 0.0 && v <= f64::from(max_label) && v.fract() == 0.0;
     let data = if raw.header.dtype == DType::U8 && raw.header.scaling().is_none() {
         // Most KiTS19 label files: a plain byte reorder.
-        fortran_to_c_with(shape, |i| raw.bytes[i])
+        fortran_to_c_oriented(shape, layout.0, layout.1, |i| raw.bytes[i])
     } else {
-        decode_to_c(&raw, shape, move |v| {
+        decode_to_c(&raw, shape, layout, move |v| {
             let v = v * slope + inter;
             if ok(v) { v as u8 } else { BAD }
         })
@@ -1131,10 +1177,14 @@ pub fn read_labels(path: impl AsRef<Path>, max_label: u8) -> Result<Volume<u8>> 
             count,
         });
     }
-    Ok(Volume {
-        header: raw.header,
-        data: Array3::from_shape_vec(shape, data).expect("shape and length agree"),
-    })
+    let out_shape = layout.0.map(|a| shape[a]);
+    Ok((
+        Volume {
+            header: raw.header,
+            data: Array3::from_shape_vec(out_shape, data).expect("shape and length agree"),
+        },
+        o,
+    ))
 }
 
 /// Element types [`write_volume`] can store.
