@@ -636,3 +636,47 @@ fn io_errors_are_one_line_naming_the_users_path_once() {
     );
     assert!(!out.exists());
 }
+
+/// DICOM input that cannot be segmented: one line naming the file or the
+/// folder and the problem, exit status 1, nothing written.
+#[test]
+fn bad_dicom_series_are_refused_by_predict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let pred = tmp.path().join("pred.nii.gz");
+    // A CT series with a 202.5 mm gap (pydicom's mixed study).
+    predict_fails(
+        &model,
+        &testdata("dicom/series/mixed_study"),
+        &pred,
+        &["mixed_study/CT2", "not evenly spaced", "-99.480", "103.020"],
+    );
+    // A folder with no DICOM file at all.
+    let empty = tmp.path().join("nothing");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not an image").unwrap();
+    predict_fails(
+        &model,
+        &empty,
+        &pred,
+        &["nothing", "a folder of DICOM files"],
+    );
+    // A syntax this build cannot decode, named.
+    let jls = tmp.path().join("jls");
+    std::fs::create_dir(&jls).unwrap();
+    std::fs::copy(
+        testdata("dicom/single/MR_small_jpeg_ls_lossless.dcm"),
+        jls.join("a.dcm"),
+    )
+    .unwrap();
+    let out = kseg()
+        .args(["info", "--series"])
+        .arg(volume::dicom::list_series(&jls).unwrap()[0].uid.clone())
+        .arg(&jls)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.dcm") && err.contains("JPEG-LS"), "{err}");
+    assert!(!pred.exists());
+}

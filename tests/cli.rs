@@ -507,3 +507,25 @@ fn info_reports_axis_codes_as_nibabel() {
         assert_eq!(v["oblique"], false, "{file}");
     }
 }
+
+/// `kseg info` on a DICOM folder: its series, and the CT volume as pydicom
+/// stacks it (testdata/dicom/MANIFEST.tsv: 5 slices of 16 × 16, HU sum
+/// -177320, min -888, max 85).
+#[test]
+fn info_describes_a_dicom_series() {
+    let v = kseg(&[
+        "info",
+        testdata("dicom/series/ct_series_5").to_str().unwrap(),
+    ]);
+    assert_eq!(v["series"].as_array().unwrap().len(), 1);
+    assert_eq!(v["series"][0]["modality"], "CT");
+    assert_eq!(v["series"][0]["files"], 5);
+    let vol = &v["volume"];
+    assert_eq!(vol["shape"], serde_json::json!([5, 16, 16]));
+    assert_eq!(
+        (vol["min"].as_f64(), vol["max"].as_f64()),
+        (Some(-888.0), Some(85.0))
+    );
+    assert!((vol["mean"].as_f64().unwrap() * 1280.0 + 177320.0).abs() < 1e-6);
+    assert_eq!(vol["axis_codes"], serde_json::json!(["S", "P", "L"]));
+}

@@ -4,6 +4,8 @@
 //! helpers are in `tests/support/`.
 
 mod support;
+#[path = "support/dicom.rs"]
+mod support_dicom;
 #[path = "support/tensors.rs"]
 mod tensors;
 

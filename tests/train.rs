@@ -1091,6 +1091,66 @@ fn any_orientation_reads_trains_and_predicts_as_kits_layout() {
         let internal = v.permuted_axes(inv).as_standard_layout().into_owned();
         preds.push(internal);
     }
+    // The same CT as a DICOM series (LPS, slices in increasing position,
+    // file names unrelated to position): the same labels once the
+    // prediction, written in the series' layout [slice, row, column], is
+    // mapped back (its slices run superior, the internal ones inferior).
+    let case = volume::read_volume(data.join("case_00000/imaging.nii.gz")).unwrap();
+    let a = case.header.affine();
+    let col = |c: usize| [-a[0][c], -a[1][c], a[2][c]];
+    let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+    let unit = |v: [f64; 3]| v.map(|x| x / norm(v));
+    let n = case.data.dim().0;
+    let origin = [0, 1, 2].map(|r| {
+        let w = a[r][0] * (n - 1) as f64 + a[r][3];
+        if r < 2 { -w } else { w }
+    });
+    let mut hu = case.data.clone();
+    hu.invert_axis(ndarray::Axis(0));
+    let hu = hu.as_standard_layout().into_owned();
+    let spec = crate::support_dicom::SeriesSpec {
+        hu: &hu,
+        origin,
+        row_dir: unit(col(2)),
+        col_dir: unit(col(1)),
+        pixel_spacing: [norm(col(1)), norm(col(2))],
+        step: norm(col(0)),
+        storage: crate::support_dicom::Storage::U16Intercept,
+        uid: "1.2.826.0.1.3680043.2.1125.42",
+    };
+    let dcm = tmp.path().join("dicom");
+    let names: Vec<String> = (0..n)
+        .map(|k| format!("{:04}", (k * 7919) % 10007))
+        .collect();
+    let numbers: Vec<u32> = (0..n as u32).rev().collect();
+    crate::support_dicom::write_series(&dcm, &spec, &names, &numbers);
+    let out = tmp.path().join("pred_dicom.nii.gz");
+    kseg_ok(&[
+        "predict",
+        "--checkpoint",
+        s(&ckpt),
+        "--input",
+        s(&dcm),
+        "--output",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    let pred = volume::read_labels(&out, 2).unwrap();
+    let mut back = pred.data.clone();
+    back.invert_axis(ndarray::Axis(0));
+    assert_eq!(
+        back.as_standard_layout().into_owned(),
+        preds[0],
+        "DICOM series"
+    );
+    // The prediction lies where the CT lies: its first voxel is the series'
+    // first pixel of the lowest slice.
+    let pa = pred.header.affine();
+    for r in 0..3 {
+        let want = if r < 2 { -origin[r] } else { origin[r] };
+        assert!((pa[r][3] - want).abs() < 1e-3, "{pa:?} vs {origin:?}");
+    }
     assert!(preds[0].iter().any(|&v| v > 0), "the prediction is empty");
     assert_eq!(preds[0], preds[1], "RAS copy");
     assert_eq!(preds[0], preds[2], "LPS copy");

@@ -9,17 +9,25 @@ use serde_json::{Value, json};
 /// The arguments of `kseg info` (see `kseg info --help`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct InfoArgs {
-    /// A .nii, .nii.gz, .hdr or .img file, or a case folder.
+    /// A .nii, .nii.gz, .hdr or .img file, a case folder, or a folder of
+    /// DICOM files (searched recursively).
     pub path: PathBuf,
     /// Also count the voxels of each value (for label files).
     #[arg(long)]
     pub labels: bool,
+    /// The DICOM series to describe when a folder holds several CT series.
+    #[arg(long, value_name = "UID")]
+    pub series: Option<String>,
 }
 
 impl InfoArgs {
     /// Prints the JSON object.
     pub fn run(&self) -> Result<()> {
-        let v = if self.path.is_dir() {
+        let is_case = self.path.join(volume::case::IMAGING).is_file()
+            || self.path.join("imaging.nii").is_file();
+        let v = if self.path.is_dir() && !is_case {
+            dicom_info(&self.path, self.series.as_deref())?
+        } else if self.path.is_dir() {
             case_info(&self.path)?
         } else {
             file_info(&self.path, self.labels)?
@@ -64,6 +72,49 @@ fn image_json(path: &Path, labels: bool) -> Result<Value> {
 
 fn file_info(path: &Path, labels: bool) -> Result<Value> {
     image_json(path, labels)
+}
+
+/// The series of a DICOM folder, and the volume of its CT series (or of
+/// `series`) when one is chosen: shape `[slice, row, column]`, spacing,
+/// affine (RAS), axis codes and HU statistics.
+fn dicom_info(dir: &Path, series: Option<&str>) -> Result<Value> {
+    let all = volume::dicom::list_series(dir).map_err(|e| super::not_an_input(dir, e))?;
+    let listing: Vec<Value> = all
+        .iter()
+        .map(|s| {
+            json!({
+                "uid": s.uid,
+                "description": s.description,
+                "modality": s.modality,
+                "files": s.files.len(),
+            })
+        })
+        .collect();
+    let mut out = json!({ "folder": dir.display().to_string(), "series": listing });
+    let ct = all.iter().filter(|s| s.modality == "CT").count();
+    if series.is_some() || ct == 1 {
+        let v = volume::dicom::read_dicom_dir(dir, series)?;
+        let o = volume::orient::Orientation::from_affine(&v.header.affine());
+        let n = v.data.len() as f64;
+        let (min, max, sum) = v
+            .data
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY, 0.0), |(a, b, s), &x| {
+                (a.min(f64::from(x)), b.max(f64::from(x)), s + f64::from(x))
+            });
+        out["volume"] = json!({
+            "shape": v.header.shape(),
+            "spacing_mm": v.header.spacing(),
+            "affine": v.header.affine(),
+            "axis_codes": o.codes().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "slice_axis": o.slice_axis(),
+            "oblique": o.is_oblique(),
+            "min": min,
+            "max": max,
+            "mean": sum / n,
+        });
+    }
+    Ok(out)
 }
 
 fn case_info(dir: &Path) -> Result<Value> {

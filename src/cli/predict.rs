@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kseg_train::{Segmenter, device as pick_device};
-use kseg_volume::{self as volume, CaseDir};
+use kseg_volume::orient::Orientation;
+use kseg_volume::{self as volume, CaseDir, Volume};
 
 /// The arguments of `kseg predict` (see `kseg predict --help`).
 #[derive(clap::Args, Debug, Clone)]
@@ -12,9 +13,15 @@ pub struct PredictArgs {
     /// A model.safetensors or its checkpoint folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// An imaging file, a case folder or a folder of case folders.
+    /// An imaging file (NIfTI, in any orientation), a case folder, a
+    /// folder of case folders, or a folder of DICOM files (searched
+    /// recursively; its CT series, or the one --series names).
     #[arg(long)]
     pub input: PathBuf,
+    /// The SeriesInstanceUID to segment when a DICOM folder holds more
+    /// than one CT series.
+    #[arg(long, value_name = "UID")]
+    pub series: Option<String>,
     /// The label file to write, or a folder for a folder of cases.
     #[arg(long)]
     pub output: PathBuf,
@@ -44,6 +51,7 @@ impl PredictArgs {
         predict(
             &self.checkpoint,
             &self.input,
+            self.series.as_deref(),
             &self.output,
             self.lcc,
             self.mirror,
@@ -62,14 +70,51 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The (imaging file, output file) pairs of a prediction, every output
-/// checked before any work: a NIfTI name, not a folder, not an input; and
-/// whether `output` is a folder of predictions.
-fn jobs(input: &Path, output: &Path) -> Result<(Vec<(PathBuf, PathBuf)>, bool)> {
-    let folder_of_cases = input.is_dir()
-        && !input.join(volume::case::IMAGING).exists()
-        && !input.join("imaging.nii").exists();
-    let jobs: Vec<(PathBuf, PathBuf)> = if folder_of_cases {
+/// What a prediction reads: a NIfTI file or a folder of DICOM files.
+enum Source {
+    Nifti(PathBuf),
+    Dicom(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Nifti(p) | Source::Dicom(p) => p,
+        }
+    }
+
+    /// The volume in the internal layout and the orientation it came from.
+    fn read(&self, series: Option<&str>) -> Result<(Volume<f32>, Orientation)> {
+        Ok(match self {
+            Source::Nifti(p) => volume::read_volume_internal(p)?,
+            Source::Dicom(dir) => {
+                let mut v = volume::dicom::read_dicom_dir(dir, series)
+                    .map_err(|e| super::not_an_input(dir, e))?;
+                let o = Orientation::from_affine(&v.header.affine());
+                v.data = o.into_internal(std::mem::take(&mut v.data));
+                (v, o)
+            }
+        })
+    }
+}
+
+/// Whether `dir` holds case folders (`case_*`).
+fn has_cases(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("case_") && e.path().is_dir())
+    })
+}
+
+/// The (input, output file) pairs of a prediction, every output checked
+/// before any work: a NIfTI name, not a folder, not an input; and whether
+/// `output` is a folder of predictions.
+fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
+    let case_folder = input.is_dir()
+        && (input.join(volume::case::IMAGING).exists() || input.join("imaging.nii").exists());
+    let folder_of_cases = input.is_dir() && !case_folder && has_cases(input);
+    let jobs: Vec<(Source, PathBuf)> = if folder_of_cases {
         if output.exists() && !output.is_dir() {
             anyhow::bail!(
                 "{}: exists and is not a folder (a folder of cases is predicted into a folder)",
@@ -78,19 +123,29 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(PathBuf, PathBuf)>, bool)> 
         }
         volume::list_cases(input)?
             .into_iter()
-            .map(|c| (c.imaging, output.join(format!("{}.nii.gz", c.id))))
+            .map(|c| {
+                (
+                    Source::Nifti(c.imaging),
+                    output.join(format!("{}.nii.gz", c.id)),
+                )
+            })
             .collect()
+    } else if case_folder {
+        vec![(
+            Source::Nifti(CaseDir::open(input)?.imaging),
+            output.to_path_buf(),
+        )]
     } else if input.is_dir() {
-        vec![(CaseDir::open(input)?.imaging, output.to_path_buf())]
+        vec![(Source::Dicom(input.to_path_buf()), output.to_path_buf())]
     } else {
-        vec![(input.to_path_buf(), output.to_path_buf())]
+        vec![(Source::Nifti(input.to_path_buf()), output.to_path_buf())]
     };
     for (src, dst) in &jobs {
-        if same_file(src, dst) {
+        if same_file(src.path(), dst) {
             anyhow::bail!(
                 "{}: the output is the input image {}; choose another --output",
                 dst.display(),
-                src.display()
+                src.path().display()
             );
         }
         if !folder_of_cases {
@@ -100,9 +155,11 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(PathBuf, PathBuf)>, bool)> 
     Ok((jobs, folder_of_cases))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn predict(
     checkpoint: &Path,
     input: &Path,
+    series: Option<&str>,
     output: &Path,
     lcc: Option<usize>,
     mirror: Option<bool>,
@@ -127,7 +184,8 @@ fn predict(
         let t0 = std::time::Instant::now();
         // Read into the internal layout (KiTS19's orientation), segmented
         // there, written back voxel for voxel in the input's.
-        let (vol, o) = volume::read_volume_internal(src)?;
+        let (vol, o) = src.read(series)?;
+        let src = src.path();
         if o.is_oblique() {
             eprintln!(
                 "{}: oblique affine; segmenting along its nearest axes {:?}",

@@ -1,5 +1,6 @@
-//! Volume benches: decoding a gzipped KiTS-sized case, and fetching one
-//! 2.5D stack from the cache.
+//! Volume benches: decoding a gzipped KiTS-sized case (in KiTS19's layout
+//! and stored RAS slices-last), reading a 300-slice DICOM CT series, and
+//! fetching one 2.5D stack from the cache.
 //!
 //! `cargo bench -p kseg-volume --bench volume`
 //!
@@ -9,6 +10,9 @@
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
+
+#[path = "../../../tests/support/dicom.rs"]
+mod support_dicom;
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -74,6 +78,37 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("gz_case_200x512x512_imaging_only", |b| {
         b.iter(|| black_box(read_volume(&case.imaging).unwrap()))
+    });
+    g.finish();
+
+    // A 300-slice 512×512 CT series (uint16 + intercept, names unrelated
+    // to position), read as `kseg predict --input DIR` reads it
+    // (benches/compare/dicom_read.sh times pydicom on the same work).
+    let series_dir = dir.path().join("dicom");
+    let hu = ndarray::Array3::from_shape_fn((300, 512, 512), |(k, r, c)| {
+        ((k * 7 + r * 3 + c) % 1400) as f32 - 1024.0
+    });
+    let spec = support_dicom::SeriesSpec {
+        hu: &hu,
+        origin: [-200.0, -200.0, 0.0],
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+        pixel_spacing: [0.78, 0.78],
+        step: 1.25,
+        storage: support_dicom::Storage::U16Intercept,
+        uid: "1.2.826.0.1.3680043.2.1125.300",
+    };
+    let names: Vec<String> = (0..300)
+        .map(|k| format!("{:05}", (k * 7919) % 10007))
+        .collect();
+    let numbers: Vec<u32> = (1..=300).rev().collect();
+    support_dicom::write_series(&series_dir, &spec, &names, &numbers);
+    drop(hu);
+    let mut g = c.benchmark_group("dicom");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Bytes(300 * 512 * 512 * 2));
+    g.bench_function("series_300x512x512_read", |b| {
+        b.iter(|| black_box(kseg_volume::dicom::read_dicom_dir(&series_dir, None).unwrap()))
     });
     g.finish();
 

@@ -21,6 +21,7 @@
 
 pub mod cache;
 pub mod case;
+pub mod dicom;
 mod error;
 pub mod fs;
 pub mod intensity;

@@ -6,11 +6,15 @@
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
+#[path = "../../../tests/support/dicom.rs"]
+mod support_dicom;
 
 /// The slice cache (build, reuse, invalidation) and the synthetic generator.
 mod cache_and_synth;
 /// The KiTS Dice metric against hand-derived cases.
 mod dice;
+/// DICOM series against pydicom's values and series written here.
+mod dicom;
 /// Real KiTS19 label files (testdata/kits19) against their manifest.
 mod kits19;
 /// The KiTS23 metrics (Dice, surface Dice) against the official code's
