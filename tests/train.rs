@@ -75,6 +75,32 @@ fn kseg_ok(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// `a` upsampled 2× in plane (nearest).
+fn up2(a: &ndarray::Array3<f32>) -> ndarray::Array3<f32> {
+    let (d, h, w) = a.dim();
+    ndarray::Array3::from_shape_fn((d, 2 * h, 2 * w), |(z, y, x)| a[[z, y / 2, x / 2]])
+}
+
+/// Checks that `pred_big` (a prediction of the 2× upsampled volume) agrees
+/// with `native` (of the native volume) upsampled the same way on nearly
+/// every voxel: fewer differing voxels than a quarter of the foreground
+/// (boundaries may move by a pixel).
+fn assert_upsampled_agreement(native: &ndarray::Array3<u8>, pred_big: &ndarray::Array3<u8>) {
+    let native_up = up2(&native.mapv(f32::from));
+    assert_eq!(pred_big.dim(), native_up.dim());
+    let fg = native_up.iter().filter(|&&v| v > 0.0).count();
+    assert!(fg > 0, "the native prediction is empty");
+    let differ = pred_big
+        .iter()
+        .zip(native_up.iter())
+        .filter(|(a, b)| f32::from(**a) != **b)
+        .count();
+    assert!(
+        differ * 4 < fg,
+        "{differ} voxels differ, {fg} foreground voxels"
+    );
+}
+
 /// Copies the case folders `ids` of `data` into `dst`.
 fn copy_cases(ids: &[String], data: &Path, dst: &Path) {
     for id in ids {
@@ -228,12 +254,6 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
         .load()
         .unwrap();
     let native = seg.segment_volume(case.imaging.data.view()).unwrap();
-    let (d, h, w) = native.dim();
-    let up = |a: &ndarray::Array3<f32>| {
-        ndarray::Array3::from_shape_fn((d, 2 * h, 2 * w), |(z, y, x)| a[[z, y / 2, x / 2]])
-    };
-    let big = up(&case.imaging.data);
-    let native_up = up(&native.mapv(f32::from));
     let mut meta = seg.meta().clone();
     meta.in_plane = Some((32, 32));
     let (model, _) = kseg::model::ResUNet::load(
@@ -244,18 +264,10 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
     )
     .unwrap();
     let resampling = Segmenter::new(model, meta, candle_core::Device::Cpu, 4);
-    let pred_big = resampling.segment_volume(big.view()).unwrap();
-    assert_eq!(pred_big.dim(), (d, 2 * h, 2 * w));
-    let fg = native_up.iter().filter(|&&v| v > 0.0).count().max(1);
-    let differ = pred_big
-        .iter()
-        .zip(native_up.iter())
-        .filter(|(a, b)| f32::from(**a) != **b)
-        .count();
-    assert!(
-        differ * 4 < fg,
-        "{differ} voxels differ, {fg} foreground voxels"
-    );
+    let pred_big = resampling
+        .segment_volume(up2(&case.imaging.data).view())
+        .unwrap();
+    assert_upsampled_agreement(&native, &pred_big);
 
     // Mirroring test-time augmentation averages a slice's prediction with
     // its mirror image's, so the segmenter becomes mirror-equivariant:
@@ -944,6 +956,28 @@ fn kits23_presets_and_their_choice() {
     bad.loss.regions = false;
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("model.num_classes must be 4"), "{e}");
+    // Those keys are left out of KiTS19 configurations, but overrides still
+    // set them (and still catch a typo).
+    let mut c = kseg::preset("synthetic-cpu").unwrap();
+    c.apply_overrides(&[
+        "data.labels=kits23",
+        "loss.regions=true",
+        "model.num_classes=3",
+        "data.synthetic.generator.cysts=true",
+        "data.spacing_mm=2.0",
+    ])
+    .unwrap();
+    let mut want = kseg::preset("synthetic-kits23").unwrap();
+    want.data.spacing_mm = Some(2.0);
+    assert_eq!(c, want);
+    let e = c
+        .apply_overrides(&["data.spacingmm=2"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no field \"spacingmm\"") && e.contains("spacing_mm"),
+        "{e}"
+    );
     // KiTS19 configurations serialise as before (no new keys).
     let json = serde_json::to_string(&kseg::preset("synthetic-cpu").unwrap()).unwrap();
     assert!(
@@ -1154,4 +1188,59 @@ fn any_orientation_reads_trains_and_predicts_as_kits_layout() {
     assert!(preds[0].iter().any(|&v| v > 0), "the prediction is empty");
     assert_eq!(preds[0], preds[1], "RAS copy");
     assert_eq!(preds[0], preds[2], "LPS copy");
+}
+
+/// Training at a fixed in-plane voxel size (`data.spacing_mm`): the
+/// checkpoint records it, and the model segments the same anatomy at
+/// another pixel size (a 2× upsampled copy with half the voxel size) as it
+/// does at the native one, once the labels are brought to the same grid
+/// (boundaries may move by a pixel).
+#[test]
+fn a_model_trained_at_a_spacing_segments_other_spacings_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let mut cfg = tiny_config(&data, 40);
+    cfg.data.spacing_mm = Some(12.0);
+    cfg.optim = kseg::train::OptimConfig::AdamW(kseg::train::AdamWConfig {
+        lr: 1e-2,
+        ..Default::default()
+    });
+    Trainer::new(cfg.clone(), &run).unwrap().run().unwrap();
+    let last = run.join("checkpoints/step_000040");
+    let meta = kseg::train::checkpoint::read_meta(&last.join("model.safetensors")).unwrap();
+    assert_eq!(meta.spacing_mm, Some(12.0));
+    let seg = Segmenter::load(&last, &candle_core::Device::Cpu, 4).unwrap();
+    let split: volume::Split = volume::Split::load(run.join("split.json")).unwrap();
+    let case = volume::CaseDir::open(data.join(&split.val[0]))
+        .unwrap()
+        .load()
+        .unwrap();
+    let sp = case.imaging.header.spacing();
+    let (sy, sx) = (sp[1], sp[2]);
+    // Without the voxel size the model cannot resample: a clear error.
+    let e = seg
+        .segment_volume(case.imaging.data.view())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("voxel size is needed"), "{e}");
+    let native = seg
+        .segment_volume_at(case.imaging.data.view(), Some((sy, sx)))
+        .unwrap();
+    let pred_big = seg
+        .segment_volume_at(up2(&case.imaging.data).view(), Some((sy / 2.0, sx / 2.0)))
+        .unwrap();
+    assert_upsampled_agreement(&native, &pred_big);
+    // Configurations that cannot work are refused.
+    let mut bad = cfg.clone();
+    bad.data.in_plane = Some((32, 32));
+    assert!(bad.validate().unwrap_err().to_string().contains("set one"));
+    bad.data.in_plane = None;
+    bad.data.spacing_mm = Some(-1.0);
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("spacing_mm")
+    );
 }

@@ -193,7 +193,12 @@ fn predict(
                 o.codes()
             );
         }
-        let labels = seg.segment_volume(vol.data.view())?;
+        let sp = o.internal_order({
+            let s = vol.header.spacing();
+            let get = |i: usize| s.get(i).map_or(1.0, |v| v.abs());
+            [get(0), get(1), get(2)]
+        });
+        let labels = seg.segment_volume_at(vol.data.view(), Some((sp[1], sp[2])))?;
         let labels = o.into_file(labels);
         volume::write_volume(dst, labels.view(), &vol.header)?;
         let names = seg.meta().labels.names();

@@ -272,6 +272,38 @@ pub struct AugmentParams {
 }
 
 impl AugmentParams {
+    /// Resampling to a voxel size: the output `out_size` pixels of
+    /// `target` mm, centred on the input's centre, from an input of
+    /// `in_size` pixels of `spacing` (rows, columns) mm; what falls outside
+    /// the input is `fill`. Used before the augmentation when training at a
+    /// fixed in-plane spacing (the input's field of view is cropped or
+    /// padded to the output's).
+    pub fn at_spacing(
+        in_size: (usize, usize),
+        spacing: (f64, f64),
+        target: f64,
+        out_size: (usize, usize),
+        fill: f32,
+    ) -> AugmentParams {
+        let (h, w) = in_size;
+        // The output's field of view in input pixels.
+        let ch = ((out_size.0 as f64 * target / spacing.0).round() as usize).max(1);
+        let cw = ((out_size.1 as f64 * target / spacing.1).round() as usize).max(1);
+        let pad = ch
+            .saturating_sub(h)
+            .div_ceil(2)
+            .max(cw.saturating_sub(w).div_ceil(2));
+        let mut p = AugmentParams::identity(in_size, pad, fill);
+        p.crop = CropRect {
+            top: (pad + h / 2).saturating_sub(ch / 2),
+            left: (pad + w / 2).saturating_sub(cw / 2),
+            height: ch,
+            width: cw,
+        };
+        p.out_size = out_size;
+        p
+    }
+
     /// Parameters that return the input unchanged: no rotation, no flip,
     /// the crop is exactly the unpadded image, output size = input size.
     pub fn identity(in_size: (usize, usize), pad: usize, fill: f32) -> AugmentParams {

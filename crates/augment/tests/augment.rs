@@ -461,3 +461,40 @@ fn bad_input_is_an_error_not_a_panic() {
         assert!(augment(&cfg, img.view(), lab.view(), &mut rng).is_err());
     }
 }
+
+/// Resampling to a voxel size, derived by hand: a 64 × 64 slice of 1 mm
+/// pixels brought to 32 × 32 pixels of 2 mm keeps its whole field of view
+/// (a plain 2× downsampling); a feature 10 mm right of the centre lands
+/// 5 pixels right of the output's centre. At 0.5 mm the output shows the
+/// central 16 mm, magnified.
+#[test]
+fn at_spacing_keeps_millimetres() {
+    use kseg_augment::{AugmentParams, apply_image};
+    let mut img = ndarray::Array3::<f32>::zeros((1, 64, 64));
+    // A 2-pixel-wide bright band at columns 42-43 (centre 32 + 10 mm).
+    for r in 0..64 {
+        img[[0, r, 42]] = 1.0;
+        img[[0, r, 43]] = 1.0;
+    }
+    let p = AugmentParams::at_spacing((64, 64), (1.0, 1.0), 2.0, (32, 32), 0.0);
+    let out = apply_image(&p, img.view()).unwrap();
+    assert_eq!(out.dim(), (1, 32, 32));
+    let row: Vec<f32> = out.slice(ndarray::s![0, 16, ..]).to_vec();
+    let peak = (0..32).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+    assert_eq!(peak, 21, "{row:?}");
+    // 0.5 mm: the band (10 mm right) falls outside the 16 mm shown; the
+    // output is the empty centre.
+    let p = AugmentParams::at_spacing((64, 64), (1.0, 1.0), 0.5, (32, 32), 0.0);
+    assert!(
+        apply_image(&p, img.view())
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+    // 4 mm onto 32 pixels shows 128 mm: the 64 mm slice in the middle 16
+    // pixels, padded with the fill value.
+    let p = AugmentParams::at_spacing((64, 64), (1.0, 1.0), 4.0, (32, 32), -1.0);
+    let out = apply_image(&p, ndarray::Array3::<f32>::ones((1, 64, 64)).view()).unwrap();
+    assert_eq!(out[[0, 16, 1]], -1.0);
+    assert_eq!(out[[0, 16, 16]], 1.0);
+}

@@ -49,6 +49,10 @@ pub struct ModelMeta {
     /// Average each slice's prediction with that of its mirror image.
     #[serde(default)]
     pub mirror: bool,
+    /// In-plane voxel size (mm) inputs are resampled to, when training
+    /// used one (`data.spacing_mm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing_mm: Option<f64>,
     /// The label values predictions are written with (KiTS19's unless
     /// recorded).
     #[serde(default, skip_serializing_if = "is_kits19")]
@@ -75,6 +79,7 @@ impl ModelMeta {
             step,
             keep_largest: cfg.postprocess.keep_largest,
             mirror: cfg.postprocess.mirror,
+            spacing_mm: cfg.data.spacing_mm,
             labels: cfg.data.labels,
             regions: cfg.loss.regions,
         }
@@ -97,6 +102,11 @@ impl ModelMeta {
             ));
         }
         self.intensity.validate().map_err(|e| e.to_string())?;
+        if let Some(t) = self.spacing_mm
+            && !(t.is_finite() && t > 0.0 && t <= 20.0)
+        {
+            return Err(format!("spacing_mm {t} must be in (0, 20] mm"));
+        }
         let outputs = if self.regions {
             if self.labels != LabelSet::Kits23 {
                 return Err(format!("regions with the {} label set", self.labels));

@@ -100,6 +100,14 @@ pub struct DataConfig {
     /// (and the prediction back). `None`: the data's own size (the seed:
     /// 512×512, no resampling).
     pub in_plane: Option<(usize, usize)>,
+    /// In-plane voxel size in mm the network works at: training slices are
+    /// resampled to it (the `augment.out_size` canvas then covers a fixed
+    /// field of view, cropped or padded about the slice's centre) before the
+    /// augmentation, and inference resamples every input to it and the
+    /// class probabilities back. `None` (default): the data's own pixels, as
+    /// the reference method. Slice spacing stays native (2.5D stacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spacing_mm: Option<f64>,
     /// Share of training draws taken from slices that show kidney or tumour.
     pub foreground_fraction: f64,
     /// HU window and normalisation.
@@ -129,6 +137,7 @@ impl Default for DataConfig {
             split_seed: 0,
             context: 1,
             in_plane: None,
+            spacing_mm: None,
             foreground_fraction: 1.0 / 3.0,
             intensity: Intensity::default(),
             max_val_cases: None,
@@ -293,6 +302,16 @@ impl Default for LoopConfig {
     }
 }
 
+/// Fields left out of a configuration's JSON when they hold their default,
+/// so that configurations written before they existed (KiTS19's) stay
+/// byte for byte the same; overrides may still set them.
+const OMITTED_WHEN_DEFAULT: [&str; 4] = [
+    "data.labels",
+    "data.spacing_mm",
+    "data.synthetic.generator.cysts",
+    "loss.regions",
+];
+
 impl TrainConfig {
     /// Reads a TOML (`.toml`) or JSON (anything else) file; unknown keys are
     /// errors. The presets in `configs/` are such files.
@@ -340,17 +359,29 @@ impl TrainConfig {
             let value: serde_json::Value = serde_json::from_str(value)
                 .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
             let mut slot = &mut v;
-            for part in key.trim().split('.') {
+            let key = key.trim();
+            for part in key.split('.') {
                 let obj = slot
                     .as_object_mut()
                     .ok_or_else(|| bad(format!("{part:?} is not inside a section")))?;
                 if !obj.contains_key(part) {
-                    // Optional fields serialise as null, so every field is
-                    // present: a missing key is a typo.
-                    let known: Vec<&String> = obj.keys().collect();
-                    return Err(bad(format!("no field {part:?} (known: {known:?})")));
+                    if OMITTED_WHEN_DEFAULT.contains(&key) {
+                        obj.insert(part.to_string(), serde_json::Value::Null);
+                    } else {
+                        // Optional fields serialise as null (all but
+                        // OMITTED_WHEN_DEFAULT), so a missing key is a typo.
+                        let mut known: Vec<String> = obj.keys().cloned().collect();
+                        let prefix = key.rsplit_once('.').map_or("", |(p, _)| p);
+                        known.extend(OMITTED_WHEN_DEFAULT.iter().filter_map(|k| {
+                            let (p, f) = k.rsplit_once('.')?;
+                            (p == prefix).then(|| f.to_string())
+                        }));
+                        known.sort();
+                        known.dedup();
+                        return Err(bad(format!("no field {part:?} (known: {known:?})")));
+                    }
                 }
-                slot = obj.get_mut(part).expect("checked");
+                slot = obj.get_mut(part).expect("checked or inserted");
             }
             *slot = value;
         }
@@ -454,6 +485,16 @@ impl TrainConfig {
             return bad(format!(
                 "loss.class_weights must be {classes} finite values >= 0, got {w:?}"
             ));
+        }
+        if let Some(t) = self.data.spacing_mm {
+            if !(t.is_finite() && t > 0.0 && t <= 20.0) {
+                return bad(format!("data.spacing_mm must be in (0, 20] mm, got {t}"));
+            }
+            if self.data.in_plane.is_some() {
+                return bad(
+                    "data.spacing_mm and data.in_plane both resample slices: set one".into(),
+                );
+            }
         }
         if !(0.0..=1.0).contains(&self.data.foreground_fraction) {
             return bad(format!(

@@ -246,6 +246,22 @@ pub fn make_batch(ds: &Dataset, cfg: &TrainConfig, step: usize) -> Result<Batch>
             let case = &ds.train[r.case];
             let (x, y) = case.sample(r.slice, n, &cfg.data.intensity)?;
             let y = y.expect("training cases have labels");
+            let (x, y) = match (cfg.data.spacing_mm, cfg.augment.out_size) {
+                (Some(t), Some(out)) => {
+                    // The case's in-plane voxel size (internal order).
+                    let sp = &case.meta().spacing;
+                    let (_, h, w) = x.dim();
+                    let p = kseg_augment::AugmentParams::at_spacing(
+                        (h, w),
+                        (sp[1], sp[2]),
+                        t,
+                        out,
+                        cfg.augment.fill,
+                    );
+                    kseg_augment::apply(&p, x.view(), y.view())?
+                }
+                _ => (x, y),
+            };
             let (x, y, _) = kseg_augment::augment(&cfg.augment, x.view(), y.view(), &mut rng)?;
             Ok((x, y))
         })

@@ -101,35 +101,67 @@ impl Segmenter {
     /// `hu`: `[slices, H, W]` → labels `[slices, H, W]` (the checkpoint's
     /// label set: 0, 1, 2, and 3 for KiTS23's cysts).
     pub fn segment_volume(&self, hu: ArrayView3<f32>) -> Result<Array3<u8>> {
+        self.segment_volume_at(hu, None)
+    }
+
+    /// [`Segmenter::segment_volume`] of a volume whose in-plane voxel size
+    /// (rows, columns; mm) is `spacing`: a model trained at a fixed spacing
+    /// (`data.spacing_mm`) resamples the slices to it and needs it.
+    pub fn segment_volume_at(
+        &self,
+        hu: ArrayView3<f32>,
+        spacing: Option<(f64, f64)>,
+    ) -> Result<Array3<u8>> {
         let (d, h, w) = hu.dim();
         let (n, int) = (self.meta.context, self.meta.intensity);
-        self.segment_with(d, (h, w), |k| Ok(stack_slices(hu, k, n, &int)?))
+        self.segment_with(d, (h, w), spacing, |k| Ok(stack_slices(hu, k, n, &int)?))
     }
 
     /// Segments a cached case (the validation path).
     pub fn segment_cached(&self, case: &CachedCase) -> Result<Array3<u8>> {
         let [d, h, w] = case.shape();
         let (n, int) = (self.meta.context, self.meta.intensity);
-        self.segment_with(d, (h, w), |k| Ok(case.stack(k, n, &int)?))
+        let sp = &case.meta().spacing;
+        self.segment_with(d, (h, w), Some((sp[1], sp[2])), |k| {
+            Ok(case.stack(k, n, &int)?)
+        })
     }
 
-    /// Segments `depth` slices of size `(h, w)` whose normalised stacks
-    /// `stack(k)` gives (`[2n+1, h, w]`).
+    /// Segments `depth` slices of size `(h, w)` and in-plane voxel size
+    /// `spacing` (mm, when known) whose normalised stacks `stack(k)` gives
+    /// (`[2n+1, h, w]`).
     pub fn segment_with(
         &self,
         depth: usize,
         (h, w): (usize, usize),
+        spacing: Option<(f64, f64)>,
         stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
     ) -> Result<Array3<u8>> {
         let m = 1usize << self.meta.model.depth;
         let fill = self.meta.intensity.air();
-        // The network's input size: the training size when training
-        // resampled, else the slice padded up to a multiple of 2^depth.
-        let (nh, nw) = match self.meta.in_plane {
-            Some(s) => s,
-            None => (h.div_ceil(m) * m, w.div_ceil(m) * m),
+        // The size slices are resampled to: the training size, or the
+        // training voxel size's; else the slice's own.
+        let (rh, rw) = match (self.meta.in_plane, self.meta.spacing_mm, spacing) {
+            (Some(s), _, _) => s,
+            (None, Some(t), Some((sy, sx))) => (
+                ((h as f64 * sy / t).round() as usize).max(1),
+                ((w as f64 * sx / t).round() as usize).max(1),
+            ),
+            (None, Some(t), None) => {
+                return Err(TrainError::Other(format!(
+                    "the model works at {t} mm pixels (data.spacing_mm): the input's voxel size is needed"
+                )));
+            }
+            (None, None, _) => (h, w),
         };
-        let resample = self.meta.in_plane.is_some_and(|s| s != (h, w));
+        if rh > MAX_RESAMPLED || rw > MAX_RESAMPLED {
+            return Err(TrainError::Other(format!(
+                "resampling {h}x{w} pixels to {rh}x{rw} is beyond {MAX_RESAMPLED} per side"
+            )));
+        }
+        let resample = (rh, rw) != (h, w);
+        // The network's input: padded up to a multiple of 2^depth.
+        let (nh, nw) = (rh.div_ceil(m) * m, rw.div_ceil(m) * m);
         let c = 2 * self.meta.context + 1;
         let mut out = Array3::<u8>::zeros((depth, h, w));
         let ks: Vec<usize> = (0..depth).collect();
@@ -138,11 +170,12 @@ impl Segmenter {
                 .par_iter()
                 .map(|&k| {
                     let x = stack(k)?;
-                    if resample {
-                        resize(&x, (nh, nw), fill)
+                    let x = if resample {
+                        resize(&x, (rh, rw), fill)?
                     } else {
-                        Ok(pad(x, (nh, nw), fill))
-                    }
+                        x
+                    };
+                    Ok(pad(x, (nh, nw), fill))
                 })
                 .collect::<Result<_>>()?;
             let flat: Vec<f32> = inputs.iter().flat_map(|a| a.iter().copied()).collect();
@@ -168,10 +201,11 @@ impl Segmenter {
                             probs[i * per..(i + 1) * per].to_vec(),
                         )
                         .expect("sizes agree");
+                        let p = p.slice(s![.., ..rh, ..rw]).to_owned();
                         let p = if resample {
                             resize(&p, (h, w), 0.0)?
                         } else {
-                            p.slice(s![.., ..h, ..w]).to_owned()
+                            p
                         };
                         Ok(if self.meta.regions {
                             decode_regions(&p)
@@ -206,6 +240,10 @@ impl Segmenter {
         Ok(out)
     }
 }
+
+/// Largest side a slice is resampled to (no allocation sized by an
+/// unchecked header's voxel size).
+const MAX_RESAMPLED: usize = 8192;
 
 /// Bilinear resize (`align_corners = false`) through the augmentation's
 /// warp with identity parameters, on the image alone.
