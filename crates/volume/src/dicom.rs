@@ -455,11 +455,15 @@ pub fn read_series(series: &Series) -> Result<Volume<f32>> {
         }
     }
     let (nk, nr, nc) = (slices.len(), slices[0].rows, slices[0].cols);
-    let planes: Vec<Vec<f32>> = slices.par_iter().map(read_pixels).collect::<Result<_>>()?;
-    let mut data = Vec::with_capacity(nk * nr * nc);
-    for p in planes {
-        data.extend(p);
-    }
+    // Each slice decoded straight into its plane of the volume (no second
+    // copy of the whole volume).
+    let mut data = vec![0f32; nk * nr * nc];
+    data.par_chunks_mut(nr * nc)
+        .zip(slices.par_iter())
+        .try_for_each(|(plane, s)| -> Result<()> {
+            plane.copy_from_slice(&read_pixels(s)?);
+            Ok(())
+        })?;
     // LPS affine of [slice, row, column], then RAS.
     let [dr, dc] = slices[0].spacing;
     let o = slices[0].ipp;
