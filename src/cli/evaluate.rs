@@ -67,20 +67,6 @@ fn truth_cases(truth: &Path) -> Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Up to ten names and how many more.
-fn some(names: &[String]) -> String {
-    let mut s = names
-        .iter()
-        .take(10)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > 10 {
-        s.push_str(&format!(" and {} more", names.len() - 10));
-    }
-    s
-}
-
 fn evaluate(
     pred: &Path,
     truth: &Path,
@@ -109,14 +95,14 @@ fn evaluate(
                 pred.display(),
                 missing.len(),
                 truth.display(),
-                some(&missing)
+                volume::case::some_ids(&missing)
             );
         }
         eprintln!(
             "scoring {} cases; {} truth cases have no prediction: {}",
             predictions.len(),
             missing.len(),
-            some(&missing)
+            volume::case::some_ids(&missing)
         );
     }
     let mut scorer = Scorer::new(labels);

@@ -23,8 +23,7 @@ pub struct InfoArgs {
 impl InfoArgs {
     /// Prints the JSON object.
     pub fn run(&self) -> Result<()> {
-        let is_case = self.path.join(volume::case::IMAGING).is_file()
-            || self.path.join("imaging.nii").is_file();
+        let is_case = volume::case::is_case_folder(&self.path);
         let v = if self.path.is_dir() && !is_case {
             dicom_info(&self.path, self.series.as_deref())?
         } else if self.path.is_dir() {

@@ -111,8 +111,7 @@ fn has_cases(dir: &Path) -> bool {
 /// before any work: a NIfTI name, not a folder, not an input; and whether
 /// `output` is a folder of predictions.
 fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
-    let case_folder = input.is_dir()
-        && (input.join(volume::case::IMAGING).exists() || input.join("imaging.nii").exists());
+    let case_folder = volume::case::is_case_folder(input);
     let folder_of_cases = input.is_dir() && !case_folder && has_cases(input);
     let jobs: Vec<(Source, PathBuf)> = if folder_of_cases {
         if output.exists() && !output.is_dir() {

@@ -107,13 +107,8 @@ impl ModelMeta {
         {
             return Err(format!("spacing_mm {t} must be in (0, 20] mm"));
         }
-        let outputs = if self.regions {
-            if self.labels != LabelSet::Kits23 {
-                return Err(format!("regions with the {} label set", self.labels));
-            }
-            kseg_volume::metric::KITS23_REGIONS.len()
-        } else {
-            self.labels.num_labels()
+        let Some(outputs) = crate::config::model_outputs(self.labels, self.regions) else {
+            return Err(format!("regions with the {} label set", self.labels));
         };
         if self.model.num_classes != outputs {
             return Err(format!(

@@ -302,6 +302,18 @@ impl Default for LoopConfig {
     }
 }
 
+/// The model outputs a label set needs: one per label, or with `regions`
+/// one per KiTS23 region; `None` for regions of a set without them (only
+/// KiTS23's labels have cysts). What configurations and model files are
+/// both checked against.
+pub fn model_outputs(labels: LabelSet, regions: bool) -> Option<usize> {
+    match (regions, labels) {
+        (false, _) => Some(labels.num_labels()),
+        (true, LabelSet::Kits23) => Some(kseg_volume::metric::KITS23_REGIONS.len()),
+        (true, LabelSet::Kits19) => None,
+    }
+}
+
 /// Fields left out of a configuration's JSON when they hold their default,
 /// so that configurations written before they existed (KiTS19's) stay
 /// byte for byte the same; overrides may still set them.
@@ -398,13 +410,10 @@ impl TrainConfig {
     }
 
     /// The model's output channels this configuration needs: one per
-    /// label of the set, or one per region with `loss.regions`.
-    pub fn outputs(&self) -> usize {
-        if self.loss.regions {
-            kseg_volume::metric::KITS23_REGIONS.len()
-        } else {
-            self.data.labels.num_labels()
-        }
+    /// label of the set, or one per region with `loss.regions` (`None`:
+    /// regions asked of a set that has none).
+    pub fn outputs(&self) -> Option<usize> {
+        model_outputs(self.data.labels, self.loss.regions)
     }
 
     /// Checks the values that the parts do not check themselves, and the
@@ -424,12 +433,11 @@ impl TrainConfig {
             ));
         }
         let labels = self.data.labels;
-        if self.loss.regions && labels != LabelSet::Kits23 {
+        let Some(outputs) = self.outputs() else {
             return bad(format!(
                 "loss.regions needs data.labels = \"kits23\" (its regions hold cysts), got {labels}"
             ));
-        }
-        let outputs = self.outputs();
+        };
         if self.model.num_classes != outputs {
             return bad(format!(
                 "model.num_classes must be {outputs} for {} ({}), got {}",

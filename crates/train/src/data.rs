@@ -72,14 +72,11 @@ impl Dataset {
             .map(|c| c.id.clone())
             .collect();
         if !split.unlabelled.is_empty() {
-            let n = split.unlabelled.len();
-            let mut named = split.unlabelled[..n.min(10)].join(", ");
-            if n > 10 {
-                named.push_str(&format!(" and {} more", n - 10));
-            }
             eprintln!(
-                "{}: {n} case folders have no segmentation and are left out (listed in the run's split.json): {named}",
-                data_dir.display()
+                "{}: {} case folders have no segmentation and are left out (listed in the run's split.json): {}",
+                data_dir.display(),
+                split.unlabelled.len(),
+                kseg_volume::case::some_ids(&split.unlabelled)
             );
         }
         if split.train.is_empty() {

@@ -36,17 +36,7 @@ impl CaseDir {
         if !dir.is_dir() {
             return Err(VolumeError::missing(dir, "case folder does not exist"));
         }
-        let find = |name: &str| {
-            let gz = dir.join(name);
-            let plain = dir.join(name.trim_end_matches(".gz"));
-            if gz.is_file() {
-                Some(gz)
-            } else if plain.is_file() {
-                Some(plain)
-            } else {
-                None
-            }
-        };
+        let find = |name: &str| find_in(dir, name);
         let imaging = find(IMAGING)
             .ok_or_else(|| VolumeError::missing(dir, format!("{IMAGING} in case folder")))?;
         let id = dir
@@ -117,6 +107,36 @@ impl CaseDir {
             orientation,
         })
     }
+}
+
+/// `dir/name` (`name` ending in `.nii.gz`), or the same without `.gz`,
+/// whichever is a file.
+fn find_in(dir: &Path, name: &str) -> Option<PathBuf> {
+    let gz = dir.join(name);
+    let plain = dir.join(name.trim_end_matches(".gz"));
+    if gz.is_file() {
+        Some(gz)
+    } else if plain.is_file() {
+        Some(plain)
+    } else {
+        None
+    }
+}
+
+/// Whether `dir` is a case folder: it holds `imaging.nii.gz` (or
+/// `imaging.nii`), what [`CaseDir::open`] needs.
+pub fn is_case_folder(dir: &Path) -> bool {
+    find_in(dir, IMAGING).is_some()
+}
+
+/// Case ids for a message: the first ten, then how many more ("case_00001,
+/// case_00002 and 80 more").
+pub fn some_ids(ids: &[String]) -> String {
+    let mut s = ids[..ids.len().min(10)].join(", ");
+    if ids.len() > 10 {
+        s.push_str(&format!(" and {} more", ids.len() - 10));
+    }
+    s
 }
 
 /// The case folders (`case_*`) in a KiTS19 `data/` folder, sorted by name.

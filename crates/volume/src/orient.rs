@@ -125,35 +125,18 @@ impl Orientation {
     /// A file-layout array in the internal layout (a copy in C order; no
     /// copy work beyond the clone when already internal).
     pub fn to_internal<T: Clone>(&self, a: ArrayView3<T>) -> Array3<T> {
-        if self.is_internal() {
-            return a.to_owned();
-        }
-        let mut v = a.permuted_axes(self.perm);
-        for d in 0..3 {
-            if self.flip[d] {
-                v.invert_axis(Axis(d));
-            }
-        }
-        v.as_standard_layout().into_owned()
+        permute(a, self.perm, self.flip)
     }
 
     /// An internal-layout array back in the file's layout (the inverse of
-    /// [`Orientation::to_internal`]).
+    /// [`Orientation::to_internal`]): file axis `a` holds internal axis
+    /// `inv[a]`, reversed where that axis was.
     pub fn to_file<T: Clone>(&self, a: ArrayView3<T>) -> Array3<T> {
-        if self.is_internal() {
-            return a.to_owned();
-        }
-        let mut v = a;
-        for d in 0..3 {
-            if self.flip[d] {
-                v.invert_axis(Axis(d));
-            }
-        }
         let mut inv = [0; 3];
-        for d in 0..3 {
-            inv[self.perm[d]] = d;
+        for (d, &p) in self.perm.iter().enumerate() {
+            inv[p] = d;
         }
-        v.permuted_axes(inv).as_standard_layout().into_owned()
+        permute(a, inv, inv.map(|d| self.flip[d]))
     }
 
     /// A file-order triple (shape, spacing) in internal order.

@@ -82,13 +82,19 @@ pub fn kits23_case(
             truth: truth.len(),
         });
     }
+    // One pass over the voxels: how often each (prediction, truth) label
+    // pair occurs. Every region's counts follow from it.
+    let mut pairs = vec![0u64; 256 * 256];
+    for (&p, &t) in pred.iter().zip(truth) {
+        pairs[usize::from(p) * 256 + usize::from(t)] += 1;
+    }
     Ok(KITS23_REGIONS.map(|r| {
         let (mut np, mut nt, mut both) = (0u64, 0u64, 0u64);
-        for (&p, &t) in pred.iter().zip(truth) {
-            let (a, b) = (r.contains(p), r.contains(t));
-            np += u64::from(a);
-            nt += u64::from(b);
-            both += u64::from(a && b);
+        for (i, &n) in pairs.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let (a, b) = (r.contains((i / 256) as u8), r.contains((i % 256) as u8));
+            np += if a { n } else { 0 };
+            nt += if b { n } else { 0 };
+            both += if a && b { n } else { 0 };
         }
         match (np, nt) {
             (0, 0) => RegionScore {
@@ -131,19 +137,10 @@ pub struct Kits23Case {
     pub regions: [RegionScore; 3],
 }
 
-/// Means over cases of one region's scores (HD95 and mean surface distance
-/// over the cases where they are defined).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RegionMeans {
-    /// Mean Dice.
-    pub dice: f64,
-    /// Mean surface Dice.
-    pub surface_dice: f64,
-    /// Mean HD95 over the cases where both masks are present.
-    pub hd95: Option<f64>,
-    /// Mean surface distance over the same cases.
-    pub mean_surface_distance: Option<f64>,
-}
+/// Means over cases of one region's scores: the same four numbers, HD95
+/// and mean surface distance averaged over the cases where they are
+/// defined (`None` when no case defines them).
+pub type RegionMeans = RegionScore;
 
 /// The aggregate over cases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
