@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use criterion::{Criterion, criterion_group};
+use kseg::infer::on_cpu_pool;
 use kseg::model::ResUNetConfig;
-use kseg::train::{Optimiser, on_cpu_pool};
+use kseg::train::Optimiser;
 
 #[path = "../examples/common/step.rs"]
 mod step;

@@ -316,7 +316,7 @@ fn main() -> Result<()> {
     // SAFETY: first thing in main, no other thread yet.
     unsafe { kseg::init_cpu_runtime() };
     let args = Args::parse();
-    let dev = kseg::train::device(&args.device)?;
+    let dev = kseg::infer::device(&args.device)?;
     let name = match &dev {
         Device::Cpu => "cpu (no GPU: CPU fallback)".to_string(),
         d => format!("{:?}", d.location()),

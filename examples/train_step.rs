@@ -15,8 +15,9 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{Device, ModuleT};
 use clap::Parser;
+use kseg::infer::on_cpu_pool;
 use kseg::model::ResUNetConfig;
-use kseg::train::{Optimiser, on_cpu_pool};
+use kseg::train::Optimiser;
 
 #[path = "common/step.rs"]
 mod step;
@@ -61,7 +62,7 @@ fn main() -> Result<()> {
         mut opt,
     } = StepProblem::new(&cfg, a.batch, a.size, &dev)?;
     // As the trainer does: the steps run on a rayon worker (see
-    // `kseg::train::on_cpu_pool`).
+    // `kseg::infer::on_cpu_pool`).
     on_cpu_pool(&dev, || -> Result<()> {
         for step in 0..a.steps {
             let t = Instant::now();

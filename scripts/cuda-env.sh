@@ -5,8 +5,10 @@
 #     source scripts/cuda-env.sh --cudnn    # ... and cuDNN 9 for --features cudnn
 #     cargo build --release --features cuda --bin kseg --example train_kits19
 #
-# Not part of CI (a ~720 MB download, 2 GB with cuDNN, and a ~10 minute
-# build on 2 cores). What it does, and why (see also docs/CUDA.md):
+# CI sources it too (.ci/run, "GPU build compile check": --cudnn, with
+# KSEG_CUDA_DIR in a cache folder outside the clone, so a machine downloads
+# once: ~720 MB, 2.1 GB with cuDNN, about 2 minutes). What it does, and why
+# (see also docs/CUDA.md):
 # - pip-installs (--no-deps) nvcc, the CUDA headers, cccl, nvvm, the runtime,
 #   nvrtc, cuBLAS and cuRAND 13.0.x into $KSEG_CUDA_DIR (default: .cuda in
 #   the repository, git-ignored). 13.0 because cudarc 0.19 refuses newer
@@ -30,7 +32,7 @@ _kseg_cuda_env() {
     for arg in "$@"; do
         case "$arg" in
             --cudnn) cudnn=1 ;;
-            -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}"; return 0 ;;
+            -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}"; return 0 ;;
             *) echo "cuda-env.sh: unknown argument '$arg' (known: --cudnn)" >&2; return 2 ;;
         esac
     done
@@ -79,9 +81,15 @@ _kseg_cuda_env() {
     # The driver stub: every cu* function cudarc's driver bindings name.
     if [ ! -e "$cu/lib/stubs/libcuda.so" ]; then
         local cudarc
-        cudarc="$(cd "$repo" && cargo metadata --format-version 1 --locked --features cuda 2>/dev/null \
+        local meta
+        meta="$(cd "$repo" && cargo metadata --format-version 1 --locked --features cuda 2>"$dir/metadata.err")" || {
+            echo "cuda-env.sh: 'cargo metadata' (to locate cudarc for the libcuda stub) failed:" >&2
+            cat "$dir/metadata.err" >&2
+            return 1
+        }
+        cudarc="$(printf '%s' "$meta" \
             | "$py" -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc"))')" \
-            || { echo "cuda-env.sh: cargo metadata could not locate cudarc" >&2; return 1; }
+            || { echo "cuda-env.sh: cargo metadata lists no cudarc package" >&2; return 1; }
         cudarc="$(dirname "$cudarc")/src/driver/sys/mod.rs"
         mkdir -p "$cu/lib/stubs"
         grep -ohE '\bfn (cu[A-Za-z0-9_]+)\(' "$cudarc" | sed -E 's/fn (cu[A-Za-z0-9_]+)\(/\1/' | sort -u \

@@ -23,12 +23,27 @@
 # small sizes from CPU binaries (target/release/examples; built with cargo
 # when cargo is there), so the script itself can be tested anywhere.
 #
+# --quick (the prepared GPU run of docs/CUDA.md, a few minutes): the per-op
+# harness (examples/gpu_ops.rs: every op's timing with candle's and kseg's
+# ops, and its correctness rows, f32 and TF32), gpu_check with candle's ops
+# and with kseg's (KSEG_GPU_OPS=kseg), and PyTorch's step; no training run.
+# It writes $OUT/run.json (card, driver, date, commit, every row) for
+# docs/gpu-runs/ beside the Markdown tables.
+#
 # Environment: KSEG_CUDA_BIN (default target/cuda/release/examples),
 # KSEG_CUDNN_BIN (default target/cudnn/release/examples), KSEG_CPU_BIN
 # (default target/release/examples), OUT (default gpu-check-out: logs, run
 # folder, table.md), TRAIN_STEPS (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        *) echo "gpu-check.sh: unknown argument '$arg' (known: --quick)" >&2; exit 2 ;;
+    esac
+done
 out="${OUT:-gpu-check-out}"
 mkdir -p "$out"
 table="$out/table.md"
@@ -48,9 +63,9 @@ else
     cudnn_bin=""
     dev=cpu batch=2 size=128 model=small steps=3
     train_steps="${TRAIN_STEPS:-20}"
-    if [ ! -x "$bin/gpu_check" ] || [ ! -x "$bin/train_kits19" ]; then
+    if [ ! -x "$bin/gpu_check" ] || [ ! -x "$bin/train_kits19" ] || [ ! -x "$bin/gpu_ops" ]; then
         if command -v cargo >/dev/null; then
-            cargo build --release --example gpu_check --example train_kits19 || exit 1
+            cargo build --release --example gpu_check --example train_kits19 --example gpu_ops || exit 1
         else
             echo "gpu-check.sh: no GPU and no CPU binaries in $bin (and no cargo to build them)" >&2
             exit 1
@@ -101,7 +116,36 @@ gpu_check() {
     fi
 }
 
+# The per-op harness: candle's ops and kseg's, f32 and (GPU) TF32.
+ops_md="$out/ops.md"
+: > "$ops_md"
+if [ $quick = 1 ]; then
+    ops_bin="$bin"; [ -n "$cudnn_bin" ] && [ -x "$cudnn_bin/gpu_ops" ] && ops_bin="$cudnn_bin"
+    if [ -x "$ops_bin/gpu_ops" ]; then
+        precs="f32"; [ $gpu = 1 ] && precs="f32 tf32"
+        case $model in default) obase=32 ;; *) obase=8 ;; esac
+        for prec in $precs; do
+            log="$out/gpu_ops-$prec.log"
+            "$ops_bin/gpu_ops" --device "$dev" --batch "$batch" --size "$size" --base $obase \
+                --json "$out/ops-$prec.json" $([ $prec = tf32 ] && echo --tf32) > "$log" 2>&1
+            rc=$?
+            { echo "## per-op harness, $prec"; echo; grep '^|' "$log"; echo; } >> "$ops_md"
+            if [ $rc -ne 0 ]; then
+                fail=1
+                echo "| gpu_ops | $prec exited $rc | see $log | | FAIL |" >> "$table"
+            else
+                echo "| gpu_ops | per-op table, $prec | $out/ops-$prec.json | | |" >> "$table"
+            fi
+        done
+    else
+        echo "| gpu_ops | not built ($ops_bin/gpu_ops) | | | |" >> "$table"
+    fi
+fi
+
 if [ $gpu = 1 ]; then
+    if [ $quick = 1 ] && [ -x "$cudnn_bin/gpu_check" ]; then
+        KSEG_GPU_OPS=kseg gpu_check cudnn-kseg "$cudnn_bin"
+    fi
     gpu_check cuda "$bin" --loader 50 \
         --set data.synthetic.generator.height=512 --set data.synthetic.generator.width=512 \
         --set 'augment.out_size=[512,512]'
@@ -136,10 +180,12 @@ else
     echo "| pytorch | not found (set PYTHON to a python3 with torch) | | | |" >> "$table"
 fi
 
-# A short training of the default example.
+# A short training of the default example (not in --quick).
 run="$out/run"
 rm -rf "$run"
-if [ -x "$bin/train_kits19" ]; then
+if [ $quick = 1 ]; then
+    :
+elif [ -x "$bin/train_kits19" ]; then
     start=$(date +%s)
     "$bin/train_kits19" --device "$dev" --out "$run" --steps "$train_steps" \
         --set train.validate_every="$train_steps" > "$out/train.log" 2>&1
@@ -156,5 +202,19 @@ else
     echo "| train_kits19 | not built ($bin/train_kits19) | | | |" >> "$table"
 fi
 
+# Everything as JSON for docs/gpu-runs/.
+commit="${KSEG_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+python3 - "$table" "$out" "$card" "$commit" "$quick" <<'PY'
+import glob, json, os, sys, datetime
+table, out, card, commit, quick = sys.argv[1:6]
+rows = [l.strip() for l in open(table) if l.startswith("| ") and not l.startswith("| build ")]
+ops = {}
+for p in sorted(glob.glob(os.path.join(out, "ops-*.json"))):
+    ops[os.path.basename(p)[4:-5]] = json.load(open(p))
+json.dump({"date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%MZ"), "card": card,
+           "commit": commit, "quick": quick == "1", "table": rows, "ops": ops},
+          open(os.path.join(out, "run.json"), "w"), indent=1)
+PY
 cat "$table"
+[ -s "$ops_md" ] && cat "$ops_md"
 exit $fail

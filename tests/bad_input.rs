@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::testdata;
+use kseg::volume::LabelSet;
 use kseg::volume::{
     self, CaseDir, DType, Header, VolumeError, read_image, read_labels, read_volume, write_volume,
 };
@@ -76,7 +77,7 @@ fn truncated_gzip() {
         ("no_trailer.nii.gz", len - 4),
     ] {
         let p = copy_with(&src, dir.path(), name, |b| b.truncate(keep));
-        lib_fails(read_labels(&p, 2).unwrap_err(), &p, "gzip");
+        lib_fails(read_labels(&p, LabelSet::Kits19).unwrap_err(), &p, "gzip");
         cli_fails(&[], &p, "gzip");
     }
 }
@@ -239,7 +240,7 @@ fn random_header_corruption_never_panics() {
         std::fs::write(&p, &bytes).unwrap();
         let _ = read_image(&p);
         let _ = read_volume(&p);
-        let _ = read_labels(&p, 2);
+        let _ = read_labels(&p, LabelSet::Kits19);
         let _ = volume::stats::read_stats(&p, true);
     }
 }
@@ -266,7 +267,10 @@ fn imaging_and_labels_of_different_shape() {
         &h2,
     )
     .unwrap();
-    let err = CaseDir::open(&case).unwrap().load().unwrap_err();
+    let err = CaseDir::open(&case)
+        .unwrap()
+        .load(LabelSet::Kits19)
+        .unwrap_err();
     assert!(matches!(err, VolumeError::ShapeMismatch { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -289,7 +293,7 @@ fn label_values_outside_the_classes() {
     labels[[0, 1, 1]] = 7;
     let p = dir.path().join("segmentation.nii.gz");
     write_volume(&p, labels.view(), &h).unwrap();
-    let err = read_labels(&p, 2).unwrap_err();
+    let err = read_labels(&p, LabelSet::Kits19).unwrap_err();
     match &err {
         VolumeError::BadLabel {
             value,
@@ -309,13 +313,17 @@ fn label_values_outside_the_classes() {
     std::fs::copy(&src, &f).unwrap();
     // Fortran order: the first voxel past 2 is [1, 0, 0] = 9.
     lib_fails(
-        read_labels(&f, 2).unwrap_err(),
+        read_labels(&f, LabelSet::Kits19).unwrap_err(),
         &f,
         "label value 9 at voxel [1, 0, 0]",
     );
     // A float label file with a fractional value.
     let f = testdata("nifti/nifti-rs/zstat1.nii.gz");
-    lib_fails(read_labels(&f, 2).unwrap_err(), &f, "is not a class");
+    lib_fails(
+        read_labels(&f, LabelSet::Kits19).unwrap_err(),
+        &f,
+        "is not a class",
+    );
 }
 
 #[test]
@@ -411,7 +419,7 @@ fn predict_fails(ckpt: &Path, input: &Path, output: &Path, want: &[&str]) {
 fn model_with_meta(
     dir: &Path,
     name: &str,
-    edit: impl FnOnce(&mut kseg::train::ModelMeta),
+    edit: impl FnOnce(&mut kseg::infer::ModelMeta),
 ) -> PathBuf {
     let mut cfg = kseg::preset("synthetic-cpu").unwrap();
     cfg.model.base_channels = 4;
@@ -423,11 +431,11 @@ fn model_with_meta(
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let mut meta = kseg::train::ModelMeta::from_config(&cfg, 0);
+    let mut meta = cfg.model_meta(0);
     meta.in_plane = None;
     edit(&mut meta);
     let path = dir.join(name);
-    kseg::train::checkpoint::save_model(&varmap, &meta, &path).unwrap();
+    kseg::infer::save_model(&varmap, &meta, &path).unwrap();
     path
 }
 

@@ -222,9 +222,17 @@ fn evaluate_scores_predictions_like_the_official_formula() {
     std::fs::create_dir_all(pred.join("case_00001")).unwrap();
     // case_00000: the truth itself (file form). case_00001: tumour called
     // kidney and one kidney slice erased (folder form).
-    let t0 = read_labels(truth.join("case_00000/segmentation.nii.gz"), 2).unwrap();
+    let t0 = read_labels(
+        truth.join("case_00000/segmentation.nii.gz"),
+        kseg::volume::LabelSet::Kits19,
+    )
+    .unwrap();
     write_volume(pred.join("case_00000.nii.gz"), t0.data.view(), &t0.header).unwrap();
-    let t1 = read_labels(truth.join("case_00001/segmentation.nii.gz"), 2).unwrap();
+    let t1 = read_labels(
+        truth.join("case_00001/segmentation.nii.gz"),
+        kseg::volume::LabelSet::Kits19,
+    )
+    .unwrap();
     let mut p1 = t1.data.mapv(|v| v.min(1));
     let k = (0..p1.dim().0)
         .find(|&k| p1.index_axis(ndarray::Axis(0), k).iter().any(|&v| v > 0))

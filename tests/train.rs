@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kseg::infer::Segmenter;
 use kseg::train::observe::{Observer, StepRecord};
-use kseg::train::{Segmenter, TrainConfig, TrainError, Trainer};
+use kseg::train::{TrainConfig, TrainError, Trainer};
 use kseg::volume;
+use kseg::volume::LabelSet;
 use serde_json::Value;
 
 /// A run small enough for CI: 6 cases of 32×32×(8..12), a depth-2 base-4
@@ -209,7 +211,7 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
     for id in &split.val {
         let case = volume::CaseDir::open(data.join(id))
             .unwrap()
-            .load()
+            .load(LabelSet::Kits19)
             .unwrap();
         let pred = seg.segment_volume(case.imaging.data.view()).unwrap();
         let truth = case.labels.unwrap().data;
@@ -239,7 +241,8 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
         "cpu",
     ]);
     for id in &split.val {
-        let p = volume::read_labels(pred_dir.join(format!("{id}.nii.gz")), 2).unwrap();
+        let p =
+            volume::read_labels(pred_dir.join(format!("{id}.nii.gz")), LabelSet::Kits19).unwrap();
         let img = volume::read_header(data.join(id).join("imaging.nii.gz")).unwrap();
         assert_eq!(p.header.shape(), img.shape());
         assert_eq!(p.header.affine(), img.affine());
@@ -251,7 +254,7 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
     // way on nearly every voxel (the boundaries may move by a pixel).
     let case = volume::CaseDir::open(data.join(&split.val[0]))
         .unwrap()
-        .load()
+        .load(LabelSet::Kits19)
         .unwrap();
     let native = seg.segment_volume(case.imaging.data.view()).unwrap();
     let mut meta = seg.meta().clone();
@@ -527,7 +530,7 @@ fn bad_input_fails_clearly_and_overwrites_nothing() {
     // Weights that disagree with the metadata they carry: predict names the
     // tensor.
     let mixed = tmp.path().join("mixed.safetensors");
-    let meta = kseg::train::checkpoint::read_meta(&model).unwrap();
+    let meta = kseg::infer::read_meta(&model).unwrap();
     let mut wrong = meta.clone();
     wrong.model.depth = 2; // the tensors are depth 3
     let tensors = candle_core::safetensors::load(&model, &candle_core::Device::Cpu).unwrap();
@@ -538,7 +541,7 @@ fn bad_input_fails_clearly_and_overwrites_nothing() {
             d.insert(n, candle_core::Var::from_tensor(&t).unwrap());
         }
     }
-    kseg::train::checkpoint::save_model(&varmap, &wrong, &mixed).unwrap();
+    kseg::infer::save_model(&varmap, &wrong, &mixed).unwrap();
     std::fs::write(&model, before).unwrap();
     let out = kseg_cli(&[
         "predict",
@@ -849,7 +852,7 @@ fn kits23_runs_train_on_regions_and_validate_on_the_official_metrics() {
     assert!((summary.composite - composite).abs() < 1e-12);
     // The checkpoint records the label set and the regions.
     let last = run.join("checkpoints/step_000030/model.safetensors");
-    let meta = kseg::train::checkpoint::read_meta(&last).unwrap();
+    let meta = kseg::infer::read_meta(&last).unwrap();
     assert!(meta.regions && meta.labels == volume::LabelSet::Kits23);
 
     // kseg predict on the validation cases, kseg evaluate --protocol kits23:
@@ -991,7 +994,7 @@ fn kits23_presets_and_their_choice() {
 /// that keeps every voxel where it was in the world.
 fn reoriented_copy(file: &Path, dst: &Path, p: [usize; 3], f: [bool; 3], labels: bool) {
     let v = volume::read_volume(file).unwrap();
-    let h = volume::orient::reoriented_header(&v.header, p, f).unwrap();
+    let h = v.header.reoriented(p, f).unwrap();
     let data = volume::orient::permute(v.data.view(), p, f);
     if labels {
         volume::write_volume(dst, data.mapv(|x| x as u8).view(), &h).unwrap();
@@ -1052,11 +1055,11 @@ fn any_orientation_reads_trains_and_predicts_as_kits_layout() {
         let (a, b) = (
             volume::CaseDir::open(data.join("case_00000"))
                 .unwrap()
-                .load()
+                .load(LabelSet::Kits19)
                 .unwrap(),
             volume::CaseDir::open(dst.join("case_00000"))
                 .unwrap()
-                .load()
+                .load(LabelSet::Kits19)
                 .unwrap(),
         );
         assert_eq!(a.imaging.data, b.imaging.data);
@@ -1105,7 +1108,7 @@ fn any_orientation_reads_trains_and_predicts_as_kits_layout() {
             "--device",
             "cpu",
         ]);
-        let pred = volume::read_labels(&out, 2).unwrap();
+        let pred = volume::read_labels(&out, LabelSet::Kits19).unwrap();
         // The output has the input's geometry...
         let h = volume::read_header(&input).unwrap();
         assert_eq!(
@@ -1170,7 +1173,7 @@ fn any_orientation_reads_trains_and_predicts_as_kits_layout() {
         "--device",
         "cpu",
     ]);
-    let pred = volume::read_labels(&out, 2).unwrap();
+    let pred = volume::read_labels(&out, LabelSet::Kits19).unwrap();
     let mut back = pred.data.clone();
     back.invert_axis(ndarray::Axis(0));
     assert_eq!(
@@ -1208,13 +1211,13 @@ fn a_model_trained_at_a_spacing_segments_other_spacings_alike() {
     });
     Trainer::new(cfg.clone(), &run).unwrap().run().unwrap();
     let last = run.join("checkpoints/step_000040");
-    let meta = kseg::train::checkpoint::read_meta(&last.join("model.safetensors")).unwrap();
+    let meta = kseg::infer::read_meta(&last.join("model.safetensors")).unwrap();
     assert_eq!(meta.spacing_mm, Some(12.0));
     let seg = Segmenter::load(&last, &candle_core::Device::Cpu, 4).unwrap();
     let split: volume::Split = volume::Split::load(run.join("split.json")).unwrap();
     let case = volume::CaseDir::open(data.join(&split.val[0]))
         .unwrap()
-        .load()
+        .load(LabelSet::Kits19)
         .unwrap();
     let sp = case.imaging.header.spacing();
     let (sy, sx) = (sp[1], sp[2]);

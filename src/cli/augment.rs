@@ -57,7 +57,7 @@ fn augment_grid(
     out: &Path,
 ) -> Result<()> {
     let case_dir = CaseDir::open(case)?;
-    let loaded = case_dir.load()?;
+    let loaded = case_dir.load(kseg_volume::LabelSet::Kits19)?;
     let Some(labels) = loaded.labels else {
         bail!("{}: no segmentation.nii.gz to draw", case.display());
     };

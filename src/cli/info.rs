@@ -125,7 +125,7 @@ fn case_info(dir: &Path) -> Result<Value> {
     if let Some(seg) = &case.segmentation {
         // Checks values (KiTS19's 0..=2 or KiTS23's 3, cyst) and shape
         // agreement with the imaging.
-        case.load_with(volume::LabelSet::Kits23)
+        case.load(volume::LabelSet::Kits23)
             .with_context(|| format!("checking case {}", dir.display()))?;
         out["segmentation"] = image_json(seg, true)?;
     }

@@ -104,7 +104,7 @@ impl Cli {
 /// A folder that is neither a case folder nor a DICOM folder: say what
 /// was looked for; other errors pass unchanged.
 pub(crate) fn not_an_input(dir: &std::path::Path, e: kseg_volume::VolumeError) -> anyhow::Error {
-    if e.to_string().contains(kseg_volume::dicom::NO_DICOM) {
+    if matches!(e, kseg_volume::VolumeError::NoDicom { .. }) {
         anyhow::anyhow!(
             "{}: missing imaging.nii.gz: not a case folder (imaging.nii.gz), a folder of case_* folders, or a folder of DICOM files",
             dir.display()

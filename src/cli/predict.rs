@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use kseg_train::{Segmenter, device as pick_device};
+use kseg_infer::{Segmenter, device as pick_device};
 use kseg_volume::orient::Orientation;
 use kseg_volume::{self as volume, CaseDir, Volume};
 
@@ -86,7 +86,7 @@ impl Source {
     /// The volume in the internal layout and the orientation it came from.
     fn read(&self, series: Option<&str>) -> Result<(Volume<f32>, Orientation)> {
         Ok(match self {
-            Source::Nifti(p) => volume::read_volume_internal(p)?,
+            Source::Nifti(p) => volume::read_volume_canonical(p)?,
             Source::Dicom(dir) => {
                 let mut v = volume::dicom::read_dicom_dir(dir, series)
                     .map_err(|e| super::not_an_input(dir, e))?;

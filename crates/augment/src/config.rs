@@ -4,6 +4,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AugmentError, Result};
+use crate::resample::{Resample, fov_pixels};
 
 /// An optional random step: applied with probability `prob`, its factor
 /// drawn uniformly from `range`.
@@ -60,7 +61,7 @@ impl Default for AugmentConfig {
             crop_area: (0.92, 0.99),
             crop_aspect: (0.96, 1.04),
             out_size: Some((512, 512)),
-            fill: kseg_volume::Intensity::default().air(),
+            fill: AugmentConfig::AIR_FILL,
             scale: None,
             brightness: None,
             contrast: None,
@@ -71,6 +72,12 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// The default `fill`: air (-1000 HU) after the reference method's
+    /// intensity window (clip to [-79, 304] HU, then `(v - 101) / 76.9`),
+    /// i.e. `(-79 - 101) / 76.9` in f32. kseg-train checks that it equals
+    /// `kseg_volume::Intensity::default().air()`, bit for bit.
+    pub const AIR_FILL: f32 = (-79.0f32 - 101.0) / 76.9;
+
     /// nnU-Net-like extras on top of the reference method's chain: scaling (p 0.2,
     /// 0.85-1.25), brightness (p 0.15, 0.75-1.25), contrast (p 0.15,
     /// 0.75-1.25), gamma (p 0.3, 0.7-1.5) and noise (p 0.1, sd 0-0.1).
@@ -221,6 +228,7 @@ impl AugmentConfig {
             contrast,
             gamma,
             noise: noise_sd.map(|sd| (sd, noise_seed)),
+            resample: None,
         })
     }
 }
@@ -253,7 +261,8 @@ pub struct AugmentParams {
     pub crop: CropRect,
     /// Padding on every side before the crop, in pixels.
     pub pad: usize,
-    /// The input's (height, width) the parameters were drawn for.
+    /// The input's (height, width) the parameters were drawn for: the
+    /// image's, or with `resample` the frame's (its `out_size`).
     pub in_size: (usize, usize),
     /// The output's (height, width).
     pub out_size: (usize, usize),
@@ -269,6 +278,12 @@ pub struct AugmentParams {
     pub gamma: Option<f64>,
     /// Standard deviation and the seed of the noise.
     pub noise: Option<(f64, u64)>,
+    /// A pre-map from the input the parameters were drawn for (the frame)
+    /// to the image `apply` is given, sampled once through both
+    /// ([`crate::augment_resampled`]); `None` (the default): the image is
+    /// the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample: Option<Resample>,
 }
 
 impl AugmentParams {
@@ -277,7 +292,9 @@ impl AugmentParams {
     /// `in_size` pixels of `spacing` (rows, columns) mm; what falls outside
     /// the input is `fill`. Used before the augmentation when training at a
     /// fixed in-plane spacing (the input's field of view is cropped or
-    /// padded to the output's).
+    /// padded to the output's). A second pass; [`Resample::to_spacing`] is
+    /// the same geometry as a pre-map of the augmentation's one warp
+    /// ([`AugmentParams::resampled`] for this resampling alone).
     pub fn at_spacing(
         in_size: (usize, usize),
         spacing: (f64, f64),
@@ -287,8 +304,7 @@ impl AugmentParams {
     ) -> AugmentParams {
         let (h, w) = in_size;
         // The output's field of view in input pixels.
-        let ch = ((out_size.0 as f64 * target / spacing.0).round() as usize).max(1);
-        let cw = ((out_size.1 as f64 * target / spacing.1).round() as usize).max(1);
+        let (ch, cw) = fov_pixels(spacing, target, out_size);
         let pad = ch
             .saturating_sub(h)
             .div_ceil(2)
@@ -329,6 +345,17 @@ impl AugmentParams {
             contrast: None,
             gamma: None,
             noise: None,
+            resample: None,
+        }
+    }
+
+    /// The resampling `r` alone, as one warp: identity parameters on its
+    /// frame, the output the frame (e.g. inference's resize to a voxel
+    /// size: `Resample::to_spacing` then [`crate::apply_image`]).
+    pub fn resampled(r: Resample, fill: f32) -> AugmentParams {
+        AugmentParams {
+            resample: Some(r),
+            ..AugmentParams::identity(r.out_size, 0, fill)
         }
     }
 }

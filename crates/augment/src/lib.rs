@@ -6,7 +6,9 @@
 //! RNG ([`augment`] draws and applies for one sample with its own
 //! generator, so batches made in parallel do not depend on the thread count).
 //! Beyond the reference method, off by default: scaling, brightness, contrast, gamma and
-//! Gaussian noise.
+//! Gaussian noise. Resampling to a voxel size composes with the warp
+//! ([`Resample`], [`augment_resampled`]): a training sample at a fixed
+//! in-plane spacing is still sampled once.
 //!
 //! ```
 //! use kseg_augment::{apply, AugmentConfig};
@@ -22,12 +24,14 @@
 //! assert_eq!((x.dim(), y.dim()), ((3, 64, 64), (64, 64)));
 //! ```
 
+mod augment;
 mod config;
-mod draw;
 mod error;
+mod resample;
 mod warp;
 
+pub use augment::{Augmented, augment, augment_resampled};
 pub use config::{AugmentConfig, AugmentParams, CropRect, Jitter};
-pub use draw::{Augmented, augment};
 pub use error::{AugmentError, Result};
+pub use resample::Resample;
 pub use warp::{apply, apply_image};

@@ -4,7 +4,8 @@
 //! source positions clamped to the input).
 
 use kseg_augment::{
-    AugmentConfig, AugmentError, AugmentParams, CropRect, apply, apply_image, augment,
+    AugmentConfig, AugmentError, AugmentParams, CropRect, Resample, apply, apply_image, augment,
+    augment_resampled,
 };
 use ndarray::{Array2, Array3, s};
 use rand::{Rng, SeedableRng};
@@ -319,7 +320,7 @@ fn same_seed_same_batch_on_any_thread_count() {
     assert_eq!(one, two);
     let other = run(2, 1);
     assert!(
-        one.iter().zip(&other).all(|(a, b)| a.2 != b.2),
+        one.iter().zip(&other).all(|(a, b)| a.params != b.params),
         "a new epoch must redraw"
     );
 }
@@ -497,4 +498,448 @@ fn at_spacing_keeps_millimetres() {
     let out = apply_image(&p, ndarray::Array3::<f32>::ones((1, 64, 64)).view()).unwrap();
     assert_eq!(out[[0, 16, 1]], -1.0);
     assert_eq!(out[[0, 16, 16]], 1.0);
+}
+
+/// A smooth image (a few cycles across, gradients ≤ 0.3 per pixel) and a
+/// label of regions (a disc of 1, a rectangle of 2), for comparing
+/// interpolations that should agree up to rounding.
+fn smooth_image(c: usize, h: usize, w: usize) -> (Array3<f32>, Array2<u8>) {
+    let img = Array3::from_shape_fn((c, h, w), |(k, y, x)| {
+        let (y, x, k) = (y as f32, x as f32, k as f32);
+        (0.21 * x + 0.13 * y + k).sin() + 0.5 * (0.07 * x - 0.17 * y + 2.0 * k).cos()
+    });
+    let (hf, wf) = (h as f64, w as f64);
+    let lab = Array2::from_shape_fn((h, w), |(y, x)| {
+        let (yf, xf) = (y as f64, x as f64);
+        if (yf - 0.45 * hf).powi(2) + (xf - 0.35 * wf).powi(2) < (0.2 * hf).powi(2) {
+            1
+        } else if yf > 0.3 * hf && yf < 0.8 * hf && xf > 0.6 * wf && xf < 0.85 * wf {
+            2
+        } else {
+            0
+        }
+    });
+    (img, lab)
+}
+
+fn max_abs_diff(a: &Array3<f32>, b: &Array3<f32>) -> f64 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter()
+        .zip(b.iter())
+        .fold(0f64, |m, (&x, &y)| m.max(f64::from(x - y).abs()))
+}
+
+/// Resampling geometries: 2× down (whole field of view), anisotropic and
+/// cropped, upsampled (positions clamped to the crop's edge pixels), and a
+/// field of view larger than the source (padded with fill).
+/// (source size, spacing mm, target mm, frame size).
+type Resampling = ((usize, usize), (f64, f64), f64, (usize, usize));
+const RESAMPLINGS: [Resampling; 6] = [
+    ((64, 48), (1.0, 1.0), 2.0, (32, 24)),
+    ((61, 47), (0.8, 0.7), 1.0, (40, 36)),
+    ((40, 36), (1.0, 0.9), 0.6, (50, 44)),
+    ((30, 25), (1.5, 1.2), 2.5, (40, 33)),
+    ((33, 70), (0.7, 1.3), 1.0, (45, 45)),
+    ((1, 1), (1.0, 1.0), 0.3, (5, 4)),
+];
+
+/// (a) The pre-map alone (identity augmentation) is today's second pass,
+/// `apply(at_spacing)`, up to float rounding (the pass rounds positions to
+/// f32), label for label; and a flip of the frame mirrors it exactly.
+#[test]
+fn resample_alone_matches_at_spacing() {
+    for (src, sp, t, out) in RESAMPLINGS {
+        // 2 channels: the loop for any channel count; 3 and 5: unrolled.
+        for c in [2, 3, 5] {
+            let (img, lab) = smooth_image(c, src.0, src.1);
+            // Random labels: every nearest-neighbour decision counts.
+            let (_, rlab) = random_image(1, src.0, src.1, 21);
+            for lab in [lab, rlab] {
+                let (want_x, want_y) = apply(
+                    &AugmentParams::at_spacing(src, sp, t, out, FILL),
+                    img.view(),
+                    lab.view(),
+                )
+                .unwrap();
+                let r = Resample::to_spacing(src, sp, t, out).unwrap();
+                assert_eq!((r.source_size, r.out_size), (src, out));
+                let p = AugmentParams::resampled(r, FILL);
+                let (x, y) = apply(&p, img.view(), lab.view()).unwrap();
+                let err = max_abs_diff(&x, &want_x);
+                assert!(err < 1e-5, "{src:?} {sp:?} {t} {out:?}: max error {err}");
+                assert_eq!(y, want_y, "{src:?} {sp:?} {t} {out:?}");
+                assert_eq!(apply_image(&p, img.view()).unwrap(), x);
+                let flipped = AugmentParams { flip: true, ..p };
+                let (xf, yf) = apply(&flipped, img.view(), lab.view()).unwrap();
+                assert_eq!(xf, x.slice(s![.., .., ..;-1]));
+                assert_eq!(yf, y.slice(s![.., ..;-1]));
+            }
+        }
+    }
+}
+
+/// (a) Derived by hand: bilinear interpolation reproduces an affine ramp,
+/// so the resampled image is the ramp at the source positions of the
+/// output's pixel centres, `(i + 0.5) · fov / out - 0.5 + (n / 2 - fov / 2)`
+/// per axis (clamped to the field of view's pixel centres), and fill where
+/// that is over half a pixel outside the source.
+#[test]
+fn resample_of_a_ramp_is_derived_by_hand() {
+    let ramp = |y: f64, x: f64| 0.01 * y - 0.007 * x + 0.3;
+    // (source, spacing, target): out is 32 × 32; per axis the source
+    // position of output pixel i, or None for fill.
+    type Pos = fn(usize) -> Option<f64>;
+    type Case = ((usize, usize), (f64, f64), f64, Pos, Pos);
+    let cases: [Case; 4] = [
+        // 1 mm → 2 mm over 64 rows: whole field of view, 2i + 0.5; 0.5 mm
+        // → 2 mm over 128 columns: 4j + 1.5.
+        (
+            (64, 128),
+            (1.0, 0.5),
+            2.0,
+            |i| Some(2.0 * i as f64 + 0.5),
+            |j| Some(4.0 * j as f64 + 1.5),
+        ),
+        // 1 mm → 1.5 mm: 48 pixels from 8: 1.5i + 8.25.
+        (
+            (64, 64),
+            (1.0, 1.0),
+            1.5,
+            |i| Some(1.5 * i as f64 + 8.25),
+            |j| Some(1.5 * j as f64 + 8.25),
+        ),
+        // 1 mm → 0.5 mm: 16 pixels from 24: 0.5i + 23.75, clamped to
+        // [24, 39].
+        (
+            (64, 64),
+            (1.0, 1.0),
+            0.5,
+            |i| Some((0.5 * i as f64 + 23.75).clamp(24.0, 39.0)),
+            |j| Some((0.5 * j as f64 + 23.75).clamp(24.0, 39.0)),
+        ),
+        // 1 mm → 4 mm: 128 pixels from -32: 4i - 30.5, inside the 64
+        // pixels for 8 <= i <= 23.
+        (
+            (64, 64),
+            (1.0, 1.0),
+            4.0,
+            |i| (8..=23).contains(&i).then_some(4.0 * i as f64 - 30.5),
+            |j| (8..=23).contains(&j).then_some(4.0 * j as f64 - 30.5),
+        ),
+    ];
+    for (src, sp, t, py, px) in cases {
+        let img = Array3::from_shape_fn((1, src.0, src.1), |(_, y, x)| {
+            ramp(y as f64, x as f64) as f32
+        });
+        let r = Resample::to_spacing(src, sp, t, (32, 32)).unwrap();
+        let x = apply_image(&AugmentParams::resampled(r, FILL), img.view()).unwrap();
+        let mut err = 0f64;
+        for ((_, i, j), &v) in x.indexed_iter() {
+            let want = match (py(i), px(j)) {
+                (Some(y), Some(x)) => ramp(y, x),
+                _ => f64::from(FILL),
+            };
+            err = err.max((f64::from(v) - want).abs());
+            // The pre-map reports the same positions.
+            if let (Some(y), Some(x)) = (py(i), px(j)) {
+                let (my, mx) = r.map((i as f64, j as f64));
+                assert!(
+                    (my - y).abs() < 1e-9 && (mx - x).abs() < 1e-9,
+                    "{src:?} {t}"
+                );
+            }
+        }
+        assert!(err < 1e-6, "{src:?} {sp:?} {t}: max error {err}");
+    }
+}
+
+/// The smooth image's channel-0 value at a continuous source position.
+fn smooth_at(y: f64, x: f64) -> f64 {
+    (0.21 * x + 0.13 * y).sin() + 0.5 * (0.07 * x - 0.17 * y).cos()
+}
+
+/// Independent f64 reference of the whole chain's geometry with today's
+/// resampling (`at_spacing`'s crop of `round(frame · t / spacing)` pixels
+/// from `n / 2 - fov / 2`) in front: output pixel → crop → frame (unpad,
+/// unflip, unrotate about the frame's centre) → source. `None` where the
+/// padded, frame or source position is within `margin` pixels of an edge
+/// or outside (there the two differ by design).
+fn reference_source_position(
+    p: &AugmentParams,
+    src: (usize, usize),
+    spacing: (f64, f64),
+    t: f64,
+    (oy, ox): (usize, usize),
+    margin: f64,
+) -> Option<(f64, f64)> {
+    let (fh, fw) = (p.in_size.0 as f64, p.in_size.1 as f64);
+    let crop = |o: usize, n_out: usize, n: usize, off: usize| {
+        ((o as f64 + 0.5) * n as f64 / n_out as f64 - 0.5).clamp(0.0, n as f64 - 1.0) + off as f64
+            - p.pad as f64
+    };
+    let yf = crop(oy, p.out_size.0, p.crop.height, p.crop.top);
+    let xf = crop(ox, p.out_size.1, p.crop.width, p.crop.left);
+    let ok = |v: f64, n: f64| v >= margin && v <= n - 1.0 - margin;
+    // Padding (around the rotated frame).
+    if !(ok(xf, fw) && ok(yf, fh)) {
+        return None;
+    }
+    let xf = if p.flip { fw - 1.0 - xf } else { xf };
+    let (cx, cy) = ((fw - 1.0) / 2.0, (fh - 1.0) / 2.0);
+    let (sin, cos) = p.angle_deg.to_radians().sin_cos();
+    let (dx, dy) = ((xf - cx) / p.scale, (yf - cy) / p.scale);
+    let (rx, ry) = (cx + cos * dx - sin * dy, cy + sin * dx + cos * dy);
+    if !(ok(rx, fw) && ok(ry, fh)) {
+        return None;
+    }
+    let to_src = |r: f64, n_frame: usize, n_src: usize, sp: f64| {
+        let fov = ((n_frame as f64 * t / sp).round() as usize).max(1);
+        (r + 0.5) * fov as f64 / n_frame as f64 - 0.5 + (n_src / 2) as f64 - (fov / 2) as f64
+    };
+    let sy = to_src(ry, p.in_size.0, src.0, spacing.0);
+    let sx = to_src(rx, p.in_size.1, src.1, spacing.1);
+    (ok(sx, src.1 as f64) && ok(sy, src.0 as f64)).then_some((sy, sx))
+}
+
+/// (b) Resampling and a drawn augmentation in one warp: the same draws as
+/// augmenting the resampled image (today's two passes); an image close to
+/// theirs (they differ by the second interpolation's blur) and closer to
+/// the smooth image's true values at an independently derived source
+/// position; the same labels but for a few boundary pixels.
+#[test]
+fn resample_with_a_drawn_augmentation_is_close_to_two_passes() {
+    // The field of view 180 × 229 source pixels, wider than the source
+    // (the sides are fill), then 180 × 213, inside it.
+    one_warp_against_two_passes((0.8, 0.7));
+    one_warp_against_two_passes((0.8, 0.75));
+}
+
+fn one_warp_against_two_passes(sp: (f64, f64)) {
+    let (src, t, frame) = ((180, 220), 1.0, (144, 160));
+    let (img, lab) = smooth_image(3, src.0, src.1);
+    let r = Resample::to_spacing(src, sp, t, frame).unwrap();
+    let fov_inside = r.origin.1 >= -0.5 && r.origin.1 + r.scale.1 * frame.1 as f64 <= 219.5;
+    // With the field of view inside the source, no 0 in the source: a 0 out
+    // marks a pixel outside the frame.
+    let lab = if fov_inside { lab.mapv(|v| v + 1) } else { lab };
+    let (mut worst_mad, mut worst_agree, mut worst_err) = (0f64, 1f64, 0f64);
+    let mut worst_truth = 1f64;
+    for (k, cfg) in [
+        AugmentConfig {
+            out_size: Some(frame),
+            ..AugmentConfig::default()
+        },
+        // Zoom and intensity extras too (the intensity steps follow the
+        // warp, the same in both).
+        AugmentConfig {
+            out_size: Some(frame),
+            ..AugmentConfig::default()
+        }
+        .with_nnunet_extras(),
+        // Another output size than the frame, larger rotations.
+        AugmentConfig {
+            out_size: Some((128, 100)),
+            max_rotation_deg: 30.0,
+            ..AugmentConfig::default()
+        },
+    ]
+    .iter()
+    .enumerate()
+    {
+        for i in 0..12 {
+            let (rx, ry) = apply(
+                &AugmentParams::at_spacing(src, sp, t, frame, cfg.fill),
+                img.view(),
+                lab.view(),
+            )
+            .unwrap();
+            let mut rng = kseg_volume::sample_rng(11, k as u64, i);
+            let two = augment(cfg, rx.view(), ry.view(), &mut rng).unwrap();
+            let mut rng = kseg_volume::sample_rng(11, k as u64, i);
+            let one = augment_resampled(cfg, &r, img.view(), lab.view(), &mut rng).unwrap();
+            assert_eq!(one.params.resample, Some(r));
+            assert_eq!(
+                AugmentParams {
+                    resample: None,
+                    ..one.params.clone()
+                },
+                two.params,
+                "the same draws"
+            );
+            assert_eq!(one.image.dim(), two.image.dim());
+            let mad = one
+                .image
+                .iter()
+                .zip(two.image.iter())
+                .map(|(&a, &b)| f64::from(a - b).abs())
+                .sum::<f64>()
+                / one.image.len() as f64;
+            let agree = one
+                .label
+                .iter()
+                .zip(two.label.iter())
+                .filter(|(a, b)| a == b)
+                .count() as f64
+                / one.label.len() as f64;
+            assert!(mad < 0.025, "cfg {k} draw {i}: mean |difference| {mad}");
+            // A pixel over a pixel outside the rotated frame (the corners,
+            // the same frame position in both) is fill in both.
+            let fill_only_in_two = one
+                .image
+                .iter()
+                .zip(two.image.iter())
+                .filter(|&(&a, &b)| b == cfg.fill && a != cfg.fill)
+                .count();
+            assert_eq!(
+                fill_only_in_two, 0,
+                "cfg {k} draw {i}: fill in two passes only"
+            );
+            // The label's frame border is decided at the same half pixel
+            // (the source's is not: two nearest-neighbour reads against one).
+            if fov_inside {
+                assert_eq!(
+                    one.label.mapv(|v| v == 0),
+                    two.label.mapv(|v| v == 0),
+                    "cfg {k} draw {i}: label 0 (outside the frame)"
+                );
+            }
+            assert!(agree > 0.99, "cfg {k} draw {i}: labels agree on {agree}");
+            worst_mad = worst_mad.max(mad);
+            worst_agree = worst_agree.min(agree);
+            let p = &one.params;
+            if p.brightness.is_some()
+                || p.contrast.is_some()
+                || p.gamma.is_some()
+                || p.noise.is_some()
+            {
+                continue;
+            }
+            // Against the truth, in the interior: one bilinear read of
+            // the smooth image errs by at most ~0.01; two compound.
+            let (mut n, mut e1, mut e2, mut max1) = (0usize, 0f64, 0f64, 0f64);
+            let mut label_ok = 0usize;
+            for ((yy, xx), _) in one.label.indexed_iter() {
+                let Some((sy, sx)) = reference_source_position(p, src, sp, t, (yy, xx), 1.0) else {
+                    continue;
+                };
+                let truth = smooth_at(sy, sx);
+                let d1 = (f64::from(one.image[[0, yy, xx]]) - truth).abs();
+                e1 += d1;
+                e2 += (f64::from(two.image[[0, yy, xx]]) - truth).abs();
+                max1 = max1.max(d1);
+                n += 1;
+                // The label of the source pixel nearest the true position.
+                let near = lab[[(sy + 0.5).floor() as usize, (sx + 0.5).floor() as usize]];
+                label_ok += usize::from(one.label[[yy, xx]] == near);
+            }
+            let lab_truth = label_ok as f64 / n as f64;
+            assert!(
+                lab_truth > 0.999,
+                "cfg {k} draw {i}: labels true on {lab_truth}"
+            );
+            worst_truth = worst_truth.min(lab_truth);
+            assert!(n > one.label.len() / 2, "cfg {k} draw {i}: interior {n}");
+            assert!(
+                max1 < 0.015,
+                "cfg {k} draw {i}: max error {max1} against the truth"
+            );
+            assert!(
+                e1 < e2,
+                "cfg {k} draw {i}: one warp {e1} vs two passes {e2}"
+            );
+            worst_err = worst_err.max(max1);
+        }
+    }
+    eprintln!(
+        "{sp:?} mm: worst mean |one - two| {worst_mad}, label agreement {worst_agree}; against the truth: \
+         one-warp error {worst_err}, labels {worst_truth}"
+    );
+}
+
+/// (c) Bad resampling input is an error, not a panic.
+#[test]
+fn resample_bad_input_is_an_error_not_a_panic() {
+    let (img, lab) = random_image(3, 10, 12, 8);
+    let to = Resample::to_spacing;
+    for bad in [
+        to((0, 12), (1.0, 1.0), 1.0, (8, 8)),
+        to((10, 12), (1.0, 1.0), 1.0, (8, 0)),
+        to((10, 12), (f64::NAN, 1.0), 1.0, (8, 8)),
+        to((10, 12), (1.0, 0.0), 1.0, (8, 8)),
+        to((10, 12), (1.0, -1.0), 1.0, (8, 8)),
+        to((10, 12), (1.0, 1.0), f64::INFINITY, (8, 8)),
+        to((10, 12), (1.0, 1.0), 0.0, (8, 8)),
+    ] {
+        assert!(matches!(bad, Err(AugmentError::Input(_))), "{bad:?}");
+    }
+    let good = to((10, 12), (1.0, 1.0), 1.0, (8, 8)).unwrap();
+    for r in [
+        Resample {
+            scale: (f64::NAN, 1.0),
+            ..good
+        },
+        Resample {
+            scale: (1.0, f64::INFINITY),
+            ..good
+        },
+        Resample {
+            scale: (0.0, 1.0),
+            ..good
+        },
+        Resample {
+            origin: (0.0, f64::NEG_INFINITY),
+            ..good
+        },
+        Resample {
+            out_size: (0, 8),
+            ..good
+        },
+    ] {
+        assert!(r.validate().is_err(), "{r:?}");
+        let e = apply(&AugmentParams::resampled(r, FILL), img.view(), lab.view()).unwrap_err();
+        assert!(matches!(e, AugmentError::Input(_)), "{e}");
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert!(
+            augment_resampled(
+                &AugmentConfig::default(),
+                &r,
+                img.view(),
+                lab.view(),
+                &mut rng
+            )
+            .is_err()
+        );
+    }
+    // The image is not the resample's source.
+    let other = to((10, 11), (1.0, 1.0), 1.0, (8, 8)).unwrap();
+    let e = apply(
+        &AugmentParams::resampled(other, FILL),
+        img.view(),
+        lab.view(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("resample is from"), "{e}");
+    // Parameters drawn for another frame.
+    let p = AugmentParams {
+        resample: Some(good),
+        ..AugmentParams::identity((9, 8), 12, FILL)
+    };
+    let e = apply(&p, img.view(), lab.view()).unwrap_err();
+    assert!(e.to_string().contains("drawn for"), "{e}");
+    // A bad configuration.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let cfg = AugmentConfig {
+        flip_prob: 2.0,
+        ..Default::default()
+    };
+    let e = augment_resampled(&cfg, &good, img.view(), lab.view(), &mut rng).unwrap_err();
+    assert!(matches!(e, AugmentError::Config(_)), "{e}");
+    // Absurd but finite voxel sizes: a huge or tiny field of view is all
+    // fill or one source pixel, never a panic or an allocation of it.
+    for sp in [1e-300, 1e300] {
+        let r = to((10, 12), (sp, sp), 1.0, (6, 7)).unwrap();
+        let (x, y) = apply(&AugmentParams::resampled(r, FILL), img.view(), lab.view()).unwrap();
+        assert_eq!((x.dim(), y.dim()), ((3, 6, 7), (6, 7)));
+        assert!(x.iter().all(|v| v.is_finite()));
+    }
 }

@@ -1,8 +1,13 @@
 //! The reference method's training loss: weighted cross-entropy + λ ·
 //! Lovász-Softmax.
 //!
-//! Layout: this file holds the loss ([`SegLoss`]); `seg_loss/cpu.rs` its CPU
-//! op, the whole loss as one host computation (docs/ARCHITECTURE.md).
+//! Layout (docs/ARCHITECTURE.md, "Where things go"): this file holds the
+//! loss ([`SegLoss`]), which tries each device's fast path in turn (`cuda`,
+//! then `cpu`: each module's `applies`, then its `seg_loss`) and falls back
+//! to the candle-op composition; `seg_loss/op.rs` the custom op (`PartOp`,
+//! one `impl` for every device); `seg_loss/cpu.rs` its CPU kernels, the
+//! whole loss as one host computation; `seg_loss/cuda.rs` (with the `cuda`
+//! feature) its CUDA kernels.
 
 use candle_core::{Result, Tensor, bail};
 use serde::{Deserialize, Serialize};
@@ -11,6 +16,10 @@ use crate::ce::cross_entropy_with_ignore;
 use crate::lovasz::{LovaszConfig, lovasz_softmax};
 
 mod cpu;
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // kernel launches: see the crate's unsafe rule (lib.rs)
+mod cuda;
+mod op;
 
 /// Class weights from label voxel counts (docs/METHOD.md §3): `w_c = 1 / sqrt(f_c)`
 /// with `f_c` the class frequency, normalised to mean 1. A class with no
@@ -101,14 +110,15 @@ impl SegLoss {
     /// elsewhere it is [`SegLoss::forward_composed`]. The two agree to
     /// rounding (`crates/loss/tests/fused_loss.rs`).
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<LossParts> {
+        let (weights, lambda, lovasz_cfg) =
+            (self.weights.as_ref(), self.cfg.lambda, &self.cfg.lovasz);
+        #[cfg(feature = "cuda")]
+        if cuda::applies(logits, labels) {
+            let [total, ce, lovasz] = cuda::seg_loss(logits, labels, weights, lambda, lovasz_cfg)?;
+            return Ok(LossParts { total, ce, lovasz });
+        }
         if cpu::applies(logits, labels) {
-            let [total, ce, lovasz] = cpu::seg_loss_cpu(
-                logits,
-                labels,
-                self.weights.as_ref(),
-                self.cfg.lambda,
-                &self.cfg.lovasz,
-            )?;
+            let [total, ce, lovasz] = cpu::seg_loss(logits, labels, weights, lambda, lovasz_cfg)?;
             return Ok(LossParts { total, ce, lovasz });
         }
         self.forward_composed(logits, labels)

@@ -1,6 +1,8 @@
 //! The host floor of kseg-model: every raw pointer and every `unsafe`
-//! block of the crate is in this file. The CPU ops (`conv/cpu.rs`,
-//! `conv/winograd.rs`, `norm/cpu.rs`) use these safe types:
+//! block of the crate's CPU code is in this file (the CUDA kernels'
+//! launches are in each layer's `X/cuda.rs`: see the crate docs). The CPU
+//! kernels (`conv/cpu.rs`, `conv/winograd.rs`, `norm/cpu.rs`) use these
+//! safe types:
 //!
 //! - [`f32_slice`] and [`storage_f32`]: the f32 values of a CPU storage;
 //! - [`Mat`] (a strided read-only matrix view), [`DstMat`] (a block to write

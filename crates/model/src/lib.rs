@@ -15,15 +15,25 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! `unsafe` lives in two kinds of file only (the crate denies it elsewhere):
+//! `host.rs`, the host floor of the CPU kernels, and each layer's CUDA
+//! kernels `X/cuda.rs` (launches and device buffers, with the `cuda`
+//! feature). Every block has a `// SAFETY:` comment.
+
+#![deny(unsafe_code)]
 
 mod act;
 pub mod blocks;
 pub mod conv;
+mod gpu;
+#[allow(unsafe_code)] // the host floor: see above
 mod host;
 pub mod norm;
 mod resunet;
 
 pub use act::leaky_relu;
 pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample};
+pub use gpu::{gpu_ops, set_gpu_ops, set_tf32, tf32};
 pub use norm::BatchNorm2d;
 pub use resunet::{ResUNet, ResUNetConfig};

@@ -6,25 +6,29 @@
 //! add, transpose back) whose autograd keeps several activation-sized
 //! intermediates, and the activation adds three more. On the CPU in f32,
 //! [`BatchNorm2d::forward_act`] computes `act(bn(x) [+ r])` in one custom op
-//! ([`BnAct`]) that keeps only its input and output and has a hand-written
+//! (`BnAct`) that keeps only its input and output and has a hand-written
 //! backward; elsewhere (CUDA, Metal, f64) it is candle's `BatchNorm` followed
 //! by the same add and activation as tensor ops. Both update the running
 //! statistics like PyTorch (momentum 0.1, unbiased running variance).
 
 //!
-//! Layout: this file holds the layer; `norm/cpu.rs` its CPU op ([`BnAct`]).
+//! Layout (docs/ARCHITECTURE.md, "Where things go"): this file holds the
+//! layer, which tries each device's fused path in turn (`cuda`, then `cpu`:
+//! each module's `applies`, then its `forward_act`) and falls back to
+//! candle's ops; `norm/op.rs` the custom op (`BnAct`, one `impl` for every
+//! device); `norm/cpu.rs` its CPU kernels; `norm/cuda.rs` (with the `cuda`
+//! feature) its CUDA kernels.
 
-use std::sync::{Arc, OnceLock};
-
-use candle_core::{DType, ModuleT, Result, Tensor, Var, bail};
+use candle_core::{ModuleT, Result, Tensor, Var, bail};
 use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
 
 use crate::act::leaky_relu;
 
 mod cpu;
-
-pub use cpu::BnAct;
-use cpu::Stats;
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // kernel launches: see the crate's unsafe rule (lib.rs)
+mod cuda;
+mod op;
 
 /// PyTorch's `BatchNorm2d` (eps 1e-5, momentum 0.1, affine; names `weight`,
 /// `bias`, `running_mean`, `running_var`).
@@ -75,26 +79,32 @@ impl BatchNorm2d {
         slope: f64,
         train: bool,
     ) -> Result<Tensor> {
-        // The fused backward reads the activation's side from the sign of
-        // the output, which needs a positive slope (0, ReLU, takes the
-        // tensor ops).
-        let fused = slope > 0.0
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.running_mean.dtype() == DType::F32
-            && residual.is_none_or(|r| r.dtype() == DType::F32);
-        if !fused {
-            let y = self.inner.forward_t(x, train)?;
-            let y = match residual {
-                Some(r) => (y + r)?,
-                None => y,
-            };
-            return if slope == 1.0 {
-                Ok(y)
-            } else {
-                leaky_relu(&y, slope)
-            };
+        #[cfg(feature = "cuda")]
+        if cuda::applies(self, x, residual, slope) {
+            return cuda::forward_act(self, x, residual, slope, train);
         }
+        if cpu::applies(self, x, residual, slope) {
+            return cpu::forward_act(self, x, residual, slope, train);
+        }
+        let y = self.inner.forward_t(x, train)?;
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        if slope == 1.0 {
+            Ok(y)
+        } else {
+            leaky_relu(&y, slope)
+        }
+    }
+
+    /// The checks of the fused paths: `x`'s channels are the layer's, and
+    /// the residual has `x`'s shape. Returns `x`'s dimensions.
+    fn check_fused(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<(usize, usize, usize, usize)> {
         let (b, c, h, w) = x.dims4()?;
         if c != self.running_mean.dim(0)? {
             bail!(
@@ -111,48 +121,27 @@ impl BatchNorm2d {
                 x.dims()
             );
         }
+        Ok((b, c, h, w))
+    }
+
+    /// `[gamma; beta]`, `(2, C)`: the fused op's second argument.
+    fn gamma_beta(&self) -> Result<Tensor> {
         let (weight, bias) = self
             .inner
             .weight_and_bias()
             .expect("BatchNorm2d is built affine");
-        let gb = Tensor::stack(&[weight, bias], 0)?;
-        let stats = if train {
-            Stats::Batch(Arc::new(OnceLock::new()))
-        } else {
-            let mean = self.running_mean.to_vec1::<f32>()?;
-            let invstd = self
-                .running_var
-                .to_vec1::<f32>()?
-                .iter()
-                .map(|&v| (1.0 / (v as f64 + Self::EPS).sqrt()) as f32)
-                .collect();
-            Stats::Running(Arc::new((mean, invstd)))
-        };
-        let op = BnAct {
-            eps: Self::EPS,
-            slope: slope as f32,
-            stats: stats.clone(),
-        };
-        let x = x.contiguous()?;
-        let y = match residual {
-            Some(r) => x.apply_op3(&gb, &r.contiguous()?, op)?,
-            None => x.apply_op2(&gb, op)?,
-        };
-        if let Stats::Batch(batch) = stats {
-            let Some(batch) = batch.get() else {
-                bail!("batch norm: the fused op did not record its statistics")
-            };
-            let n = (b * h * w) as f64;
-            let m = Self::MOMENTUM;
-            let dev = x.device();
-            let mean = Tensor::from_vec(batch.mean.clone(), c, dev)?;
-            let var = Tensor::from_vec(batch.var.clone(), c, dev)?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
-            let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-        }
-        Ok(y)
+        Tensor::stack(&[weight, bias], 0)
+    }
+
+    /// Updates the running statistics like PyTorch from a batch's `(C,)`
+    /// mean and biased variance over `n` values per channel.
+    fn update_running(&self, mean: Tensor, var: Tensor, n: f64) -> Result<()> {
+        let m = Self::MOMENTUM;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (var * (m * unbias))?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(())
     }
 }

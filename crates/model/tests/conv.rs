@@ -1,10 +1,12 @@
 //! The gemm convolution against candle's own `conv2d`: outputs and the
 //! gradients of input, weight and bias, for the shapes the Res-U-Net uses
-//! (3×3 stride 1 and 2, 1×1) and odd ones; and im2col/col2im as adjoints.
+//! (3×3 stride 1 and 2, 1×1) and odd ones. (im2col/col2im as adjoints, and
+//! the tiled products against the definition, are checked in the crate:
+//! `src/conv/op.rs`, `src/conv/cpu.rs`.)
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{Device, Module, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig};
-use kseg_model::conv::{Col2Im, Conv, Im2Col};
+use kseg_model::conv::Conv;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -85,8 +87,8 @@ fn gemm_conv_matches_candle_conv_and_its_gradients() {
         // Where the stride does not divide (n + 2·pad - k), candle's own
         // conv2d backward returns an input gradient of the wrong size, so
         // it is no reference there; those geometries' backward is checked
-        // by `im2col_and_col2im_are_adjoint` (the forward above plus
-        // adjointness fix the backward).
+        // by `conv::op::tests::im2col_and_col2im_are_adjoint` in the crate
+        // (the forward above plus adjointness fix the backward).
         if (h + 2 * pad - k) % stride != 0 || (w + 2 * pad - k) % stride != 0 {
             continue;
         }
@@ -134,46 +136,5 @@ fn untracked_input_gets_no_gradient_and_the_weight_the_right_one() {
         assert!(go.get(&x).is_none(), "b{b}: untracked input got a gradient");
         let d = max_diff(go.get(&wt).unwrap(), gr.get(&wt).unwrap());
         assert!(d < 1e-4, "b{b}: weight gradient off by {d}");
-    }
-}
-
-/// `Σ a·b` in f64.
-fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    let p = (a.to_dtype(DType::F64).unwrap() * b.to_dtype(DType::F64).unwrap()).unwrap();
-    p.sum_all().unwrap().to_scalar::<f64>().unwrap()
-}
-
-#[test]
-fn im2col_and_col2im_are_adjoint() {
-    // <im2col(x), y> = <x, col2im(y)> for any x, y: col2im is the exact
-    // transpose, so the input gradient is exact.
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for (k, stride, pad, h, w) in [
-        (3, 1, 1, 6, 5),
-        (3, 2, 1, 7, 8),
-        (5, 2, 2, 9, 6),
-        (5, 1, 2, 1, 1),
-        (5, 2, 2, 2, 3),
-        (3, 3, 1, 2, 5),
-        (3, 3, 1, 11, 10),
-    ] {
-        let x = randn(&[2, 3, h, w], &mut rng);
-        let cols = x.apply_op1(Im2Col { k, stride, pad }).unwrap();
-        let y = randn(cols.dims(), &mut rng);
-        let back = y
-            .apply_op1(Col2Im {
-                k,
-                stride,
-                pad,
-                c: 3,
-                h,
-                w,
-            })
-            .unwrap();
-        let (lhs, rhs) = (dot(&cols, &y), dot(&x, &back));
-        assert!(
-            (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
-            "{lhs} vs {rhs}"
-        );
     }
 }

@@ -9,7 +9,7 @@ mod support;
 #[path = "../../../tests/support/tensors.rs"]
 mod tensors;
 
-/// The convolution's CPU op against candle's conv2d and the definition.
+/// The convolution's CPU op against candle's conv2d (the definition: in the crate).
 mod conv;
 /// The fused BatchNorm op against candle's BatchNorm and PyTorch's rules.
 mod norm;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use kseg_augment::AugmentConfig;
+use kseg_infer::ModelMeta;
+use kseg_infer::runtime::GpuOps;
 use kseg_loss::{LovaszConfig, SegLossConfig};
 use kseg_model::ResUNetConfig;
 use kseg_volume::synth::SynthConfig;
@@ -40,6 +42,15 @@ pub struct TrainConfig {
     /// `cpu`, `cuda`, `cuda:N`, `metal` or `auto` (the best compiled in and
     /// present).
     pub device: String,
+    /// On CUDA: `candle` (default) or `kseg`, kseg's own CUDA ops where it
+    /// has them (opt-in until a recorded GPU run verifies them:
+    /// docs/CUDA.md).
+    #[serde(skip_serializing_if = "is_default")]
+    pub gpu_ops: GpuOps,
+    /// On CUDA: allow TF32 tensor-core math in f32 products and
+    /// convolutions (off: FMA math, like PyTorch's f32).
+    #[serde(skip_serializing_if = "is_default")]
+    pub tf32: bool,
 }
 
 impl Default for TrainConfig {
@@ -57,6 +68,8 @@ impl Default for TrainConfig {
             train: LoopConfig::default(),
             postprocess: PostprocessConfig::default(),
             device: "auto".into(),
+            gpu_ops: GpuOps::Candle,
+            tf32: false,
         }
     }
 }
@@ -88,7 +101,7 @@ pub struct DataConfig {
     /// Split file (JSON); default `<cache_dir>/split-<seed>-<n_val>.json`,
     /// created on first use.
     pub split_file: Option<PathBuf>,
-    /// Validation cases of a new split (the seed: 30 of 210).
+    /// Validation cases of a new split (the reference method: 30 of 210).
     pub n_val: usize,
     /// RNG seed of the train/validation split.
     pub split_seed: u64,
@@ -97,7 +110,7 @@ pub struct DataConfig {
     pub context: usize,
     /// In-plane size the network sees, `(H, W)`: slices are resampled to it
     /// in training (by the augmentation's crop-and-resize) and in inference
-    /// (and the prediction back). `None`: the data's own size (the seed:
+    /// (and the prediction back). `None`: the data's own size (the reference method:
     /// 512×512, no resampling).
     pub in_plane: Option<(usize, usize)>,
     /// In-plane voxel size in mm the network works at: training slices are
@@ -302,22 +315,12 @@ impl Default for LoopConfig {
     }
 }
 
-/// The model outputs a label set needs: one per label, or with `regions`
-/// one per KiTS23 region; `None` for regions of a set without them (only
-/// KiTS23's labels have cysts). What configurations and model files are
-/// both checked against.
-pub fn model_outputs(labels: LabelSet, regions: bool) -> Option<usize> {
-    match (regions, labels) {
-        (false, _) => Some(labels.num_labels()),
-        (true, LabelSet::Kits23) => Some(kseg_volume::metric::KITS23_REGIONS.len()),
-        (true, LabelSet::Kits19) => None,
-    }
-}
-
 /// Fields left out of a configuration's JSON when they hold their default,
 /// so that configurations written before they existed (KiTS19's) stay
 /// byte for byte the same; overrides may still set them.
-const OMITTED_WHEN_DEFAULT: [&str; 4] = [
+const OMITTED_WHEN_DEFAULT: [&str; 6] = [
+    "gpu_ops",
+    "tf32",
     "data.labels",
     "data.spacing_mm",
     "data.synthetic.generator.cysts",
@@ -409,11 +412,29 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The model-file metadata of a model trained with this configuration,
+    /// after `step` steps.
+    pub fn model_meta(&self, step: usize) -> ModelMeta {
+        ModelMeta {
+            format: 1,
+            model: self.model,
+            context: self.data.context,
+            intensity: self.data.intensity,
+            in_plane: self.data.in_plane,
+            step,
+            keep_largest: self.postprocess.keep_largest,
+            mirror: self.postprocess.mirror,
+            spacing_mm: self.data.spacing_mm,
+            labels: self.data.labels,
+            regions: self.loss.regions,
+        }
+    }
+
     /// The model's output channels this configuration needs: one per
     /// label of the set, or one per region with `loss.regions` (`None`:
     /// regions asked of a set that has none).
     pub fn outputs(&self) -> Option<usize> {
-        model_outputs(self.data.labels, self.loss.regions)
+        self.data.labels.outputs(self.loss.regions)
     }
 
     /// Checks the values that the parts do not check themselves, and the
@@ -511,5 +532,36 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// kseg-augment depends on no kseg crate, so its default fill is a
+    /// literal: it must be air after the default intensity window, bit
+    /// for bit, or the default job's augmented samples would change.
+    #[test]
+    fn the_augmentation_fills_with_air_of_the_default_window() {
+        let air = Intensity::default().air();
+        assert_eq!(
+            kseg_augment::AugmentConfig::AIR_FILL.to_bits(),
+            air.to_bits()
+        );
+        assert_eq!(TrainConfig::default().augment.fill.to_bits(), air.to_bits());
+    }
+
+    /// The model file's metadata follows the configuration it was trained
+    /// with, and passes the model file's own check.
+    #[test]
+    fn model_meta_follows_the_config() {
+        let mut cfg = TrainConfig::default();
+        cfg.postprocess.keep_largest = Some(2);
+        let meta = cfg.model_meta(7);
+        assert_eq!((meta.step, meta.keep_largest), (7, Some(2)));
+        assert_eq!(meta.model, cfg.model);
+        assert_eq!(meta.labels.outputs(meta.regions), cfg.outputs());
+        meta.validate().unwrap();
     }
 }

@@ -106,7 +106,7 @@ impl Dataset {
         let open = |ids: &[String]| -> Result<Vec<CachedCase>> {
             let dirs = ids.iter().map(find).collect::<Result<Vec<_>>>()?;
             dirs.par_iter()
-                .map(|c| Ok(CachedCase::open_or_build_with(c, &cache_dir, cfg.labels)?))
+                .map(|c| Ok(CachedCase::open_or_build(c, &cache_dir, cfg.labels)?))
                 .collect()
         };
         let train = open(&split.train)?;
@@ -243,24 +243,19 @@ pub fn make_batch(ds: &Dataset, cfg: &TrainConfig, step: usize) -> Result<Batch>
             let case = &ds.train[r.case];
             let (x, y) = case.sample(r.slice, n, &cfg.data.intensity)?;
             let y = y.expect("training cases have labels");
-            let (x, y) = match (cfg.data.spacing_mm, cfg.augment.out_size) {
+            // At a fixed voxel size the resampling and the augmentation
+            // are one warp (the source is sampled once).
+            let a = match (cfg.data.spacing_mm, cfg.augment.out_size) {
                 (Some(t), Some(out)) => {
-                    // The case's in-plane voxel size (internal order).
+                    // The case's in-plane voxel size (canonical order).
                     let sp = &case.meta().spacing;
                     let (_, h, w) = x.dim();
-                    let p = kseg_augment::AugmentParams::at_spacing(
-                        (h, w),
-                        (sp[1], sp[2]),
-                        t,
-                        out,
-                        cfg.augment.fill,
-                    );
-                    kseg_augment::apply(&p, x.view(), y.view())?
+                    let r = kseg_infer::resample::window((h, w), (sp[1], sp[2]), t, out)?;
+                    kseg_augment::augment_resampled(&cfg.augment, &r, x.view(), y.view(), &mut rng)?
                 }
-                _ => (x, y),
+                _ => kseg_augment::augment(&cfg.augment, x.view(), y.view(), &mut rng)?,
             };
-            let (x, y, _) = kseg_augment::augment(&cfg.augment, x.view(), y.view(), &mut rng)?;
-            Ok((x, y))
+            Ok((a.image, a.label))
         })
         .collect::<Result<_>>()?;
     let (c, h, w) = samples[0].0.dim();

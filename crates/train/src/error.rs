@@ -53,12 +53,15 @@ pub enum TrainError {
     /// From the volume crate (a file named).
     #[error(transparent)]
     Volume(#[from] kseg_volume::VolumeError),
+    /// From loading or running a model (a file named).
+    #[error(transparent)]
+    Infer(#[from] kseg_infer::InferError),
     /// From the augmentation.
     #[error("augmentation: {0}")]
     Augment(#[from] kseg_augment::AugmentError),
     /// From scoring.
     #[error("metric: {0}")]
-    Metric(#[from] kseg_volume::MetricError),
+    Metric(#[from] kseg_metrics::MetricError),
     /// From candle.
     #[error("{}", candle_text(.0))]
     Candle(#[from] candle_core::Error),
@@ -70,14 +73,7 @@ pub enum TrainError {
 /// The crate's result type.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-/// A candle error's message without the backtrace candle appends when
-/// `RUST_BACKTRACE` is set: errors reach users as one line.
-pub fn candle_text(e: &candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => candle_text(inner),
-        e => e.to_string(),
-    }
-}
+pub use kseg_infer::candle_text;
 
 impl TrainError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {

@@ -1,5 +1,5 @@
-//! Training and inference for kseg: a thin layer that ties the volume,
-//! augmentation, model and loss crates together.
+//! Training for kseg: a thin layer that ties the volume, augmentation,
+//! model, loss, metrics and inference crates together into a loop.
 //!
 //! - [`TrainConfig`]: one nested configuration (TOML or JSON, dotted
 //!   overrides), whose default is the reference method;
@@ -8,32 +8,29 @@
 //! - [`Trainer`]: the loop, with AdamW or SGD ([`optim`]), learning-rate
 //!   [`Schedule`]s, gradient clipping, validation on whole volumes,
 //!   atomic checkpoints and exact resume;
-//! - [`Segmenter`]: whole-volume inference from a checkpoint;
+//! - validation with `kseg-infer`'s `Segmenter` and the label set's
+//!   metric (`kseg-metrics`);
 //! - [`Observer`]: progress, JSON-lines metrics and PNG plots.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
-pub mod infer;
 pub mod observe;
 pub mod optim;
 pub mod plots;
 pub mod run_dir;
-pub mod runtime;
 pub mod schedule;
 pub mod trainer;
 
-pub use checkpoint::{Checkpoint, ModelMeta, TrainState};
+pub use checkpoint::{Checkpoint, TrainState};
 pub use config::{
     ClassWeights, DataConfig, LoopConfig, LossConfig, OptimConfig, PostprocessConfig, TrainConfig,
 };
 pub use data::{Batch, Dataset, Loader};
 pub use error::{Result, TrainError, candle_text};
-pub use infer::Segmenter;
 pub use observe::{Observer, RunInfo, StepRecord, Summary, ValidationRecord};
 pub use optim::{AdamW, AdamWConfig, Optimiser, Sgd, SgdConfig, decays};
 pub use run_dir::{CheckpointDir, RunDir, RunLock};
-pub use runtime::{device, device_name, init_cpu_threads, on_cpu_pool};
 pub use schedule::Schedule;
 pub use trainer::Trainer;

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kseg_volume::DiceSummary;
-use kseg_volume::metric::{KITS23_REGIONS, Kits23Summary, RegionMeans};
+use kseg_metrics::{DiceSummary, Evaluation, RegionMeans};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -53,11 +52,11 @@ pub struct OverlaySlice {
 pub struct ValidationRecord {
     /// The step validated after.
     pub step: usize,
-    /// Per-case and mean Dice (kidney: label > 0, tumour: label 2; for
-    /// KiTS23 labels these are the kidney_and_mass and tumor regions' Dice).
-    pub dice: DiceSummary,
-    /// KiTS23 label sets: the official metrics of the three regions.
-    pub regions: Option<Kits23Summary>,
+    /// The label set's metric over the validation cases: per-case and
+    /// mean Dice (kidney: label > 0, tumour: label 2; for KiTS23 labels
+    /// these are the kidney_and_mass and tumor regions' Dice) and, for
+    /// KiTS23 label sets, the official metrics of the three regions.
+    pub evaluation: Evaluation,
     /// Wall time of the validation.
     pub seconds: f64,
     /// Whether it is the best so far.
@@ -71,20 +70,12 @@ impl ValidationRecord {
     /// (mean of the regions' Dice and surface Dice) for KiTS23 labels, else
     /// the KiTS19 composite.
     pub fn score(&self) -> f64 {
-        self.regions
-            .as_ref()
-            .map_or(self.dice.composite, |r| r.composite)
+        self.evaluation.score()
     }
 
     /// The regions' means by name, for reports.
     pub fn region_means(&self) -> Option<BTreeMap<String, RegionMeans>> {
-        self.regions.as_ref().map(|r| {
-            KITS23_REGIONS
-                .iter()
-                .zip(&r.means)
-                .map(|(reg, m)| (reg.name.to_string(), *m))
-                .collect()
-        })
+        self.evaluation.region_means()
     }
 }
 
@@ -248,7 +239,7 @@ impl Observer for Progress {
             }
             None => format!(
                 "kidney {:.4} tumour {:.4}",
-                r.dice.kidney_mean, r.dice.tumour_mean
+                r.evaluation.dice.kidney_mean, r.evaluation.dice.tumour_mean
             ),
         };
         let line = format!(
@@ -328,12 +319,12 @@ impl Observer for JsonLines {
         let mut v = serde_json::json!({
             "kind": "validation",
             "step": r.step,
-            "kidney_dice": r.dice.kidney_mean,
-            "tumour_dice": r.dice.tumour_mean,
+            "kidney_dice": r.evaluation.dice.kidney_mean,
+            "tumour_dice": r.evaluation.dice.tumour_mean,
             "composite": r.score(),
             "is_best": r.is_best,
             "seconds": r.seconds,
-            "cases": r.dice.cases,
+            "cases": r.evaluation.dice.cases,
         });
         if let Some(m) = r.region_means() {
             v["regions"] = serde_json::json!(m);

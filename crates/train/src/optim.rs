@@ -9,9 +9,16 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Result, Storage, Tensor, Var, backprop::GradStore, bail};
-use rayon::prelude::*;
+use candle_core::{DType, Device, Result, Tensor, Var, backprop::GradStore, bail};
 use serde::{Deserialize, Serialize};
+
+mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+// The in-place ops run on CUDA; on the CPU only their test runs them
+// (the fused `cpu::adamw` is the CPU path).
+#[cfg(any(test, feature = "cuda"))]
+mod op;
 
 /// Whether weight decay applies to a variable: not to BatchNorm parameters
 /// (a `bn` path component) nor to biases, nor to running statistics.
@@ -183,7 +190,14 @@ impl Optimiser for AdamW {
                 lr: c.lr,
                 decay,
             };
-            if let Some((p, m, v)) = rule.fused_cpu(var.as_tensor(), &g, &self.m[i], &self.v[i])? {
+            let (p, m, v) = (var.as_tensor(), &self.m[i], &self.v[i]);
+            #[cfg(feature = "cuda")]
+            if cuda::applies(p, &g, m, v) {
+                cuda::adamw(&rule, p, &g, m, v)?;
+                continue;
+            }
+            if cpu::applies(p, &g, m, v) {
+                let (p, m, v) = cpu::adamw(&rule, p, &g, m, v)?;
                 var.set(&p)?;
                 self.m[i] = m;
                 self.v[i] = v;
@@ -243,91 +257,17 @@ impl Optimiser for AdamW {
     }
 }
 
-/// The values of a contiguous f32 CPU storage.
-fn cpu_f32<'a>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [f32]> {
-    match s {
-        Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
-            l.contiguous_offsets().map(|(a, b)| &v[a..b])
-        }
-        _ => None,
-    }
-}
-
 /// One AdamW update's constants: `decay` is `lr · weight_decay` for
 /// decaying variables, else 0.
 #[derive(Debug, Clone, Copy)]
-struct AdamRule {
-    beta1: f64,
-    beta2: f64,
-    bc1: f64,
-    bc2: f64,
-    eps: f64,
-    lr: f64,
-    decay: f64,
-}
-
-impl AdamRule {
-    /// The whole update in one parallel pass over `p`, `g`, `m`, `v` when
-    /// all four are contiguous f32 on the CPU (new `p`, `m`, `v`); `None`
-    /// otherwise (the tensor-op path then runs). A dozen tensor ops, each
-    /// allocating a buffer the size of the variable, become three buffers.
-    fn fused_cpu(
-        &self,
-        p: &Tensor,
-        g: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        let ok = |t: &Tensor| {
-            t.device().is_cpu()
-                && t.dtype() == DType::F32
-                && t.is_contiguous()
-                && t.dims() == p.dims()
-        };
-        if ![p, g, m, v].into_iter().all(ok) {
-            return Ok(None);
-        }
-        let (ps, pl) = p.storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
-        let (ms, ml) = m.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (Some(pv), Some(gv), Some(mv), Some(vv)) = (
-            cpu_f32(&ps, pl),
-            cpu_f32(&gs, gl),
-            cpu_f32(&ms, ml),
-            cpu_f32(&vs, vl),
-        ) else {
-            return Ok(None);
-        };
-        let n = pv.len();
-        let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let (ib1, ib2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
-        let (bc1, bc2) = (self.bc1 as f32, self.bc2 as f32);
-        let (eps, lr, keep) = (self.eps as f32, self.lr as f32, (1.0 - self.decay) as f32);
-        const CHUNK: usize = 1 << 14;
-        np.par_chunks_mut(CHUNK)
-            .zip(nm.par_chunks_mut(CHUNK))
-            .zip(nv.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(ci, ((op, om), ov))| {
-                let o = ci * CHUNK;
-                for j in 0..op.len() {
-                    let gj = gv[o + j];
-                    let mj = b1 * mv[o + j] + ib1 * gj;
-                    let vj = b2 * vv[o + j] + ib2 * gj * gj;
-                    om[j] = mj;
-                    ov[j] = vj;
-                    op[j] = pv[o + j] * keep - lr * ((mj / bc1) / ((vj / bc2).sqrt() + eps));
-                }
-            });
-        let (dev, shape) = (p.device(), p.shape());
-        Ok(Some((
-            Tensor::from_vec(np, shape, dev)?,
-            Tensor::from_vec(nm, shape, dev)?,
-            Tensor::from_vec(nv, shape, dev)?,
-        )))
-    }
+pub(crate) struct AdamRule {
+    pub(crate) beta1: f64,
+    pub(crate) beta2: f64,
+    pub(crate) bc1: f64,
+    pub(crate) bc2: f64,
+    pub(crate) eps: f64,
+    pub(crate) lr: f64,
+    pub(crate) decay: f64,
 }
 
 /// SGD settings. `Default`: nnU-Net's lr 0.01, momentum 0.99, Nesterov,
@@ -451,5 +391,55 @@ impl Optimiser for Sgd {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The in-place ops of `op.rs` (the host mirror of the CUDA kernels)
+    /// give the fused CPU pass's values bit for bit, over several steps
+    /// with and without weight decay.
+    #[test]
+    fn in_place_ops_mirror_the_fused_cpu_update() {
+        let dev = Device::Cpu;
+        let n = 1000;
+        let vals = |k: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.37 + k as f32 * 1.3).sin() * 0.5)
+                .collect()
+        };
+        for decay in [0.0, 0.004 * 0.01] {
+            let mut p = Tensor::from_vec(vals(0), n, &dev).unwrap();
+            let mut m = Tensor::zeros(n, DType::F32, &dev).unwrap();
+            let mut v = Tensor::zeros(n, DType::F32, &dev).unwrap();
+            let (p2, m2, v2) = (p.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
+            for step in 1..=5 {
+                let g = Tensor::from_vec(vals(step), n, &dev).unwrap();
+                let rule = AdamRule {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    bc1: 1.0 - 0.9f64.powi(step as i32),
+                    bc2: 1.0 - 0.999f64.powi(step as i32),
+                    eps: 1e-8,
+                    lr: 0.004,
+                    decay,
+                };
+                assert!(cpu::applies(&p, &g, &m, &v));
+                (p, m, v) = cpu::adamw(&rule, &p, &g, &m, &v).unwrap();
+                m2.inplace_op2(&g, &op::Moment::of(false, 0.9)).unwrap();
+                v2.inplace_op2(&g, &op::Moment::of(true, 0.999)).unwrap();
+                p2.inplace_op3(&m2, &v2, &op::Update::of(&rule)).unwrap();
+                for (a, b) in [(&p, &p2), (&m, &m2), (&v, &v2)] {
+                    let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "step {step}: the mirror differs"
+                    );
+                }
+            }
+        }
     }
 }

@@ -119,9 +119,9 @@ impl Observer for Plots {
     fn on_validation(&mut self, r: &ValidationRecord) -> Result<()> {
         self.dice.push((
             r.step,
-            r.dice.kidney_mean,
-            r.dice.tumour_mean,
-            r.dice.composite,
+            r.evaluation.dice.kidney_mean,
+            r.evaluation.dice.tumour_mean,
+            r.evaluation.dice.composite,
         ));
         self.draw_curves()?;
         if !r.overlays.is_empty() {

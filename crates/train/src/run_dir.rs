@@ -26,7 +26,7 @@ const CHECKPOINTS: &str = "checkpoints";
 const LATEST: &str = "latest.json";
 const BEST: &str = "best";
 const STEP_PREFIX: &str = "step_";
-const MODEL: &str = "model.safetensors";
+const MODEL: &str = kseg_infer::MODEL_FILE;
 const OPTIMISER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 const LOCK: &str = ".lock";
@@ -232,16 +232,6 @@ impl CheckpointDir {
     /// `state.json`: the loop's state.
     pub fn state(&self) -> PathBuf {
         self.path.join(STATE)
-    }
-
-    /// The model file of a checkpoint given as a file or a checkpoint
-    /// folder (what `kseg predict --checkpoint` takes).
-    pub fn model_file(checkpoint: &Path) -> PathBuf {
-        if checkpoint.is_dir() {
-            CheckpointDir::new(checkpoint).model()
-        } else {
-            checkpoint.to_path_buf()
-        }
     }
 }
 

@@ -7,18 +7,19 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarMap;
+use kseg_infer::Segmenter;
+use kseg_infer::runtime::{device, device_name, on_cpu_pool};
 use kseg_loss::{LossParts, RegionLoss, SegLoss, class_weights_from_counts};
+use kseg_metrics::LabelGrid;
 use kseg_model::ResUNet;
+use kseg_volume::CachedCase;
 use kseg_volume::fs::{write_bytes_atomic, write_json_atomic};
-use kseg_volume::metric::Kits23Accumulator;
-use kseg_volume::{CachedCase, DiceAccumulator, LabelSet};
 use ndarray::{Array3, Axis};
 
-use crate::checkpoint::{Best, Checkpoint, Checkpointer, ModelMeta, TrainState};
+use crate::checkpoint::{Best, Checkpoint, Checkpointer, TrainState};
 use crate::config::{ClassWeights, OptimConfig, TrainConfig};
 use crate::data::{Dataset, Loader};
 use crate::error::{Result, TrainError, candle_text};
-use crate::infer::Segmenter;
 use crate::observe::{
     JsonLines, Observer, OverlaySlice, Progress, RunInfo, StepRecord, Summary, ValidationRecord,
     read_metric_lines,
@@ -26,7 +27,6 @@ use crate::observe::{
 use crate::optim::{AdamW, Optimiser, Sgd};
 use crate::plots::Plots;
 use crate::run_dir::{RunDir, RunLock};
-use crate::runtime::{device, device_name, on_cpu_pool};
 
 /// A run: its folder, data, model, optimiser, loop state and observers.
 pub struct Trainer {
@@ -68,7 +68,7 @@ impl Trainer {
                 msg: "already holds a run (config.json); resume it with --resume or choose another --out".into(),
             });
         }
-        let device = device(&cfg.device)?;
+        let device = open_device(&cfg)?;
         let dataset = Dataset::prepare(&cfg.data)?;
         let (model, varmap) = ResUNet::init(&cfg.model, cfg.train.seed, DType::F32, &device)?;
         write_json_atomic(&run.config(), &cfg)?;
@@ -107,7 +107,7 @@ impl Trainer {
                 ),
             });
         }
-        let device = device(&cfg.device)?;
+        let device = open_device(&cfg)?;
         let path = ckpt.dir.model();
         if ckpt.meta.model != cfg.model {
             return Err(TrainError::checkpoint(
@@ -323,7 +323,7 @@ impl Trainer {
         }
         if last || is_best || s.is_multiple_of(self.cfg.train.checkpoint_every) {
             self.state.wall_seconds = clock.seconds();
-            let meta = ModelMeta::from_config(&self.cfg, s);
+            let meta = self.cfg.model_meta(s);
             let dir = self.checkpointer.save(
                 &self.varmap,
                 &meta,
@@ -342,8 +342,8 @@ impl Trainer {
     fn summary(&self, v: &ValidationRecord) -> Summary {
         let best = self.state.best.unwrap_or(Best {
             step: v.step,
-            kidney: v.dice.kidney_mean,
-            tumour: v.dice.tumour_mean,
+            kidney: v.evaluation.dice.kidney_mean,
+            tumour: v.evaluation.dice.tumour_mean,
             composite: v.score(),
         });
         let last_checkpoint = self.last_checkpoint.clone().unwrap_or_else(|| {
@@ -355,8 +355,8 @@ impl Trainer {
         let best_dir = self.run.best_checkpoint().path().to_path_buf();
         let b = self.cfg.train.batch_size;
         Summary {
-            kidney_dice: v.dice.kidney_mean,
-            tumour_dice: v.dice.tumour_mean,
+            kidney_dice: v.evaluation.dice.kidney_mean,
+            tumour_dice: v.evaluation.dice.tumour_mean,
             composite: v.score(),
             regions: v.region_means(),
             best_step: best.step,
@@ -373,7 +373,7 @@ impl Trainer {
             samples_per_second: (self.state.step * b) as f64 / self.state.wall_seconds.max(1e-9),
             device: device_name(&self.device),
             parameters: ResUNet::num_parameters(&self.varmap),
-            validation: v.dice.clone(),
+            validation: v.evaluation.dice.clone(),
             config: (*self.cfg).clone(),
         }
     }
@@ -382,7 +382,7 @@ impl Trainer {
     /// the overlay slices; updates the best record.
     fn validate(&mut self) -> Result<ValidationRecord> {
         let t0 = Instant::now();
-        let meta = ModelMeta::from_config(&self.cfg, self.state.step);
+        let meta = self.cfg.model_meta(self.state.step);
         let seg = Segmenter::new(
             self.model.clone(),
             meta,
@@ -395,35 +395,30 @@ impl Trainer {
             .max_val_cases
             .unwrap_or(usize::MAX)
             .min(self.dataset.val.len());
-        let mut acc = DiceAccumulator::new();
-        let mut regions = (self.cfg.data.labels == LabelSet::Kits23).then(Kits23Accumulator::new);
+        let mut metric = self.cfg.data.labels.metric();
         let mut overlays = Vec::new();
         for (i, case) in self.dataset.val[..n].iter().enumerate() {
             let pred = seg.segment_cached(case)?;
             let truth = case.labels()?;
-            acc.update(
+            let sp = &case.meta().spacing;
+            let grid = |labels| LabelGrid {
+                labels,
+                shape: case.shape(),
+                spacing: [sp[0], sp[1], sp[2]],
+            };
+            metric.update(
                 case.id(),
-                pred.as_slice().expect("standard layout"),
-                truth.as_slice().expect("standard layout"),
+                grid(pred.as_slice().expect("standard layout")),
+                grid(truth.as_slice().expect("standard layout")),
             )?;
-            if let Some(r) = &mut regions {
-                let sp = &case.meta().spacing;
-                r.update(
-                    case.id(),
-                    pred.as_slice().expect("standard layout"),
-                    truth.as_slice().expect("standard layout"),
-                    case.shape(),
-                    [sp[0], sp[1], sp[2]],
-                )?;
-            }
             if i < self.cfg.train.overlay_slices {
                 overlays.push(self.overlay(case, &pred, &truth)?);
             }
         }
+        let evaluation = metric.aggregate();
         let mut record = ValidationRecord {
             step: self.state.step,
-            dice: acc.aggregate(),
-            regions: regions.map(|r| r.aggregate()),
+            evaluation,
             seconds: t0.elapsed().as_secs_f64(),
             is_best: false,
             overlays,
@@ -433,8 +428,8 @@ impl Trainer {
         if record.is_best {
             self.state.best = Some(Best {
                 step: self.state.step,
-                kidney: record.dice.kidney_mean,
-                tumour: record.dice.tumour_mean,
+                kidney: record.evaluation.dice.kidney_mean,
+                tumour: record.evaluation.dice.tumour_mean,
                 composite: score,
             });
         }
@@ -448,14 +443,17 @@ impl Trainer {
         pred: &Array3<u8>,
         truth: &Array3<u8>,
     ) -> Result<OverlaySlice> {
+        let labels = self.cfg.data.labels;
         let score = |k: usize| {
             truth
                 .index_axis(Axis(0), k)
                 .iter()
-                .map(|&v| match v {
-                    2 => 1000u64,
-                    0 => 0,
-                    _ => 1,
+                .map(|&v| {
+                    if labels.is_tumour(v) {
+                        1000u64
+                    } else {
+                        u64::from(labels.is_foreground(v))
+                    }
                 })
                 .sum::<u64>()
         };
@@ -473,6 +471,17 @@ impl Trainer {
             pred: pred.index_axis(Axis(0), k).to_owned(),
         })
     }
+}
+
+/// The run's device, set up for it: on CUDA the runtime set-up
+/// (`kseg_infer::runtime::setup_device`: the pool keeps its memory, no
+/// per-allocation events, the TF32 switch) and the GPU-ops switch.
+fn open_device(cfg: &TrainConfig) -> Result<Device> {
+    let device = device(&cfg.device)?;
+    kseg_infer::runtime::set_gpu_ops(cfg.gpu_ops);
+    kseg_loss::set_gpu_ops(cfg.gpu_ops == kseg_infer::runtime::GpuOps::Kseg);
+    kseg_infer::runtime::setup_device(&device, kseg_infer::runtime::CudaSetup { tf32: cfg.tf32 })?;
+    Ok(device)
 }
 
 /// What one optimisation step measured. `failed` names what was not finite
@@ -509,28 +518,19 @@ impl Loss {
             let weights = weights.map(tensor).transpose()?;
             return Ok(Loss::Softmax(SegLoss::new(cfg.loss.seg(), weights)?));
         }
-        let regions = &kseg_volume::metric::KITS23_REGIONS;
-        let weights = regions
-            .iter()
-            .map(|r| {
-                let inside: u64 = (0..counts.len())
-                    .filter(|&v| r.contains(v as u8))
-                    .map(|v| counts[v])
-                    .sum();
-                let outside = counts.iter().sum::<u64>() - inside;
+        let labels = cfg.data.labels;
+        let weights = labels
+            .region_counts(counts)
+            .into_iter()
+            .map(|c| {
                 Ok(match &cfg.loss.class_weights {
-                    ClassWeights::Auto => {
-                        Some(tensor(class_weights_from_counts(&[outside, inside])?)?)
-                    }
+                    ClassWeights::Auto => Some(tensor(class_weights_from_counts(&c)?)?),
                     ClassWeights::None => None,
                     ClassWeights::Fixed(w) => Some(tensor(w.clone())?),
                 })
             })
             .collect::<Result<Option<Vec<Tensor>>>>()?;
-        let labels = regions
-            .iter()
-            .map(|r| r.labels.iter().map(|&v| u32::from(v)).collect())
-            .collect();
+        let labels = labels.region_labels();
         Ok(Loss::Regions(RegionLoss::new(
             cfg.loss.seg(),
             labels,

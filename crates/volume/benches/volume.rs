@@ -14,6 +14,7 @@
 #[path = "../../../tests/support/dicom.rs"]
 mod support_dicom;
 
+use kseg_volume::LabelSet;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -36,15 +37,15 @@ fn case_dir() -> (tempfile::TempDir, kseg_volume::CaseDir) {
 
 /// `case` written slices-last in RAS into `dir/ras/case_00000`.
 fn ras_copy(case: &kseg_volume::CaseDir, dir: &std::path::Path) -> kseg_volume::CaseDir {
-    use kseg_volume::orient::{permute, reoriented_header};
+    use kseg_volume::orient::permute;
     let out = dir.join("ras/case_00000");
     std::fs::create_dir_all(&out).unwrap();
     let (p, f) = ([2, 1, 0], [true; 3]);
     let img = read_volume(&case.imaging).unwrap();
-    let h = reoriented_header(&img.header, p, f).unwrap();
+    let h = img.header.reoriented(p, f).unwrap();
     let data = permute(img.data.view(), p, f).mapv(|v| v as i16);
     kseg_volume::write_volume(out.join("imaging.nii.gz"), data.view(), &h).unwrap();
-    let lab = read_labels(case.segmentation.as_ref().unwrap(), 2).unwrap();
+    let lab = read_labels(case.segmentation.as_ref().unwrap(), LabelSet::Kits19).unwrap();
     let data = permute(lab.data.view(), p, f);
     kseg_volume::write_volume(out.join("segmentation.nii.gz"), data.view(), &h).unwrap();
     kseg_volume::CaseDir::open(out).unwrap()
@@ -61,18 +62,18 @@ fn benches(c: &mut Criterion) {
     // What training does: CaseDir::load decodes imaging and labels in
     // parallel and checks them against each other.
     g.bench_function("gz_case_200x512x512_load", |b| {
-        b.iter(|| black_box(case.load().unwrap()))
+        b.iter(|| black_box(case.load(LabelSet::Kits19).unwrap()))
     });
     // The same case stored slices-last in RAS (dcm2niix's layout): the
     // load reorients it to the internal layout (docs/PERFORMANCE.md).
     let ras = ras_copy(&case, dir.path());
     g.bench_function("gz_case_200x512x512_load_ras", |b| {
-        b.iter(|| black_box(ras.load().unwrap()))
+        b.iter(|| black_box(ras.load(LabelSet::Kits19).unwrap()))
     });
     g.bench_function("gz_case_200x512x512_imaging_then_labels", |b| {
         b.iter(|| {
             let img = read_volume(&case.imaging).unwrap();
-            let lab = read_labels(&seg, 2).unwrap();
+            let lab = read_labels(&seg, LabelSet::Kits19).unwrap();
             black_box((img, lab))
         })
     });
@@ -112,7 +113,8 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let cached = CachedCase::open_or_build(&case, dir.path().join("cache")).unwrap();
+    let cached =
+        CachedCase::open_or_build(&case, dir.path().join("cache"), LabelSet::Kits19).unwrap();
     let w = Intensity::default();
     let mut g = c.benchmark_group("cache");
     g.throughput(Throughput::Elements(1));

@@ -31,8 +31,8 @@ use crate::case::CaseDir;
 use crate::error::{Result, VolumeError};
 use crate::fs::write_bytes_atomic;
 use crate::intensity::Intensity;
-use crate::labels::LabelSet;
 use crate::stack::stack_indices;
+use kseg_metrics::LabelSet;
 
 /// Bumped whenever the file layout or its meaning changes.
 pub const CACHE_VERSION: u32 = 2;
@@ -126,13 +126,9 @@ const META_KEY: &str = "kseg";
 impl CachedCase {
     /// Opens `<cache_dir>/<id>.safetensors` for `case`, building or
     /// rebuilding it first when it is missing, stale or damaged.
-    pub fn open_or_build(case: &CaseDir, cache_dir: impl AsRef<Path>) -> Result<CachedCase> {
-        Self::open_or_build_with(case, cache_dir, LabelSet::Kits19)
-    }
-
-    /// [`CachedCase::open_or_build`] for the labels of `labels` (a cache
-    /// built for another label set is rebuilt).
-    pub fn open_or_build_with(
+    /// The labels are those of `labels` (a cache built for another label
+    /// set is rebuilt).
+    pub fn open_or_build(
         case: &CaseDir,
         cache_dir: impl AsRef<Path>,
         labels: LabelSet,
@@ -168,7 +164,7 @@ impl CachedCase {
         } else {
             CacheStatus::Built
         };
-        build_with(case, &path, labels)?;
+        build(case, &path, labels)?;
         let mut c = Self::open(&path)?;
         c.status = status;
         Ok(c)
@@ -383,21 +379,16 @@ impl CachedCase {
     }
 }
 
-/// Decodes `case` (KiTS19 labels) and writes its cache file at `path`
-/// (atomically).
-pub fn build(case: &CaseDir, path: &Path) -> Result<()> {
-    build_with(case, path, LabelSet::Kits19)
-}
-
-/// [`build`] for the labels of `labels`.
-pub fn build_with(case: &CaseDir, path: &Path, labels: LabelSet) -> Result<()> {
+/// Decodes `case` (its labels those of `labels`) and writes its cache file
+/// at `path` (atomically).
+pub fn build(case: &CaseDir, path: &Path, labels: LabelSet) -> Result<()> {
     let imaging_stamp = FileStamp::of(&case.imaging)?;
     let seg_stamp = case
         .segmentation
         .as_deref()
         .map(FileStamp::of)
         .transpose()?;
-    let loaded = case.load_with(labels)?;
+    let loaded = case.load(labels)?;
     let img = &loaded.imaging;
     let shape = img.shape();
     let values = img

@@ -3,17 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
+use kseg_metrics::LabelSet;
+
 use crate::error::{Result, VolumeError};
-use crate::labels::LabelSet;
-use crate::nifti_io::{Volume, read_labels_internal, read_volume_internal};
+use crate::nifti::{Volume, read_labels_canonical, read_volume_canonical};
 use crate::orient::Orientation;
 
 /// File name of a case's CT volume.
 pub const IMAGING: &str = "imaging.nii.gz";
 /// File name of a case's label volume.
 pub const SEGMENTATION: &str = "segmentation.nii.gz";
-/// Highest KiTS19 label: 0 background, 1 kidney, 2 tumour.
-pub const MAX_LABEL: u8 = 2;
+/// The prefix of a case folder's name (`case_00004`).
+pub const CASE_PREFIX: &str = "case_";
 
 /// A case folder on disk, not yet loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,19 +59,15 @@ impl CaseDir {
     ///
     /// The two files are decoded in parallel (gzip inflation is serial per
     /// file, so this is the cheap way to use two cores).
-    pub fn load(&self) -> Result<Case> {
-        self.load_with(LabelSet::Kits19)
-    }
-
-    /// [`CaseDir::load`] with the labels checked against `labels` instead
-    /// of KiTS19's.
-    pub fn load_with(&self, labels: LabelSet) -> Result<Case> {
+    ///
+    /// The labels are checked against the label set `labels`.
+    pub fn load(&self, labels: LabelSet) -> Result<Case> {
         let (imaging, labels) = rayon::join(
-            || read_volume_internal(&self.imaging),
+            || read_volume_canonical(&self.imaging),
             || {
                 self.segmentation
                     .as_ref()
-                    .map(|p| read_labels_internal(p, labels.max_label()))
+                    .map(|p| read_labels_canonical(p, labels))
             },
         );
         let (imaging, orientation) = imaging?;
@@ -148,7 +145,7 @@ pub fn list_cases(data_dir: impl AsRef<Path>) -> Result<Vec<CaseDir>> {
     for e in entries {
         let e = e.map_err(|e| VolumeError::io(data_dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("case_") && e.path().is_dir() {
+        if name.starts_with(CASE_PREFIX) && e.path().is_dir() {
             dirs.push(e.path());
         }
     }
@@ -185,7 +182,7 @@ pub fn find_predictions(pred: impl AsRef<Path>) -> Result<Vec<(String, PathBuf)>
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if !name.starts_with("case_") {
+        if !name.starts_with(CASE_PREFIX) {
             continue;
         }
         let hit = if path.is_dir() {

@@ -23,10 +23,7 @@ use ndarray::Array3;
 use rayon::prelude::*;
 
 use crate::error::{Result, VolumeError};
-use crate::nifti_io::{DType, Header, Volume};
-
-/// What [`list_series`] says of a folder without DICOM files.
-pub const NO_DICOM: &str = "no DICOM files";
+use crate::nifti::{DType, Header, Volume};
 
 /// One series of a folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,10 +94,9 @@ pub fn list_series(dir: impl AsRef<Path>) -> Result<Vec<Series>> {
     files.sort();
     let dicom: Vec<PathBuf> = files.into_iter().filter(|p| is_dicom_file(p)).collect();
     if dicom.is_empty() {
-        return Err(VolumeError::missing(
-            dir,
-            format!("{NO_DICOM} (Part 10 files start with a 128-byte preamble and DICM)"),
-        ));
+        return Err(VolumeError::NoDicom {
+            path: dir.to_path_buf(),
+        });
     }
     let heads: Vec<(PathBuf, String, String, String)> = dicom
         .par_iter()

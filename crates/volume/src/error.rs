@@ -73,6 +73,25 @@ pub enum VolumeError {
         /// What is missing.
         what: String,
     },
+    /// A folder holds no DICOM file (Part 10 files start with a 128-byte
+    /// preamble and `DICM`).
+    #[error("{}: missing: no DICOM files (Part 10 files start with a 128-byte preamble and DICM)", path.display())]
+    NoDicom {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// Predictions and truths that cannot be scored together (a missing
+    /// prediction or truth, a prediction off its truth's grid).
+    #[error("{}: {msg}", path.display())]
+    Evaluation {
+        /// The predictions folder or file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A prediction and its truth whose scoring failed.
+    #[error("metric: {0}")]
+    Metric(#[from] kseg_metrics::MetricError),
     /// A caller passed an argument that cannot be honoured.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

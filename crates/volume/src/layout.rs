@@ -7,7 +7,11 @@ use rayon::prelude::*;
 ///
 /// # Shapes
 /// `src.len() == dims[0] * dims[1] * dims[2]`; the output has the same length.
-pub fn fortran_to_c_3d<T: Copy + Send + Sync + Default>(src: &[T], dims: [usize; 3]) -> Vec<T> {
+#[cfg(test)]
+pub(crate) fn fortran_to_c_3d<T: Copy + Send + Sync + Default>(
+    src: &[T],
+    dims: [usize; 3],
+) -> Vec<T> {
     assert_eq!(
         src.len(),
         dims.iter().product::<usize>(),
@@ -19,7 +23,7 @@ pub fn fortran_to_c_3d<T: Copy + Send + Sync + Default>(src: &[T], dims: [usize;
 /// Builds a C-ordered `[i, j, k]` array whose element at Fortran flat index
 /// `f = i + n0 * (j + n1 * k)` is `get(f)`: decoding and reordering in one
 /// pass, with no intermediate array.
-pub fn fortran_to_c_with<T, F>(dims: [usize; 3], get: F) -> Vec<T>
+pub(crate) fn fortran_to_c_with<T, F>(dims: [usize; 3], get: F) -> Vec<T>
 where
     T: Copy + Send + Sync + Default,
     F: Fn(usize) -> T + Sync,
@@ -38,7 +42,7 @@ where
 /// # Shapes
 /// `dims` is the file's; the output has `[dims[perm[0]], dims[perm[1]],
 /// dims[perm[2]]]`.
-pub fn fortran_to_c_oriented<T, F>(
+pub(crate) fn fortran_to_c_oriented<T, F>(
     dims: [usize; 3],
     perm: [usize; 3],
     flip: [bool; 3],
@@ -87,8 +91,13 @@ where
 ///
 /// Blocked so that reads and writes both stay in cache, and parallel over
 /// blocks of `i`, each of which owns a disjoint run of the output.
-pub fn fortran_planes_to_c<T, F>(out: &mut [T], dims: [usize; 3], k0: usize, k1: usize, get: F)
-where
+pub(crate) fn fortran_planes_to_c<T, F>(
+    out: &mut [T],
+    dims: [usize; 3],
+    k0: usize,
+    k1: usize,
+    get: F,
+) where
     T: Copy + Send + Sync,
     F: Fn(usize) -> T + Sync,
 {
@@ -126,7 +135,11 @@ where
 }
 
 /// The inverse of [`fortran_to_c_3d`].
-pub fn c_to_fortran_3d<T: Copy + Send + Sync + Default>(src: &[T], dims: [usize; 3]) -> Vec<T> {
+#[cfg(test)]
+pub(crate) fn c_to_fortran_3d<T: Copy + Send + Sync + Default>(
+    src: &[T],
+    dims: [usize; 3],
+) -> Vec<T> {
     let [n0, n1, n2] = dims;
     assert_eq!(src.len(), n0 * n1 * n2, "length does not match dims");
     let mut out = vec![T::default(); src.len()];

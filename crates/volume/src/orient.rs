@@ -24,9 +24,6 @@
 
 use ndarray::{Array3, ArrayView3, Axis};
 
-use crate::error::Result;
-use crate::nifti_io::Header;
-
 /// The axis codes of kseg's internal layout (KiTS19's own).
 pub const INTERNAL_CODES: [char; 3] = ['I', 'P', 'L'];
 
@@ -146,7 +143,7 @@ impl Orientation {
 }
 
 /// `a` stored with axis `k` holding its axis `perm[k]`, reversed where
-/// `flip[k]` (a copy in C order). With [`reoriented_header`] it writes a
+/// `flip[k]` (a copy in C order). With [`Header::reoriented`](crate::Header::reoriented) it writes a
 /// volume in another orientation.
 pub fn permute<T: Clone>(a: ArrayView3<T>, perm: [usize; 3], flip: [bool; 3]) -> Array3<T> {
     let mut v = a.permuted_axes(perm);
@@ -154,44 +151,6 @@ pub fn permute<T: Clone>(a: ArrayView3<T>, perm: [usize; 3], flip: [bool; 3]) ->
         v.invert_axis(Axis(k));
     }
     v.as_standard_layout().into_owned()
-}
-
-/// The header of [`permute`]`(data, perm, flip)`: dims, voxel sizes and an
-/// sform that keep every voxel where it is in the world (the qform is
-/// cleared, so the sform is the affine every reader uses).
-pub fn reoriented_header(header: &Header, perm: [usize; 3], flip: [bool; 3]) -> Result<Header> {
-    let a = header.affine();
-    let shape = header.shape();
-    let n = |d: usize| shape.get(d).copied().unwrap_or(1);
-    let mut raw = header.nifti().clone();
-    let mut cols = [[0.0f64; 3]; 3];
-    let mut offset = [a[0][3], a[1][3], a[2][3]];
-    for k in 0..3 {
-        let p = perm[k];
-        let sign = if flip[k] { -1.0 } else { 1.0 };
-        if flip[k] {
-            for (r, o) in offset.iter_mut().enumerate() {
-                *o += a[r][p] * (n(p) - 1) as f64;
-            }
-        }
-        for r in 0..3 {
-            cols[k][r] = sign * a[r][p];
-        }
-        raw.dim[k + 1] = n(p) as u16;
-        raw.pixdim[k + 1] = cols[k].iter().map(|x| x * x).sum::<f64>().sqrt() as f32;
-    }
-    let row = |r: usize| {
-        [
-            cols[0][r] as f32,
-            cols[1][r] as f32,
-            cols[2][r] as f32,
-            offset[r] as f32,
-        ]
-    };
-    (raw.srow_x, raw.srow_y, raw.srow_z) = (row(0), row(1), row(2));
-    raw.sform_code = raw.sform_code.max(1);
-    raw.qform_code = 0;
-    Header::from_nifti(raw)
 }
 
 /// nibabel's code of world axis `w` (0 R/L, 1 A/P, 2 S/I) run in
@@ -367,40 +326,5 @@ mod tests {
         let o = Orientation::from_affine(&tilted);
         assert_eq!(o.codes(), ['R', 'A', 'S']);
         assert!(o.is_oblique());
-    }
-
-    /// A reoriented header keeps every voxel where it was in the world:
-    /// checked voxel by voxel against the original affine.
-    #[test]
-    fn reoriented_headers_keep_voxels_in_place() {
-        let h = Header::kits_like([4, 5, 6], [2.5, 0.8, 0.7], crate::DType::I16).unwrap();
-        let a = h.affine();
-        let world = |m: &[[f64; 4]; 4], i: [usize; 3]| -> [f64; 3] {
-            [0, 1, 2].map(|r| (0..3).map(|c| m[r][c] * i[c] as f64).sum::<f64>() + m[r][3])
-        };
-        for (perm, flip) in [
-            ([2, 1, 0], [true, true, true]),
-            ([1, 2, 0], [false, true, false]),
-        ] {
-            let r = reoriented_header(&h, perm, flip).unwrap();
-            let b = r.affine();
-            let n = [4, 5, 6];
-            for i in [[0, 0, 0], [3, 4, 5], [1, 2, 3]] {
-                // The voxel `i` of the original is at index j of the copy.
-                let mut j = [0; 3];
-                for k in 0..3 {
-                    let v = i[perm[k]];
-                    j[k] = if flip[k] { n[perm[k]] - 1 - v } else { v };
-                }
-                let (p, q) = (world(&a, i), world(&b, j));
-                for d in 0..3 {
-                    assert!(
-                        (p[d] - q[d]).abs() < 1e-4,
-                        "{perm:?} {flip:?} {i:?}: {p:?} vs {q:?}"
-                    );
-                }
-            }
-            assert_eq!(r.shape(), perm.map(|p| n[p]));
-        }
     }
 }

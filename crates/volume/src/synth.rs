@@ -25,7 +25,7 @@ use std::f32::consts::TAU;
 
 use crate::case::{CaseDir, IMAGING, SEGMENTATION};
 use crate::error::{Result, VolumeError};
-use crate::nifti_io::{DType, Header, write_volume};
+use crate::nifti::{DType, Header, write_volume};
 use crate::rng::sample_rng;
 
 /// Size and seed of the synthetic cases.

@@ -1,6 +1,7 @@
 //! The slice cache against the NIfTI path it replaces, and the synthetic
 //! case generator's promises (determinism, anatomy, layout).
 
+use kseg_volume::LabelSet;
 use std::time::{Duration, SystemTime};
 
 use kseg_volume::{
@@ -27,9 +28,9 @@ fn cache_serves_the_same_stacks_as_the_nifti_files() {
     let cache_dir = dir.path().join("cache");
     let w = Intensity::default();
     for case in &cases {
-        let c = CachedCase::open_or_build(case, &cache_dir).unwrap();
+        let c = CachedCase::open_or_build(case, &cache_dir, LabelSet::Kits19).unwrap();
         assert_eq!(c.status(), &CacheStatus::Built);
-        let loaded = case.load().unwrap();
+        let loaded = case.load(LabelSet::Kits19).unwrap();
         let labels = loaded.labels.as_ref().unwrap();
         assert_eq!(c.shape(), loaded.imaging.shape());
         for k in 0..c.num_slices() {
@@ -52,7 +53,7 @@ fn cache_serves_the_same_stacks_as_the_nifti_files() {
         assert_eq!(c.meta().label_counts, [count(0), count(1), count(2)]);
         assert!(c.stack(c.num_slices(), 1, &w).is_err());
         // Second open: nothing decoded.
-        let again = CachedCase::open_or_build(case, &cache_dir).unwrap();
+        let again = CachedCase::open_or_build(case, &cache_dir, LabelSet::Kits19).unwrap();
         assert_eq!(again.status(), &CacheStatus::Fresh);
     }
 }
@@ -62,14 +63,14 @@ fn stale_and_damaged_caches_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let case = &synth::write_dataset(dir.path().join("data"), 1, &small(9)).unwrap()[0];
     let cache_dir = dir.path().join("cache");
-    let c = CachedCase::open_or_build(case, &cache_dir).unwrap();
+    let c = CachedCase::open_or_build(case, &cache_dir, LabelSet::Kits19).unwrap();
     let cache_path = c.path().to_path_buf();
     drop(c);
 
     // Damaged: truncated file.
     let bytes = std::fs::read(&cache_path).unwrap();
     std::fs::write(&cache_path, &bytes[..bytes.len() / 2]).unwrap();
-    let c = CachedCase::open_or_build(case, &cache_dir).unwrap();
+    let c = CachedCase::open_or_build(case, &cache_dir, LabelSet::Kits19).unwrap();
     match c.status() {
         CacheStatus::Rebuilt { reason } => assert!(reason.contains("damaged"), "{reason}"),
         s => panic!("{s:?}"),
@@ -77,12 +78,12 @@ fn stale_and_damaged_caches_are_rebuilt() {
     drop(c);
     // Damaged: garbage.
     std::fs::write(&cache_path, b"not a safetensors file at all").unwrap();
-    let c = CachedCase::open_or_build(case, &cache_dir).unwrap();
+    let c = CachedCase::open_or_build(case, &cache_dir, LabelSet::Kits19).unwrap();
     assert!(matches!(c.status(), CacheStatus::Rebuilt { .. }));
     drop(c);
 
     // Stale: the labels change on disk (new content, new mtime).
-    let loaded = case.load().unwrap();
+    let loaded = case.load(LabelSet::Kits19).unwrap();
     let mut labels = loaded.labels.unwrap().data;
     labels.fill(0);
     labels[[0, 0, 0]] = 2;
@@ -91,7 +92,7 @@ fn stale_and_damaged_caches_are_rebuilt() {
     let f = std::fs::File::options().write(true).open(&seg).unwrap();
     f.set_modified(SystemTime::now() + Duration::from_secs(10))
         .unwrap();
-    let c = CachedCase::open_or_build(case, &cache_dir).unwrap();
+    let c = CachedCase::open_or_build(case, &cache_dir, LabelSet::Kits19).unwrap();
     assert_eq!(
         c.status(),
         &CacheStatus::Rebuilt {
@@ -117,7 +118,7 @@ fn float_imaging_is_cached_as_f32() {
     write_volume(case_dir.join("imaging.nii.gz"), img.view(), &h).unwrap();
     let case = CaseDir::open(&case_dir).unwrap();
     assert!(case.segmentation.is_none());
-    let c = CachedCase::open_or_build(&case, dir.path().join("cache")).unwrap();
+    let c = CachedCase::open_or_build(&case, dir.path().join("cache"), LabelSet::Kits19).unwrap();
     assert!(!c.has_labels());
     for k in 0..3 {
         let got = c.hu_slice(k).unwrap();
@@ -185,7 +186,7 @@ fn synthetic_anatomy_is_kits_like() {
     let dir = tempfile::tempdir().unwrap();
     let cases = synth::write_dataset(dir.path(), 4, &cfg).unwrap();
     for case in &cases {
-        let c = case.load().unwrap();
+        let c = case.load(LabelSet::Kits19).unwrap();
         let img = &c.imaging.data;
         let lab = &c.labels.as_ref().unwrap().data;
         let (slices, h, w) = img.dim();

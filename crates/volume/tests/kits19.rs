@@ -5,6 +5,7 @@
 #![allow(clippy::needless_range_loop)] // index loops read best for 4x4 matrices
 
 use crate::support::testdata;
+use kseg_volume::LabelSet;
 use kseg_volume::{self, DType, read_header, read_labels, write_volume};
 
 struct Row {
@@ -80,7 +81,7 @@ fn label_files_match_the_manifest() {
     assert_eq!(rows.len(), 3);
     for r in rows {
         let path = testdata(&format!("kits19/{}/segmentation.nii.gz", r.case));
-        let v = read_labels(&path, 2).unwrap();
+        let v = read_labels(&path, LabelSet::Kits19).unwrap();
         let h = &v.header;
         assert_eq!(h.shape(), r.dim.as_slice(), "{}", r.case);
         assert_eq!(v.shape().to_vec(), r.dim, "{}", r.case);
@@ -140,10 +141,10 @@ fn labels_written_with_reference_geometry_read_back_identically() {
     let dir = tempfile::tempdir().unwrap();
     for case in ["case_00004", "case_00015", "case_00061"] {
         let src = testdata(&format!("kits19/{case}/segmentation.nii.gz"));
-        let v = read_labels(&src, 2).unwrap();
+        let v = read_labels(&src, LabelSet::Kits19).unwrap();
         let out = dir.path().join(format!("{case}.nii.gz"));
         write_volume(&out, v.data.view(), &v.header).unwrap();
-        let back = read_labels(&out, 2).unwrap();
+        let back = read_labels(&out, LabelSet::Kits19).unwrap();
         assert_eq!(back.data, v.data, "{case} voxels");
         assert_eq!(back.header.dtype(), DType::U8);
         let (a, b) = (v.header.nifti(), back.header.nifti());

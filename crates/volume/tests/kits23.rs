@@ -2,7 +2,8 @@
 //! (testdata/kits23/kits23_official_metrics.json: `compute_metrics_for_case`
 //! run unchanged on these files), within 1e-6.
 
-use kseg_volume::metric::{KITS23_REGIONS, kits23_case};
+use kseg_metrics::{KITS23_REGIONS, kits23_case};
+use kseg_volume::LabelSet;
 use kseg_volume::read_labels;
 use serde_json::Value;
 
@@ -30,8 +31,8 @@ fn dice_and_surface_dice_match_the_official_code() {
     for pair in pairs {
         let file = |k: &str| testdata(&format!("kits23/{}", pair[k].as_str().unwrap()));
         let (pred, truth) = (
-            read_labels(file("prediction"), 3).unwrap(),
-            read_labels(file("truth"), 3).unwrap(),
+            read_labels(file("prediction"), LabelSet::Kits23).unwrap(),
+            read_labels(file("truth"), LabelSet::Kits23).unwrap(),
         );
         let sp = truth.header.spacing();
         let scores = kits23_case(
@@ -62,7 +63,7 @@ fn dice_and_surface_dice_match_the_official_code() {
 /// `SurfaceDistance3DTest`), with its expected values.
 #[test]
 fn surface_distances_match_the_librarys_own_test_cases() {
-    use kseg_volume::surface::SurfaceDistances;
+    use kseg_metrics::surface::SurfaceDistances;
     // Two voxels 2 mm apart, spacing (3, 2, 1).
     let idx = |a: usize, b: usize, c: usize| (a * 128 + b) * 128 + c;
     let sd = SurfaceDistances::compute(

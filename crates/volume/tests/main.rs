@@ -11,8 +11,6 @@ mod support_dicom;
 
 /// The slice cache (build, reuse, invalidation) and the synthetic generator.
 mod cache_and_synth;
-/// The KiTS Dice metric against hand-derived cases.
-mod dice;
 /// DICOM series against pydicom's values and series written here.
 mod dicom;
 /// Real KiTS19 label files (testdata/kits19) against their manifest.

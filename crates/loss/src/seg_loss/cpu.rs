@@ -1,4 +1,7 @@
-//! [`SegLoss`](crate::SegLoss)'s CPU op: the loss as one host computation.
+//! [`SegLoss`](crate::SegLoss)'s CPU kernels: the loss as one host
+//! computation. [`applies`] and [`seg_loss`] are what the loss
+//! (`seg_loss.rs`) calls; [`value`] and [`grad`] are [`PartOp`]'s forward
+//! and backward.
 //!
 //! Performance-critical: after editing, run `cargo test -p kseg-loss` and
 //! `cargo bench -p kseg-loss --bench loss` before and after
@@ -27,46 +30,21 @@
 
 use std::sync::Arc;
 
-use candle_core::{
-    CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, WithDType, bail,
-};
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
+use super::op::{Kept, Part, PartOp};
 use crate::check::{check_finite, check_logits_labels, host_labels, host_weights};
 use crate::lovasz::{LovaszConfig, lovasz_softmax_host};
 
 /// Pixels (or gradient values) per parallel work item.
 const CHUNK: usize = 4096;
 
-/// Whether [`seg_loss_cpu`] handles these inputs.
-pub(crate) fn applies(logits: &Tensor, labels: &Tensor) -> bool {
+/// Whether [`seg_loss`] handles these inputs.
+pub(super) fn applies(logits: &Tensor, labels: &Tensor) -> bool {
     logits.device().is_cpu()
         && labels.device().is_cpu()
         && matches!(logits.dtype(), DType::F32 | DType::F64)
-}
-
-/// What the backward of each part needs.
-struct Kept {
-    /// `[B, C, H, W]`.
-    dims: [usize; 4],
-    dtype: DType,
-    /// Softmax probabilities, `(B, C, H, W)`.
-    probs: Vec<f64>,
-    /// The Lovász term's gradient with respect to `probs`.
-    lovasz_grad: Vec<f64>,
-    /// `(B, H, W)`.
-    labels: Vec<u32>,
-    /// Each pixel's cross-entropy weight over the sum of the weights (0 for
-    /// ignored pixels, and everywhere when no pixel has weight).
-    ce_scale: Vec<f64>,
-    lambda: f64,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Part {
-    Total,
-    Ce,
-    Lovasz,
 }
 
 impl Kept {
@@ -120,42 +98,21 @@ impl Kept {
     }
 }
 
-/// One part's value, as an op on the logits whose backward is that part's
-/// gradient.
-struct PartOp {
-    kept: Arc<Kept>,
-    part: Part,
-    value: f64,
+/// [`PartOp`]'s forward: its value, computed already, as a CPU scalar in
+/// the logits' dtype.
+pub(super) fn value(op: &PartOp) -> CpuStorage {
+    match op.kept.dtype {
+        DType::F64 => CpuStorage::F64(vec![op.value]),
+        _ => CpuStorage::F32(vec![op.value as f32]),
+    }
 }
 
-impl CustomOp1 for PartOp {
-    fn name(&self) -> &'static str {
-        "kseg-seg-loss"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let v = match self.kept.dtype {
-            DType::F64 => CpuStorage::F64(vec![self.value]),
-            _ => CpuStorage::F32(vec![self.value as f32]),
-        };
-        Ok((v, Shape::from(())))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let u = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let g = match self.kept.dtype {
-            DType::F64 => Tensor::from_vec(
-                self.kept.grad::<f64>(self.part, u),
-                arg.shape(),
-                arg.device(),
-            )?,
-            _ => Tensor::from_vec(
-                self.kept.grad::<f32>(self.part, u),
-                arg.shape(),
-                arg.device(),
-            )?,
-        };
-        Ok(Some(g))
+/// [`PartOp`]'s backward: `grad_res · d part / d logits`, like `arg`.
+pub(super) fn grad(op: &PartOp, arg: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    let u = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    match op.kept.dtype {
+        DType::F64 => Tensor::from_vec(op.kept.grad::<f64>(op.part, u), arg.shape(), arg.device()),
+        _ => Tensor::from_vec(op.kept.grad::<f32>(op.part, u), arg.shape(), arg.device()),
     }
 }
 
@@ -180,7 +137,7 @@ fn host_logits(logits: &Tensor) -> Result<Vec<f64>> {
 /// `[ce + λ · lovasz, ce, lovasz]` for CPU logits in f32 or f64 (see the
 /// module documentation); the same loss as the candle-op composition
 /// [`SegLoss::forward_composed`](crate::SegLoss::forward_composed).
-pub(crate) fn seg_loss_cpu(
+pub(super) fn seg_loss(
     logits: &Tensor,
     labels: &Tensor,
     weights: Option<&Tensor>,

@@ -1,19 +1,128 @@
-//! The convolution's CPU op: [`ConvGemm`], `W · im2col(x)` tile by tile on
-//! gemm, forward and backward, with Winograd's F(2×2, 3×3) for the wide
-//! 3×3 layers (`winograd.rs`).
+//! The convolution's CPU kernels: `W · im2col(x)` tile by tile on gemm,
+//! forward and backward, with Winograd's F(2×2, 3×3) for the wide 3×3
+//! layers (`winograd.rs`). [`ConvGemm`]'s `cpu_fwd` is [`forward`], its
+//! backward [`grads`] and [`bias_grad`]; [`applies`] and [`conv`] are what
+//! the layer (`conv.rs`) calls.
+//!
+//! How it works: each sample's output rows are cut into tiles whose
+//! `im2col` patches fit in a core's L2 cache (about 512 KiB, at least 512
+//! positions), and each tile is one gemm product `W · patches` (a bias is
+//! added in the same op, its gradient summed there); its backward
+//! recomputes the patches (nothing kept between forward and backward),
+//! accumulates `dW = Σ dy_tile · patches_tileᵀ`, and computes the input
+//! gradient only for inputs autograd tracks (not the network's input): at
+//! stride 1 as the forward convolution of `dy` with the flipped, channel-
+//! swapped kernel, else `col2im(Wᵀ·dy)`; tiles are spread over the threads
+//! (up to four groups per thread, each taken by whichever thread is free,
+//! single-threaded products; results combined in group order) when there
+//! are enough of them, else each product is parallel. 3×3 convolutions at
+//! stride 1 and padding 1 with at least 16 channels in and out on planes of
+//! at least 128×128 (or 128 channels on planes of at least 32×32) take
+//! Winograd's F(2×2, 3×3) instead (`conv/winograd.rs`: 16 gemm products
+//! over bands of 2×2 output blocks, 16 multiply-adds per channel pair and
+//! block instead of 36), for the forward, the stride-1 input gradient (a
+//! forward convolution) and the weight gradient (`dU = Σ dM · Vᵀ`, `dW = Gᵀ
+//! dU G`). `Im2Col` / `Col2Im` are the same unfold/fold as standalone
+//! adjoint ops.
 //!
 //! Performance-critical: after editing, run `cargo test -p kseg-model` and
 //! `cargo bench --bench model` before and after (docs/ARCHITECTURE.md).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use std::ops::Range;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, bail};
+use candle_nn::Conv2dConfig;
 use rayon::prelude::*;
 
-use super::im2col::{Dims, Geo};
+use super::im2col::Geo;
+use super::op::ConvGemm;
+#[cfg(test)]
+use super::op::{Col2Im, Im2Col};
 use super::tiling::{TILE_FLOATS, TILE_MIN_COLS, Tiling, spread, sum_parts};
 use super::winograd;
 use crate::host::{DstMat, Mat, SharedOut, f32_slice, lane_sums, sgemm, storage_f32};
 
+/// Whether [`conv`] takes this convolution: `x` on the CPU, f32 input,
+/// weight and bias, a square kernel, no groups, no dilation.
+pub(super) fn applies(x: &Tensor, wt: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && wt.dtype() == DType::F32
+        && bias.is_none_or(|b| b.dtype() == DType::F32)
+        && cfg.groups == 1
+        && cfg.dilation == 1
+        && matches!(wt.dims(), &[_, _, k, k2] if k == k2)
+}
+
+/// `y = W ⋆ x [+ bias]` as [`ConvGemm`] (where [`applies`]).
+pub(super) fn conv(
+    x: &Tensor,
+    wt: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> Result<Tensor> {
+    let op = ConvGemm {
+        stride: cfg.stride,
+        pad: cfg.padding,
+    };
+    op.apply(x, wt, bias)
+}
+
+/// The sizes of one convolution: `b` samples of `c` channels in, `o` out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub(super) b: usize,
+    pub(super) c: usize,
+    pub(super) o: usize,
+    pub(super) geo: Geo,
+}
+
 impl Dims {
+    pub(super) fn ckk(&self) -> usize {
+        self.c * self.geo.k * self.geo.k
+    }
+
+    pub(super) fn n(&self) -> usize {
+        self.geo.ho * self.geo.wo
+    }
+
+    pub(super) fn chw(&self) -> usize {
+        self.c * self.geo.h * self.geo.w
+    }
+
+    /// `true` when the patches of a sample are the sample itself.
+    pub(super) fn pointwise(&self) -> bool {
+        self.geo.k == 1 && self.geo.stride == 1 && self.geo.pad == 0
+    }
+
+    /// The `(c·k·k, oys.len()·wo)` patches of output rows `oys` of sample
+    /// `xb`: a view of the sample for a pointwise convolution, else
+    /// unfolded into `cols`.
+    pub(super) fn patches<'a>(
+        &self,
+        xb: &'a [f32],
+        oys: Range<usize>,
+        cols: &'a mut Vec<f32>,
+        threads: usize,
+    ) -> Mat<'a> {
+        let geo = &self.geo;
+        let (kk, hw, wo) = (geo.k * geo.k, geo.h * geo.w, geo.wo);
+        if self.pointwise() {
+            return Mat::rows(&xb[oys.start * wo..], hw);
+        }
+        let nc = oys.len() * wo;
+        cols.resize(self.ckk() * nc, 0.0);
+        let row = |(r, dst): (usize, &mut [f32])| {
+            geo.unfold_row(&xb[r / kk * hw..][..hw], r % kk, oys.clone(), dst)
+        };
+        if threads > 1 {
+            cols.par_chunks_mut(nc).enumerate().for_each(row);
+        } else {
+            cols.chunks_mut(nc).enumerate().for_each(row);
+        }
+        Mat::rows(cols, nc)
+    }
+
     /// `y = W ⋆ x [+ bias]`, `(b, o, ho·wo)`: per tile of output rows,
     /// `W · patches` (onto the bias).
     pub(super) fn forward(
@@ -148,178 +257,136 @@ impl Dims {
     }
 }
 
-/// A convolution, `y = W ⋆ x [+ bias]`, as one custom op on the CPU (f32),
-/// `CustomOp2` on `(x, W)` or `CustomOp3` on `(x, W, bias)`. Each sample's
-/// output rows are cut into tiles whose im2col patches fit in a core's L2
-/// cache, and each tile is one gemm product (onto the bias, whose gradient
-/// is the per-channel sum of `dy`). The backward recomputes the patches
-/// instead of keeping them: `dW = Σ dy_tile · patches_tileᵀ`, and `dx`
-/// (only when autograd tracks `x`, i.e. not for the network's input) is
-/// at stride 1 the forward convolution of `dy` with the flipped kernel,
-/// else `Wᵀ · dy` folded back. Tiles run in parallel when there are
-/// enough of them for the threads, else each product is parallel. 3×3
-/// convolutions at stride 1, padding 1, with at least 16 channels in and
-/// out on planes of at least 128×128 (or 128 channels on planes of at least
-/// 32×32) use Winograd's F(2×2, 3×3) for the
-/// forward, `dx` and `dW` instead (fewer multiply-adds; rounding within a
-/// few units in the last place, like the direct sum).
-#[derive(Debug, Clone, Copy)]
-pub struct ConvGemm {
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on each side.
-    pub pad: usize,
+/// [`ConvGemm`]'s forward on the CPU (`bias`: the `CustomOp3`'s third
+/// argument).
+pub(super) fn forward(
+    op: &ConvGemm,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let bias = bias
+        .map(|(bs, bl)| f32_slice(bs, bl, "conv bias"))
+        .transpose()?;
+    let x = f32_slice(xs, xl, "conv")?;
+    let wt = f32_slice(ws, wl, "conv weight")?;
+    let d = op.dims(xl, wl)?;
+    if bias.is_some_and(|bv| bv.len() != d.o) {
+        bail!("conv: bias does not have {} values", d.o);
+    }
+    let y = d.forward(x, wt, bias, (TILE_FLOATS, TILE_MIN_COLS));
+    let shape = Shape::from((d.b, d.o, d.geo.ho, d.geo.wo));
+    Ok((CpuStorage::F32(y), shape))
 }
 
-impl ConvGemm {
-    fn dims(&self, xl: &Layout, wl: &Layout) -> Result<Dims> {
-        let (b, c, h, w) = xl.shape().dims4()?;
-        let (o, ci, k, k2) = wl.shape().dims4()?;
-        if ci != c || k != k2 {
-            bail!(
-                "conv: input {:?} and weight {:?} do not fit",
-                xl.shape(),
-                wl.shape()
-            );
-        }
-        if self.stride == 0 || k == 0 {
-            bail!("conv: stride and kernel size must be at least 1");
-        }
-        if h + 2 * self.pad < k || w + 2 * self.pad < k {
-            bail!(
-                "conv: input {h}x{w} is smaller than the kernel {k} with padding {}",
-                self.pad
-            );
-        }
-        let geo = Geo::new(h, w, k, self.stride, self.pad);
-        Ok(Dims { b, c, o, geo })
+/// [`ConvGemm`]'s `(dx, dW)` on the CPU: dx only when autograd tracks `x`.
+pub(super) fn grads(
+    op: &ConvGemm,
+    x: &Tensor,
+    wt: &Tensor,
+    dy: &Tensor,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let want_dx = x.track_op();
+    let (xt, wtt, dyt) = (x.contiguous()?, wt.contiguous()?, dy.contiguous()?);
+    let (xs, xl) = xt.storage_and_layout();
+    let (ws, wl) = wtt.storage_and_layout();
+    let (dys, dyl) = dyt.storage_and_layout();
+    let xv = storage_f32(&xs, xl, "conv input")?;
+    let wv = storage_f32(&ws, wl, "conv weight")?;
+    let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
+    let d = op.dims(xl, wl)?;
+    if dyv.len() != d.b * d.o * d.n() {
+        bail!(
+            "conv backward: output gradient {:?} does not fit",
+            dyl.shape()
+        );
     }
-
-    /// The forward of both ops.
-    fn fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bias: Option<&[f32]>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(xs, xl, "conv")?;
-        let wt = f32_slice(ws, wl, "conv weight")?;
-        let d = self.dims(xl, wl)?;
-        if bias.is_some_and(|bv| bv.len() != d.o) {
-            bail!("conv: bias does not have {} values", d.o);
-        }
-        let y = d.forward(x, wt, bias, (TILE_FLOATS, TILE_MIN_COLS));
-        let shape = Shape::from((d.b, d.o, d.geo.ho, d.geo.wo));
-        Ok((CpuStorage::F32(y), shape))
-    }
-
-    /// `(dx, dW)`: dx only when autograd tracks `x`.
-    fn grads(&self, x: &Tensor, wt: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
-        let want_dx = x.track_op();
-        let (xt, wtt, dyt) = (x.contiguous()?, wt.contiguous()?, dy.contiguous()?);
-        let (xs, xl) = xt.storage_and_layout();
-        let (ws, wl) = wtt.storage_and_layout();
-        let (dys, dyl) = dyt.storage_and_layout();
-        let xv = storage_f32(&xs, xl, "conv input")?;
-        let wv = storage_f32(&ws, wl, "conv weight")?;
-        let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
-        let d = self.dims(xl, wl)?;
-        if dyv.len() != d.b * d.o * d.n() {
-            bail!(
-                "conv backward: output gradient {:?} does not fit",
-                dyl.shape()
-            );
-        }
-        let tile = (TILE_FLOATS, TILE_MIN_COLS);
-        let dev = x.device();
-        let dw = Tensor::from_vec(d.weight_grad(xv, dyv, tile), wt.shape(), dev)?;
-        let dx = if want_dx {
-            let dx = d.input_grad(wv, dyv, tile);
-            Some(Tensor::from_vec(dx, xl.shape(), dev)?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
-    }
+    let tile = (TILE_FLOATS, TILE_MIN_COLS);
+    let dev = x.device();
+    let dw = Tensor::from_vec(d.weight_grad(xv, dyv, tile), wt.shape(), dev)?;
+    let dx = if want_dx {
+        let dx = d.input_grad(wv, dyv, tile);
+        Some(Tensor::from_vec(dx, xl.shape(), dev)?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }
 
-impl CustomOp2 for ConvGemm {
-    fn name(&self) -> &'static str {
-        "kseg-conv-gemm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.fwd(xs, xl, ws, wl, None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        wt: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, wt, dy)?;
-        Ok((dx, Some(dw)))
-    }
+/// The bias gradient on the CPU: the per-channel sum of `dy` (f32 lane sums
+/// per plane, f64 across the batch).
+pub(super) fn bias_grad(dy: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, o, ho, wo) = dy.dims4()?;
+    let n = ho * wo;
+    let dyt = dy.contiguous()?;
+    let (dys, dyl) = dyt.storage_and_layout();
+    let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
+    let db: Vec<f32> = (0..o)
+        .into_par_iter()
+        .map(|oc| {
+            (0..b)
+                .map(|bi| lane_sums(&dyv[(bi * o + oc) * n..][..n], |v| [v])[0] as f64)
+                .sum::<f64>() as f32
+        })
+        .collect();
+    Tensor::from_vec(db, bias.shape(), bias.device())
 }
 
-/// The convolution with its bias (arg 3, `(O,)`) added in the same pass;
-/// the bias gradient is the per-channel sum of the output gradient.
-impl CustomOp3 for ConvGemm {
-    fn name(&self) -> &'static str {
-        "kseg-conv-gemm-bias"
-    }
+/// [`Im2Col`]'s forward: one output row per (batch, channel, ki, kj).
+#[cfg(test)]
+pub(super) fn im2col(op: &Im2Col, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let x = f32_slice(s, l, "im2col")?;
+    let (b, c, h, w) = l.shape().dims4()?;
+    let Im2Col { k, stride, pad } = *op;
+    let geo = Geo::new(h, w, k, stride, pad);
+    let cols = geo.ho * geo.wo;
+    let mut out = vec![0f32; b * c * k * k * cols];
+    // Rows are independent.
+    out.par_chunks_mut(cols).enumerate().for_each(|(row, dst)| {
+        let (bi, r) = (row / (c * k * k), row % (c * k * k));
+        let ch = r / (k * k);
+        geo.unfold_row(
+            &x[(bi * c + ch) * h * w..][..h * w],
+            r % (k * k),
+            0..geo.ho,
+            dst,
+        );
+    });
+    Ok((CpuStorage::F32(out), Shape::from((b, c * k * k, cols))))
+}
 
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let bias = f32_slice(bs, bl, "conv bias")?;
-        self.fwd(xs, xl, ws, wl, Some(bias))
+/// [`Col2Im`]'s forward: one output plane per (batch, channel), which
+/// gathers its k·k rows.
+#[cfg(test)]
+pub(super) fn col2im(op: &Col2Im, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let g = f32_slice(s, l, "col2im")?;
+    let Col2Im {
+        k,
+        stride,
+        pad,
+        c,
+        h,
+        w,
+    } = *op;
+    let (b, rows, cols) = l.shape().dims3()?;
+    let geo = Geo::new(h, w, k, stride, pad);
+    if rows != c * k * k || cols != geo.ho * geo.wo {
+        bail!(
+            "col2im: input {:?} does not fit C={c}, k={k}, {h}x{w}",
+            l.shape()
+        );
     }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        wt: &Tensor,
-        bias: &Tensor,
-        _y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = self.grads(x, wt, dy)?;
-        let (b, o, ho, wo) = dy.dims4()?;
-        let n = ho * wo;
-        let dyt = dy.contiguous()?;
-        let (dys, dyl) = dyt.storage_and_layout();
-        let dyv = storage_f32(&dys, dyl, "conv output gradient")?;
-        let db: Vec<f32> = (0..o)
-            .into_par_iter()
-            .map(|oc| {
-                (0..b)
-                    .map(|bi| lane_sums(&dyv[(bi * o + oc) * n..][..n], |v| [v])[0] as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        Ok((
-            dx,
-            Some(dw),
-            Some(Tensor::from_vec(db, bias.shape(), bias.device())?),
-        ))
-    }
+    let mut out = vec![0f32; b * c * h * w];
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane_i, dst)| {
+            let (bi, ch) = (plane_i / c, plane_i % c);
+            let rows_of = &g[(bi * rows + ch * k * k) * cols..][..k * k * cols];
+            geo.fold_rows(rows_of, 0..geo.ho, dst);
+        });
+    Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
 }
 
 #[cfg(test)]

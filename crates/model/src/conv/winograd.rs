@@ -19,7 +19,7 @@
 //! the last place of the inputs' scale): `tests` checks it against the
 //! definition in f64.
 
-use super::im2col::Dims;
+use super::cpu::Dims;
 use super::tiling::{spread, sum_parts};
 use crate::host::{DstMat, Mat, SharedOut, sgemm};
 

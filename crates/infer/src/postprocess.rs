@@ -1,10 +1,12 @@
 //! Clean-up of predicted label volumes.
 
+use kseg_metrics::LabelSet;
 use ndarray::Array3;
 
-/// Keeps the `keep` largest 6-connected components of the foreground
-/// (labels > 0: kidney and tumour together) and sets every other foreground
-/// voxel to background. Returns the number of voxels removed.
+/// Keeps the `keep` largest 6-connected components of the foreground of
+/// the label set `set` ([`LabelSet::is_foreground`]: every structure,
+/// kidney, tumour and cyst together) and sets every other foreground voxel
+/// to background. Returns the number of voxels removed.
 ///
 /// KiTS19 volumes hold two kidneys (one after a nephrectomy), so `keep = 2`
 /// removes isolated false positives without touching a real kidney. Ties in
@@ -14,10 +16,10 @@ use ndarray::Array3;
 /// use ndarray::Array3;
 /// let mut v = Array3::<u8>::zeros((1, 1, 7));
 /// v.as_slice_mut().unwrap().copy_from_slice(&[1, 2, 0, 1, 0, 1, 1]);
-/// let removed = kseg_volume::postprocess::keep_largest_components(&mut v, 1);
+/// let removed = kseg_infer::postprocess::keep_largest_components(&mut v, 1, kseg_metrics::LabelSet::Kits19);
 /// assert_eq!((removed, v.as_slice().unwrap()), (3, &[1, 2, 0, 0, 0, 0, 0][..]));
 /// ```
-pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize) -> usize {
+pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize, set: LabelSet) -> usize {
     let (d, h, w) = labels.dim();
     let mut std_layout = labels.as_standard_layout().into_owned();
     let v = std_layout.as_slice_mut().expect("standard layout");
@@ -26,7 +28,7 @@ pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize) -> usize {
     let mut sizes: Vec<usize> = vec![0];
     let mut stack = Vec::new();
     for start in 0..v.len() {
-        if v[start] == 0 || comp[start] != 0 {
+        if !set.is_foreground(v[start]) || comp[start] != 0 {
             continue;
         }
         let id = sizes.len() as u32;
@@ -37,7 +39,7 @@ pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize) -> usize {
             size += 1;
             let (z, r, c) = (i / (h * w), i / w % h, i % w);
             let mut visit = |j: usize| {
-                if v[j] != 0 && comp[j] == 0 {
+                if set.is_foreground(v[j]) && comp[j] == 0 {
                     comp[j] = id;
                     stack.push(j);
                 }
@@ -95,14 +97,14 @@ mod tests {
         v[[0, 2, 1]] = 1;
         v[[1, 2, 1]] = 2; // the L: 3 voxels
         let mut one = v.clone();
-        assert_eq!(keep_largest_components(&mut one, 1), 2);
+        assert_eq!(keep_largest_components(&mut one, 1, LabelSet::Kits19), 2);
         assert_eq!(one.iter().filter(|&&x| x > 0).count(), 3);
         assert_eq!(one[[1, 2, 1]], 2); // labels kept as they were
         let mut all = v.clone();
-        assert_eq!(keep_largest_components(&mut all, 3), 0);
+        assert_eq!(keep_largest_components(&mut all, 3, LabelSet::Kits19), 0);
         assert_eq!(all, v);
         let mut none = v.clone();
-        assert_eq!(keep_largest_components(&mut none, 0), 5);
+        assert_eq!(keep_largest_components(&mut none, 0, LabelSet::Kits19), 5);
         assert!(none.iter().all(|&x| x == 0));
     }
 }

@@ -13,7 +13,7 @@
 //! sees.
 //!
 //! ```
-//! use kseg_volume::surface::SurfaceDistances;
+//! use kseg_metrics::surface::SurfaceDistances;
 //! // A 4×4×4 cube and the same cube shifted by one voxel along k, 1 mm voxels.
 //! let shape = [8, 8, 8];
 //! let cube = |i: usize, o: usize| {

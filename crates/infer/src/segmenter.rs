@@ -6,14 +6,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use kseg_augment::{AugmentParams, apply_image};
+use kseg_metrics::Activation;
 use kseg_model::ResUNet;
 use kseg_volume::{CachedCase, stack_slices};
 use ndarray::{Array2, Array3, ArrayView3, Axis, s};
 use rayon::prelude::*;
 
-use crate::checkpoint::{ModelMeta, read_meta};
-use crate::error::{Result, TrainError, candle_text};
-use crate::run_dir::CheckpointDir;
+use crate::error::{InferError, Result, candle_text};
+use crate::model_file::{ModelMeta, model_file, read_meta};
 
 /// A model with its preprocessing, ready to segment volumes.
 #[derive(Clone)]
@@ -38,10 +38,10 @@ impl Segmenter {
     /// Loads a kseg model file (or checkpoint folder): weights and the
     /// preprocessing recorded in its metadata.
     pub fn load(checkpoint: &Path, device: &Device, batch: usize) -> Result<Segmenter> {
-        let path = CheckpointDir::model_file(checkpoint);
+        let path = model_file(checkpoint);
         let meta = read_meta(&path)?;
         let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
-            .map_err(|e| TrainError::checkpoint(&path, candle_text(&e)))?;
+            .map_err(|e| InferError::checkpoint(&path, candle_text(&e)))?;
         Ok(Segmenter::new(model, meta, device.clone(), batch))
     }
 
@@ -72,10 +72,9 @@ impl Segmenter {
     /// The probabilities of the network's outputs: softmax over classes,
     /// or each region's sigmoid.
     fn probabilities(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
-        if self.meta.regions {
-            candle_nn::ops::sigmoid(logits)
-        } else {
-            candle_nn::ops::softmax(logits, 1)
+        match self.meta.labels.activation(self.meta.regions) {
+            Activation::Sigmoid => candle_nn::ops::sigmoid(logits),
+            Activation::Softmax => candle_nn::ops::softmax(logits, 1),
         }
     }
 
@@ -143,19 +142,16 @@ impl Segmenter {
         // training voxel size's; else the slice's own.
         let (rh, rw) = match (self.meta.in_plane, self.meta.spacing_mm, spacing) {
             (Some(s), _, _) => s,
-            (None, Some(t), Some((sy, sx))) => (
-                ((h as f64 * sy / t).round() as usize).max(1),
-                ((w as f64 * sx / t).round() as usize).max(1),
-            ),
+            (None, Some(t), Some(sp)) => crate::resample::size_at((h, w), sp, t),
             (None, Some(t), None) => {
-                return Err(TrainError::Other(format!(
+                return Err(InferError::Other(format!(
                     "the model works at {t} mm pixels (data.spacing_mm): the input's voxel size is needed"
                 )));
             }
             (None, None, _) => (h, w),
         };
         if rh > MAX_RESAMPLED || rw > MAX_RESAMPLED {
-            return Err(TrainError::Other(format!(
+            return Err(InferError::Other(format!(
                 "resampling {h}x{w} pixels to {rh}x{rw} is beyond {MAX_RESAMPLED} per side"
             )));
         }
@@ -207,11 +203,7 @@ impl Segmenter {
                         } else {
                             p
                         };
-                        Ok(if self.meta.regions {
-                            decode_regions(&p)
-                        } else {
-                            argmax(&p)
-                        })
+                        Ok(self.meta.labels.decode(p.view(), self.meta.regions))
                     })
                     .collect::<Result<_>>()?;
                 for (&k, lab) in chunk.iter().zip(labels) {
@@ -235,7 +227,7 @@ impl Segmenter {
             }
         }
         if let Some(keep) = self.meta.keep_largest {
-            kseg_volume::postprocess::keep_largest_components(&mut out, keep);
+            crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
         }
         Ok(out)
     }
@@ -264,35 +256,4 @@ fn pad(x: Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
     let mut out = Array3::from_elem((c, nh, nw), fill);
     out.slice_mut(s![.., ..h, ..w]).assign(&x);
     out
-}
-
-/// Labels from the KiTS23 regions' probabilities `[kidney_and_mass, mass,
-/// tumor]`: kidney where kidney_and_mass > 0.5, then cyst where mass > 0.5,
-/// then tumour where tumor > 0.5, each overwriting the last (nnU-Net's
-/// region decoding in KiTS23's order).
-fn decode_regions(p: &Array3<f32>) -> Array2<u8> {
-    let (_, h, w) = p.dim();
-    Array2::from_shape_fn((h, w), |(y, x)| {
-        let mut label = 0;
-        for (r, value) in [(0, 1), (1, 3), (2, 2)] {
-            if p[[r, y, x]] > 0.5 {
-                label = value;
-            }
-        }
-        label
-    })
-}
-
-/// The class of highest score at each pixel (the first on ties).
-fn argmax(p: &Array3<f32>) -> Array2<u8> {
-    let (c, h, w) = p.dim();
-    Array2::from_shape_fn((h, w), |(y, x)| {
-        let mut best = 0;
-        for k in 1..c {
-            if p[[k, y, x]] > p[[best, y, x]] {
-                best = k;
-            }
-        }
-        best as u8
-    })
 }

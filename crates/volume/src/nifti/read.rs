@@ -1,462 +1,26 @@
-//! Reading and writing NIfTI-1 files.
-//!
-//! Headers are parsed by the [`nifti`] crate after a strict pre-check of our
-//! own (size, magic, dims, datatype, offsets), so that malformed or hostile
-//! files give an error that names the file and the problem instead of a panic
-//! or an unbounded allocation. Voxel data is decoded here, in one pass, from
-//! any supported datatype and byte order, with `scl_slope`/`scl_inter`
-//! applied.
-//!
-//! # What is read
-//! - NIfTI-1 single files (`.nii`, `.nii.gz`) and header/image pairs
-//!   (`.hdr` + `.img`, either part optionally gzipped), little- or big-endian.
-//! - Datatypes uint8, int8, uint16, int16, uint32, int32, uint64, int64,
-//!   float32, float64. Complex, RGB and float128 data are refused.
-//! - Any dimensionality 1 to 7 through [`read_image`]; [`read_volume`] and
-//!   [`read_labels`] want 3D (trailing dimensions of size 1 are dropped, fewer
-//!   than three dimensions are padded with 1) and refuse true 4D data.
-//! - NIfTI-2 files are detected and refused with a clear error: KiTS19 and
-//!   the tools around it write NIfTI-1, and refusing is safer than a half
-//!   reader. Analyze 7.5 headers (no magic) are refused likewise.
-//!
-//! # Array order
-//! Arrays are indexed in NIfTI order `[i, j, k]` (for KiTS19 that is
-//! `[slice, row, column]`), the same indices nibabel's `get_fdata()` uses.
-//! [`read_image`] returns a Fortran-ordered view of the file's bytes;
-//! [`read_volume`] and [`read_labels`] return C-ordered arrays so that one
-//! axial slice is contiguous.
+//! The strict NIfTI-1 reader: a pre-check of the header (size, magic,
+//! dims, datatype, offsets) before the `nifti` crate parses it, and voxel
+//! decoding from every datatype and byte order in one pass, optionally
+//! into the canonical layout ([`crate::orient`]).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array3, ArrayD, ArrayView3, IxDyn, ShapeBuilder};
+use kseg_metrics::LabelSet;
+use ndarray::{Array3, ArrayD, IxDyn, ShapeBuilder};
 use nifti::NiftiHeader;
 
+use super::header::datatype_name;
+use super::{DType, Header, NiftiImage, Volume};
 use crate::error::{Result, VolumeError};
 use crate::layout::fortran_to_c_oriented;
 use crate::orient::Orientation;
 
 /// Size of a NIfTI-1 header on disk.
 const HEADER_SIZE: usize = 348;
-const MAGIC_SINGLE: &[u8; 4] = b"n+1\0";
+pub(super) const MAGIC_SINGLE: &[u8; 4] = b"n+1\0";
 const MAGIC_PAIR: &[u8; 4] = b"ni1\0";
-
-/// The voxel datatypes this crate reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DType {
-    /// unsigned 8-bit
-    U8,
-    /// signed 8-bit
-    I8,
-    /// unsigned 16-bit
-    U16,
-    /// signed 16-bit
-    I16,
-    /// unsigned 32-bit
-    U32,
-    /// signed 32-bit
-    I32,
-    /// unsigned 64-bit
-    U64,
-    /// signed 64-bit
-    I64,
-    /// 32-bit float
-    F32,
-    /// 64-bit float
-    F64,
-}
-
-impl DType {
-    /// The datatype for a NIfTI `datatype` code, if supported.
-    pub fn from_code(code: i16) -> Option<DType> {
-        Some(match code {
-            2 => DType::U8,
-            256 => DType::I8,
-            512 => DType::U16,
-            4 => DType::I16,
-            768 => DType::U32,
-            8 => DType::I32,
-            1280 => DType::U64,
-            1024 => DType::I64,
-            16 => DType::F32,
-            64 => DType::F64,
-            _ => return None,
-        })
-    }
-
-    /// The NIfTI `datatype` code.
-    pub fn code(self) -> i16 {
-        match self {
-            DType::U8 => 2,
-            DType::I8 => 256,
-            DType::U16 => 512,
-            DType::I16 => 4,
-            DType::U32 => 768,
-            DType::I32 => 8,
-            DType::U64 => 1280,
-            DType::I64 => 1024,
-            DType::F32 => 16,
-            DType::F64 => 64,
-        }
-    }
-
-    /// Bytes per voxel.
-    pub fn size(self) -> usize {
-        match self {
-            DType::U8 | DType::I8 => 1,
-            DType::U16 | DType::I16 => 2,
-            DType::U32 | DType::I32 | DType::F32 => 4,
-            DType::U64 | DType::I64 | DType::F64 => 8,
-        }
-    }
-
-    /// The numpy-style name: `"uint8"`, `"int16"`, `"float32"`...
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::U8 => "uint8",
-            DType::I8 => "int8",
-            DType::U16 => "uint16",
-            DType::I16 => "int16",
-            DType::U32 => "uint32",
-            DType::I32 => "int32",
-            DType::U64 => "uint64",
-            DType::I64 => "int64",
-            DType::F32 => "float32",
-            DType::F64 => "float64",
-        }
-    }
-
-    /// Whether the type holds integers.
-    pub fn is_integer(self) -> bool {
-        !matches!(self, DType::F32 | DType::F64)
-    }
-}
-
-fn datatype_name(code: i16) -> String {
-    match code {
-        0 => "unknown (0)".into(),
-        1 => "binary (1)".into(),
-        32 => "complex64 (32)".into(),
-        128 => "RGB24 (128)".into(),
-        1536 => "float128 (1536)".into(),
-        1792 => "complex128 (1792)".into(),
-        2048 => "complex256 (2048)".into(),
-        2304 => "RGBA32 (2304)".into(),
-        c => format!("code {c}"),
-    }
-}
-
-/// A parsed and validated NIfTI-1 header, with the facts derived from it.
-#[derive(Debug, Clone)]
-pub struct Header {
-    raw: NiftiHeader,
-    dtype: DType,
-    shape: Vec<usize>,
-    extension_codes: Vec<i32>,
-}
-
-impl Header {
-    /// Validates a header built in code the way a file's header is
-    /// validated.
-    pub fn from_nifti(raw: NiftiHeader) -> Result<Header> {
-        let (dtype, shape) = validate_fields(Path::new("<header>"), &raw, false)?;
-        Ok(Header {
-            raw,
-            dtype,
-            shape,
-            extension_codes: Vec::new(),
-        })
-    }
-
-    /// A header laid out like KiTS19's files: dims `[slices, H, W]`, voxel
-    /// size `spacing` = `[slice, row, column]` mm, and the KiTS19 orientation
-    /// (slice index along -z, rows along -y, columns along -x), stored both
-    /// as sform (code 2, aligned) and as the equivalent qform (code 1).
-    pub fn kits_like(shape: [usize; 3], spacing: [f32; 3], dtype: DType) -> Result<Header> {
-        if shape.iter().any(|&d| d == 0 || d > i16::MAX as usize)
-            || spacing.iter().any(|s| !s.is_finite() || *s <= 0.0)
-        {
-            return Err(VolumeError::InvalidArgument(format!(
-                "cannot make a header for shape {shape:?} and spacing {spacing:?}"
-            )));
-        }
-        let [sz, sy, sx] = spacing;
-        let mut descrip = b"kseg synthetic KiTS-like case".to_vec();
-        descrip.resize(80, 0);
-        let half = std::f32::consts::FRAC_1_SQRT_2;
-        let raw = NiftiHeader {
-            dim: [
-                3,
-                shape[0] as u16,
-                shape[1] as u16,
-                shape[2] as u16,
-                1,
-                1,
-                1,
-                1,
-            ],
-            datatype: dtype.code(),
-            bitpix: (dtype.size() * 8) as i16,
-            pixdim: [1.0, sz, sy, sx, 1.0, 1.0, 1.0, 1.0],
-            vox_offset: 352.0,
-            scl_slope: 1.0,
-            scl_inter: 0.0,
-            xyzt_units: 2,
-            qform_code: 1,
-            sform_code: 2,
-            quatern_b: -half,
-            quatern_c: 0.0,
-            quatern_d: half,
-            srow_x: [0.0, 0.0, -sx, 0.0],
-            srow_y: [0.0, -sy, 0.0, 0.0],
-            srow_z: [-sz, 0.0, 0.0, 0.0],
-            descrip,
-            magic: *MAGIC_SINGLE,
-            endianness: nifti::Endianness::Little,
-            ..NiftiHeader::default()
-        };
-        Header::from_nifti(raw)
-    }
-
-    /// The full header as parsed by the `nifti` crate.
-    pub fn nifti(&self) -> &NiftiHeader {
-        &self.raw
-    }
-
-    /// The shape in NIfTI order (`dim[1..=dim[0]]`).
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// The datatype stored on disk.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Whether the file is big-endian.
-    pub fn is_big_endian(&self) -> bool {
-        self.raw.endianness == nifti::Endianness::Big
-    }
-
-    /// Voxel sizes (`pixdim[1..=ndim]`), in the file's units (KiTS19: mm).
-    pub fn spacing(&self) -> Vec<f64> {
-        (1..=self.shape.len())
-            .map(|d| f64::from(self.raw.pixdim[d]))
-            .collect()
-    }
-
-    /// `(slope, intercept)` when the header asks for scaling. A slope of 0 (or
-    /// a non-finite one) means "no scaling", as in nibabel; so does (1, 0).
-    pub fn scaling(&self) -> Option<(f64, f64)> {
-        let slope = f64::from(self.raw.scl_slope);
-        let inter = f64::from(self.raw.scl_inter);
-        if slope == 0.0 || !slope.is_finite() {
-            return None;
-        }
-        let inter = if inter.is_finite() { inter } else { 0.0 };
-        if slope == 1.0 && inter == 0.0 {
-            None
-        } else {
-            Some((slope, inter))
-        }
-    }
-
-    /// Codes of the header extensions (empty when there are none).
-    pub fn extension_codes(&self) -> &[i32] {
-        &self.extension_codes
-    }
-
-    /// The sform affine, when `sform_code > 0`.
-    pub fn sform_affine(&self) -> Option<[[f64; 4]; 4]> {
-        if self.raw.sform_code <= 0 {
-            return None;
-        }
-        let r = |row: &[f32; 4]| row.map(f64::from);
-        Some([
-            r(&self.raw.srow_x),
-            r(&self.raw.srow_y),
-            r(&self.raw.srow_z),
-            [0.0, 0.0, 0.0, 1.0],
-        ])
-    }
-
-    /// The qform affine (from the quaternion, `pixdim` and `qoffset`), when
-    /// `qform_code > 0`. Follows the NIfTI-1 standard and nibabel: a
-    /// `pixdim[0]` other than -1 counts as `qfac = 1`.
-    pub fn qform_affine(&self) -> Option<[[f64; 4]; 4]> {
-        if self.raw.qform_code <= 0 {
-            return None;
-        }
-        let h = &self.raw;
-        let (b, c, d) = (
-            f64::from(h.quatern_b),
-            f64::from(h.quatern_c),
-            f64::from(h.quatern_d),
-        );
-        // As nifti1_io (and so ITK): a 180° rotation stored with rounding
-        // error (1 - |bcd|² below 1e-7) is renormalised with a = 0.
-        let sq = 1.0 - (b * b + c * c + d * d);
-        let (a, b, c, d) = if sq < 1e-7 {
-            let norm = (b * b + c * c + d * d).sqrt();
-            (0.0, b / norm, c / norm, d / norm)
-        } else {
-            (sq.sqrt(), b, c, d)
-        };
-        let rot = [
-            [
-                a * a + b * b - c * c - d * d,
-                2.0 * (b * c - a * d),
-                2.0 * (b * d + a * c),
-            ],
-            [
-                2.0 * (b * c + a * d),
-                a * a + c * c - b * b - d * d,
-                2.0 * (c * d - a * b),
-            ],
-            [
-                2.0 * (b * d - a * c),
-                2.0 * (c * d + a * b),
-                a * a + d * d - c * c - b * b,
-            ],
-        ];
-        let qfac = if h.pixdim[0] == -1.0 { -1.0 } else { 1.0 };
-        let zooms = [
-            f64::from(h.pixdim[1]),
-            f64::from(h.pixdim[2]),
-            f64::from(h.pixdim[3]) * qfac,
-        ];
-        let offset = [
-            f64::from(h.quatern_x),
-            f64::from(h.quatern_y),
-            f64::from(h.quatern_z),
-        ];
-        let mut m = [[0.0; 4]; 4];
-        for r in 0..3 {
-            for col in 0..3 {
-                m[r][col] = rot[r][col] * zooms[col];
-            }
-            m[r][3] = offset[r];
-        }
-        m[3][3] = 1.0;
-        Some(m)
-    }
-
-    /// Where the voxel grids of `self` and `other` part, in words, or
-    /// `None` when they are the same grid: same 3D shape, and every corner
-    /// voxel of the volume at the same place in the world ([`Header::affine`])
-    /// within a hundredth of the smallest voxel size (float32 headers
-    /// round; a shift, flip or another spacing does not pass).
-    pub fn grid_mismatch(&self, other: &Header) -> Option<String> {
-        let (a, b) = (self.shape(), other.shape());
-        let get = |s: &[usize], i: usize| s.get(i).copied().unwrap_or(1);
-        let (sa, sb) = (
-            [get(a, 0), get(a, 1), get(a, 2)],
-            [get(b, 0), get(b, 1), get(b, 2)],
-        );
-        if sa != sb {
-            return Some(format!("shape {sa:?} vs {sb:?}"));
-        }
-        let (ma, mb) = (self.affine(), other.affine());
-        let smallest = self
-            .spacing()
-            .iter()
-            .chain(other.spacing().iter())
-            .take(6)
-            .map(|v| v.abs())
-            .filter(|v| *v > 0.0)
-            .fold(f64::INFINITY, f64::min);
-        let tol = if smallest.is_finite() {
-            smallest / 100.0
-        } else {
-            1e-3
-        };
-        let mut worst = (0.0f64, [0usize; 3]);
-        for corner in 0..8 {
-            let ijk = [0, 1, 2].map(|d| {
-                if corner >> d & 1 == 1 {
-                    sa[d].saturating_sub(1)
-                } else {
-                    0
-                }
-            });
-            let at = |m: &[[f64; 4]; 4]| {
-                [0, 1, 2].map(|r| (0..3).map(|c| m[r][c] * ijk[c] as f64).sum::<f64>() + m[r][3])
-            };
-            let (pa, pb) = (at(&ma), at(&mb));
-            let d = (0..3).map(|r| (pa[r] - pb[r]).powi(2)).sum::<f64>().sqrt();
-            if d > worst.0 || d.is_nan() {
-                worst = (d, ijk);
-            }
-        }
-        (worst.0 > tol || worst.0.is_nan()).then(|| {
-            format!(
-                "voxel {:?} lies {:.3} mm apart in the two (tolerance {tol:.4} mm)",
-                worst.1, worst.0
-            )
-        })
-    }
-
-    /// The voxel-to-world affine that nibabel's `img.affine` reports: the
-    /// sform if `sform_code > 0`, else the qform if `qform_code > 0`, else the
-    /// Analyze-style fallback (`pixdim` zooms, x flipped, origin at the
-    /// centre).
-    pub fn affine(&self) -> [[f64; 4]; 4] {
-        if let Some(m) = self.sform_affine() {
-            return m;
-        }
-        if let Some(m) = self.qform_affine() {
-            return m;
-        }
-        let mut m = [[0.0; 4]; 4];
-        for (axis, row) in m.iter_mut().take(3).enumerate() {
-            let n = self.shape.get(axis).copied().unwrap_or(1) as f64;
-            let mut zoom = if axis < self.shape.len() {
-                f64::from(self.raw.pixdim[axis + 1])
-            } else {
-                1.0
-            };
-            if axis == 0 {
-                zoom = -zoom;
-            }
-            row[axis] = zoom;
-            row[3] = -(n - 1.0) / 2.0 * zoom;
-        }
-        m[3][3] = 1.0;
-        m
-    }
-}
-
-/// An N-dimensional image as stored in a file, values scaled.
-///
-/// `data` is indexed in NIfTI order and laid out in Fortran order (the
-/// file's own), so it costs no copy.
-#[derive(Debug, Clone)]
-pub struct NiftiImage {
-    /// The header.
-    pub header: Header,
-    /// Voxel values after scaling, in NIfTI index order.
-    pub data: ArrayD<f64>,
-}
-
-/// A 3D volume in C order (`[i, j, k]`, `k` fastest; for KiTS19 `[slice, row,
-/// column]`), with the header it came from.
-#[derive(Debug, Clone)]
-pub struct Volume<T> {
-    /// The header.
-    pub header: Header,
-    /// Voxel values, `[slices, H, W]` for KiTS19.
-    pub data: Array3<T>,
-}
-
-impl<T> Volume<T> {
-    /// The shape `[i, j, k]`.
-    pub fn shape(&self) -> [usize; 3] {
-        let s = self.data.shape();
-        [s[0], s[1], s[2]]
-    }
-}
 
 /// The raw bytes of a file's voxels and its validated header.
 pub(crate) struct Raw {
@@ -619,7 +183,11 @@ fn parse_header(
 }
 
 /// Checks the fields a reader relies on: dims, datatype, bitpix, vox_offset.
-fn validate_fields(path: &Path, raw: &NiftiHeader, pair: bool) -> Result<(DType, Vec<usize>)> {
+pub(super) fn validate_fields(
+    path: &Path,
+    raw: &NiftiHeader,
+    pair: bool,
+) -> Result<(DType, Vec<usize>)> {
     let ndim = raw.dim[0] as i16;
     if !(1..=7).contains(&ndim) {
         return Err(VolumeError::format(
@@ -1037,17 +605,17 @@ pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume<f32>> {
     read_volume_in(path.as_ref(), false).map(|(v, _)| v)
 }
 
-/// [`read_volume`] brought to the internal layout ([`crate::orient`]:
+/// [`read_volume`] brought to the canonical layout ([`crate::orient`]:
 /// slices first, KiTS19's orientation) in the same pass as the decoding,
 /// with the orientation it came from. The header is the file's.
-pub fn read_volume_internal(path: impl AsRef<Path>) -> Result<(Volume<f32>, Orientation)> {
+pub fn read_volume_canonical(path: impl AsRef<Path>) -> Result<(Volume<f32>, Orientation)> {
     read_volume_in(path.as_ref(), true)
 }
 
-fn read_volume_in(path: &Path, internal: bool) -> Result<(Volume<f32>, Orientation)> {
+fn read_volume_in(path: &Path, canonical: bool) -> Result<(Volume<f32>, Orientation)> {
     let raw = read_raw(path)?;
     let shape = shape3(path, &raw.header)?;
-    let (o, layout) = layout_of(&raw.header, internal);
+    let (o, layout) = layout_of(&raw.header, canonical);
     let data = match raw.header.scaling() {
         None => decode_to_c(&raw, shape, layout, |v| v as f32),
         Some((slope, inter)) => {
@@ -1065,10 +633,10 @@ fn read_volume_in(path: &Path, internal: bool) -> Result<(Volume<f32>, Orientati
 }
 
 /// The orientation of `header` and the layout to read it in: the
-/// internal one, or the file's own.
-fn layout_of(header: &Header, internal: bool) -> (Orientation, Layout) {
+/// canonical one, or the file's own.
+fn layout_of(header: &Header, canonical: bool) -> (Orientation, Layout) {
     let o = Orientation::from_affine(&header.affine());
-    let layout = if internal { o.mapping() } else { FILE_ORDER };
+    let layout = if canonical { o.mapping() } else { FILE_ORDER };
     (o, layout)
 }
 
@@ -1108,36 +676,36 @@ where
     fortran_to_c_oriented(shape, perm, flip, |i| map(V::at(&raw.bytes, i)))
 }
 
-/// Reads a label volume: every value must be an integer in `0..=max_label`
-/// (`max_label` at most 254).
+/// Reads a label volume of the label set `labels`: every value must be an
+/// integer in `0..=labels.max_label()`.
 ///
 /// Integer files of any width (KiTS19 has uint8 and uint16 label files) and
 /// float files holding whole numbers are accepted. Anything else is an error
 /// that names the file, the first bad voxel (NIfTI index, in file order) and
 /// how many bad voxels there are.
-pub fn read_labels(path: impl AsRef<Path>, max_label: u8) -> Result<Volume<u8>> {
-    read_labels_in(path.as_ref(), max_label, false).map(|(v, _)| v)
+pub fn read_labels(path: impl AsRef<Path>, labels: LabelSet) -> Result<Volume<u8>> {
+    read_labels_in(path.as_ref(), labels, false).map(|(v, _)| v)
 }
 
-/// [`read_labels`] brought to the internal layout in the same pass (see
-/// [`read_volume_internal`]).
-pub fn read_labels_internal(
+/// [`read_labels`] brought to the canonical layout in the same pass (see
+/// [`read_volume_canonical`]).
+pub fn read_labels_canonical(
     path: impl AsRef<Path>,
-    max_label: u8,
+    labels: LabelSet,
 ) -> Result<(Volume<u8>, Orientation)> {
-    read_labels_in(path.as_ref(), max_label, true)
+    read_labels_in(path.as_ref(), labels, true)
 }
 
-fn read_labels_in(path: &Path, max_label: u8, internal: bool) -> Result<(Volume<u8>, Orientation)> {
+fn read_labels_in(
+    path: &Path,
+    labels: LabelSet,
+    canonical: bool,
+) -> Result<(Volume<u8>, Orientation)> {
     const BAD: u8 = u8::MAX;
-    if max_label == BAD {
-        return Err(VolumeError::InvalidArgument(
-            "max_label must be below 255".into(),
-        ));
-    }
+    let max_label = labels.max_label();
     let raw = read_raw(path)?;
     let shape = shape3(path, &raw.header)?;
-    let (o, layout) = layout_of(&raw.header, internal);
+    let (o, layout) = layout_of(&raw.header, canonical);
     let (slope, inter) = raw.header.scaling().unwrap_or((1.0, 0.0));
     let ok = move |v: f64| v >= 0.0 && v <= f64::from(max_label) && v.fract() == 0.0;
     let data = if raw.header.dtype == DType::U8 && raw.header.scaling().is_none() {
@@ -1185,100 +753,4 @@ fn read_labels_in(path: &Path, max_label: u8, internal: bool) -> Result<(Volume<
         },
         o,
     ))
-}
-
-/// Element types [`write_volume`] can store.
-pub trait Storable: nifti::DataElement + bytemuck::Pod + Copy {}
-impl Storable for u8 {}
-impl Storable for i16 {}
-impl Storable for f32 {}
-
-/// Checks that [`write_volume`] can write `path`: a name ending in `.nii`
-/// or `.nii.gz`, not a folder, in a folder that exists. Commands call it
-/// before their work, so a bad output path fails at once.
-pub fn check_output_path(path: &Path) -> Result<()> {
-    let lower = path.to_string_lossy().to_ascii_lowercase();
-    if !(lower.ends_with(".nii") || lower.ends_with(".nii.gz")) {
-        return Err(VolumeError::InvalidArgument(format!(
-            "{}: a NIfTI output's name must end in .nii or .nii.gz",
-            path.display()
-        )));
-    }
-    if path.is_dir() {
-        return Err(VolumeError::InvalidArgument(format!(
-            "{} is a folder; a file path is needed",
-            path.display()
-        )));
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(VolumeError::missing(
-            parent,
-            "no such folder (the output's folder must exist)",
-        ));
-    }
-    Ok(())
-}
-
-/// Writes `data` (C order, `[i, j, k]`) with the geometry of `reference`:
-/// dims, pixdim, qform and sform (codes and parameters), units, description
-/// and intent are copied, so nibabel and ITK compute the same affine; the
-/// datatype is `T`'s, with no scaling and no extensions. `.nii.gz` paths are
-/// gzipped.
-///
-/// The file is written to a temporary file beside `path` and renamed, so a
-/// failed write never leaves a partial file behind. `path` must end in
-/// `.nii` or `.nii.gz` (the format follows the name; nothing is appended).
-pub fn write_volume<T: Storable>(
-    path: impl AsRef<Path>,
-    data: ArrayView3<T>,
-    reference: &Header,
-) -> Result<()> {
-    let path = path.as_ref();
-    check_output_path(path)?;
-    let want = data.shape();
-    let ref_shape = reference.shape();
-    let get = |i: usize| ref_shape.get(i).copied().unwrap_or(1);
-    let ref3 = [get(0), get(1), get(2)];
-    if want != ref3 || (ref_shape.len() > 3 && ref_shape[3..].iter().any(|&d| d != 1)) {
-        return Err(VolumeError::ShapeMismatch {
-            path: path.to_path_buf(),
-            got: want.to_vec(),
-            other: PathBuf::from("<reference header>"),
-            expected: ref_shape.to_vec(),
-        });
-    }
-    let mut header = reference.raw.clone();
-    header.dim = [
-        3,
-        want[0] as u16,
-        want[1] as u16,
-        want[2] as u16,
-        1,
-        1,
-        1,
-        1,
-    ];
-    for (d, &n) in want.iter().enumerate() {
-        if n > i16::MAX as usize {
-            return Err(VolumeError::InvalidArgument(format!(
-                "dimension {d} of size {n} does not fit a NIfTI-1 header"
-            )));
-        }
-    }
-    header.cal_min = 0.0;
-    header.cal_max = 0.0;
-    header.endianness = nifti::Endianness::Little;
-    header.sizeof_hdr = 348;
-    crate::fs::write_atomic(path, |tmp| {
-        let gz = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
-        nifti::writer::WriterOptions::new(tmp)
-            .reference_header(&header)
-            .compress(gz)
-            .write_nifti(&data)
-            .map_err(|e| VolumeError::format(path, format!("cannot write: {e}")))
-    })
 }

@@ -2,16 +2,12 @@
 //! (label 2) on whole volumes, averaged over cases; the composite score is
 //! the mean of the two (docs/METHOD.md §5, as the official `evaluation.py`).
 //! The KiTS21/KiTS23 metrics (Dice and surface Dice of three regions) are in
-//! [`kits23`].
+//! [`crate::kits23`].
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-pub mod kits23;
-
-pub use kits23::{
-    KITS23_REGIONS, Kits23Accumulator, Kits23Case, Kits23Summary, Region, RegionMeans, RegionScore,
-    kits23_case,
-};
+use crate::metric::{Evaluation, LabelGrid, Metric};
 
 /// What can go wrong when scoring a case.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +50,7 @@ pub struct KitsDice {
 /// ```
 /// let truth = [0u8, 1, 1, 2, 2, 0];
 /// let pred = [0u8, 1, 2, 2, 0, 0];
-/// let d = kseg_volume::metric::kits_dice(&pred, &truth).unwrap();
+/// let d = kseg_metrics::kits_dice(&pred, &truth).unwrap();
 /// // kidney: pred>0 {1,2,3}, truth>0 {1,2,3,4}: 2*3/7.
 /// assert!((d.kidney - 6.0 / 7.0).abs() < 1e-12);
 /// // tumour: pred=2 {2,3}, truth=2 {3,4}: 2*1/4.
@@ -64,14 +60,12 @@ pub fn kits_dice(pred: &[u8], truth: &[u8]) -> Result<KitsDice, MetricError> {
     kits_dice_case("", pred, truth)
 }
 
-fn kits_dice_case(case: &str, pred: &[u8], truth: &[u8]) -> Result<KitsDice, MetricError> {
-    if pred.len() != truth.len() {
-        return Err(MetricError::LengthMismatch {
-            case: case.to_string(),
-            pred: pred.len(),
-            truth: truth.len(),
-        });
-    }
+pub(crate) fn kits_dice_case(
+    case: &str,
+    pred: &[u8],
+    truth: &[u8],
+) -> Result<KitsDice, MetricError> {
+    same_length(case, pred, truth)?;
     // [kidney pred, kidney truth, kidney both, tumour pred, tumour truth, tumour both]
     let mut n = [0u64; 6];
     for (&p, &t) in pred.iter().zip(truth) {
@@ -158,5 +152,76 @@ impl DiceAccumulator {
     /// Forgets every case.
     pub fn reset(&mut self) {
         self.cases.clear();
+    }
+}
+
+impl DiceSummary {
+    /// The per-case table as CSV lines, the header first.
+    pub fn csv(&self) -> Vec<String> {
+        let mut lines = vec!["case,kidney_dice,tumour_dice".to_string()];
+        lines.extend(
+            self.cases
+                .iter()
+                .map(|c| format!("{},{:.6},{:.6}", c.case, c.kidney, c.tumour)),
+        );
+        lines
+    }
+
+    /// The means in one line.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{} cases: kidney {:.4}, tumour {:.4}, composite {:.4}",
+            self.cases.len(),
+            self.kidney_mean,
+            self.tumour_mean,
+            self.composite
+        )
+    }
+
+    /// The JSON report of the KiTS19 protocol.
+    pub fn report(&self) -> Value {
+        json!({
+            "protocol": "kits19",
+            "kidney_dice": self.kidney_mean,
+            "tumour_dice": self.tumour_mean,
+            "composite": self.composite,
+            "cases": self.cases,
+        })
+    }
+}
+
+/// Checks that a prediction and its truth have the same number of voxels.
+pub(crate) fn same_length(case: &str, pred: &[u8], truth: &[u8]) -> Result<(), MetricError> {
+    if pred.len() != truth.len() {
+        return Err(MetricError::LengthMismatch {
+            case: case.to_string(),
+            pred: pred.len(),
+            truth: truth.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The KiTS19 protocol.
+impl Metric for DiceAccumulator {
+    fn update(
+        &mut self,
+        case: &str,
+        pred: LabelGrid<'_>,
+        truth: LabelGrid<'_>,
+    ) -> Result<(), MetricError> {
+        DiceAccumulator::update(self, case, pred.labels, truth.labels).map(drop)
+    }
+
+    fn aggregate(&self) -> Evaluation {
+        Evaluation {
+            protocol: "kits19",
+            dice: DiceAccumulator::aggregate(self),
+            regions: None,
+        }
+    }
+
+    fn reset(&mut self) {
+        DiceAccumulator::reset(self)
     }
 }

@@ -11,13 +11,13 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::error::{Result, VolumeError};
-use crate::nifti_io::{DType, Header, Voxel, read_raw, with_voxel};
+use super::{DType, Header, Voxel, read_raw, with_voxel};
 #[allow(unused_imports)]
-use crate::nifti_io::{
+use super::{
     F32be, F32le, F64be, F64le, I8v, I16be, I16le, I32be, I32le, I64be, I64le, U8v, U16be, U16le,
     U32be, U32le, U64be, U64le,
 };
+use crate::error::{Result, VolumeError};
 
 /// What [`read_stats`] finds in a file's voxels (values after the header's
 /// scaling).

@@ -6,48 +6,15 @@
 //! Hausdorff distance and the mean surface distance, which the official
 //! score does not use. Ranked on the means over cases.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use super::{MetricError, dice_from_counts};
+use crate::dice::{DiceAccumulator, MetricError, dice_from_counts, same_length};
+pub use crate::labels::{KITS23_REGIONS, Region};
+use crate::metric::{Evaluation, LabelGrid, Metric};
 use crate::surface::SurfaceDistances;
-
-/// A KiTS region: the labels in it and its surface Dice tolerance.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Region {
-    /// The official name.
-    pub name: &'static str,
-    /// Labels in the region.
-    pub labels: &'static [u8],
-    /// Surface Dice tolerance in mm (the official
-    /// `KITS_LABEL_TO_TOLERANCE`).
-    pub tolerance_mm: f64,
-}
-
-impl Region {
-    /// Whether label `v` is in the region.
-    pub fn contains(&self, v: u8) -> bool {
-        self.labels.contains(&v)
-    }
-}
-
-/// The three KiTS23 regions, in the official order.
-pub const KITS23_REGIONS: [Region; 3] = [
-    Region {
-        name: "kidney_and_mass",
-        labels: &[1, 2, 3],
-        tolerance_mm: 1.0330772532390826,
-    },
-    Region {
-        name: "mass",
-        labels: &[2, 3],
-        tolerance_mm: 1.1328796488598762,
-    },
-    Region {
-        name: "tumor",
-        labels: &[2],
-        tolerance_mm: 1.1498198361434828,
-    },
-];
 
 /// One region's scores in one case.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -75,13 +42,14 @@ pub fn kits23_case(
     spacing: [f64; 3],
 ) -> Result<[RegionScore; 3], MetricError> {
     let n = shape.iter().product::<usize>();
-    if pred.len() != truth.len() || pred.len() != n {
+    if pred.len() != n {
         return Err(MetricError::LengthMismatch {
             case: case.to_string(),
             pred: pred.len(),
             truth: truth.len(),
         });
     }
+    same_length(case, pred, truth)?;
     // One pass over the voxels: how often each (prediction, truth) label
     // pair occurs. Every region's counts follow from it.
     let mut pairs = vec![0u64; 256 * 256];
@@ -214,5 +182,124 @@ impl Kits23Accumulator {
     /// Forgets every case.
     pub fn reset(&mut self) {
         self.cases.clear();
+    }
+}
+
+impl Kits23Summary {
+    /// The regions' means by name.
+    pub fn means_by_name(&self) -> BTreeMap<String, RegionScore> {
+        KITS23_REGIONS
+            .iter()
+            .zip(&self.means)
+            .map(|(r, m)| (r.name.to_string(), *m))
+            .collect()
+    }
+
+    /// The per-case table as CSV lines, the header first (HD95 and mean
+    /// surface distance empty where undefined).
+    pub fn csv(&self) -> Vec<String> {
+        let mut header = vec!["case".to_string()];
+        for r in &KITS23_REGIONS {
+            for m in ["dice", "surface_dice", "hd95", "msd"] {
+                header.push(format!("{}_{m}", r.name));
+            }
+        }
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+        let mut lines = vec![header.join(",")];
+        for c in &self.cases {
+            let mut row = vec![c.case.clone()];
+            for s in &c.regions {
+                row.push(format!("{:.6}", s.dice));
+                row.push(format!("{:.6}", s.surface_dice));
+                row.push(opt(s.hd95));
+                row.push(opt(s.mean_surface_distance));
+            }
+            lines.push(row.join(","));
+        }
+        lines
+    }
+
+    /// The means in one line.
+    pub fn summary_line(&self) -> String {
+        let words: Vec<String> = KITS23_REGIONS
+            .iter()
+            .zip(&self.means)
+            .map(|(r, m)| format!("{} dice {:.4} sd {:.4}", r.name, m.dice, m.surface_dice))
+            .collect();
+        format!(
+            "{} cases: {}; composite {:.4}",
+            self.cases.len(),
+            words.join(", "),
+            self.composite
+        )
+    }
+
+    /// The JSON report of the KiTS23 protocol.
+    pub fn report(&self) -> Value {
+        let regions: serde_json::Map<String, Value> = KITS23_REGIONS
+            .iter()
+            .zip(&self.means)
+            .map(|(r, m)| (r.name.to_string(), json!(m)))
+            .collect();
+        let cases: Vec<Value> = self
+            .cases
+            .iter()
+            .map(|c| {
+                let mut v = json!({ "case": c.case });
+                for (r, s) in KITS23_REGIONS.iter().zip(&c.regions) {
+                    v[r.name] = json!(s);
+                }
+                v
+            })
+            .collect();
+        json!({
+            "protocol": "kits23",
+            "tolerances_mm": KITS23_REGIONS.iter().map(|r| (r.name, r.tolerance_mm)).collect::<BTreeMap<_, _>>(),
+            "regions": regions,
+            "composite": self.composite,
+            "cases": cases,
+        })
+    }
+}
+
+/// The KiTS23 protocol: the regions' scores, and the KiTS19 kidney and
+/// tumour Dice beside them.
+#[derive(Debug, Clone, Default)]
+pub struct Kits23Metric {
+    dice: DiceAccumulator,
+    regions: Kits23Accumulator,
+}
+
+impl Kits23Metric {
+    /// An empty accumulator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Metric for Kits23Metric {
+    fn update(
+        &mut self,
+        case: &str,
+        pred: LabelGrid<'_>,
+        truth: LabelGrid<'_>,
+    ) -> Result<(), MetricError> {
+        self.dice.update(case, pred.labels, truth.labels)?;
+        self.regions
+            .update(case, pred.labels, truth.labels, truth.shape, truth.spacing)?;
+        Ok(())
+    }
+
+    fn aggregate(&self) -> Evaluation {
+        Evaluation {
+            protocol: "kits23",
+            dice: self.dice.aggregate(),
+            regions: Some(self.regions.aggregate()),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.dice.reset();
+        self.regions.reset();
     }
 }

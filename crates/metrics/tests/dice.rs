@@ -1,7 +1,7 @@
 //! The KiTS19 Dice against hand-derived cases and the official formulas
 //! (starter_code/evaluation.py: kidney = pred > 0 vs gt > 0, tumour = > 1).
 
-use kseg_volume::{DiceAccumulator, MetricError, dice_from_counts, kits_dice};
+use kseg_metrics::{DiceAccumulator, MetricError, dice_from_counts, kits_dice};
 
 /// The official script's formula, written out on a small volume.
 fn official(pred: &[u8], gt: &[u8]) -> (f64, f64) {
