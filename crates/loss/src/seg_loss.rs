@@ -19,6 +19,8 @@ mod cpu;
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // kernel launches: see the crate's unsafe rule (lib.rs)
 mod cuda;
+#[cfg(test)]
+mod mirror;
 mod op;
 
 /// Class weights from label voxel counts (docs/METHOD.md §3): `w_c = 1 / sqrt(f_c)`

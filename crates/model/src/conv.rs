@@ -28,6 +28,7 @@ mod cpu;
 mod cuda;
 mod im2col;
 mod op;
+mod plan;
 mod tiling;
 mod winograd;
 

@@ -7,8 +7,11 @@
 //! intermediates, and the activation adds three more. On the CPU in f32,
 //! [`BatchNorm2d::forward_act`] computes `act(bn(x) [+ r])` in one custom op
 //! (`BnAct`) that keeps only its input and output and has a hand-written
-//! backward; elsewhere (CUDA, Metal, f64) it is candle's `BatchNorm` followed
-//! by the same add and activation as tensor ops. Both update the running
+//! backward; on CUDA in f32, with kseg's GPU ops switched on
+//! (`crate::gpu_ops`), the same op runs on kseg's kernels (`norm/cuda.rs`,
+//! `kernels/bn.cu`; opt-in until a GPU run verifies them); elsewhere (CUDA by
+//! default, Metal, f64) it is candle's `BatchNorm` followed by the same add
+//! and activation as tensor ops. Both update the running
 //! statistics like PyTorch (momentum 0.1, unbiased running variance).
 
 //!
@@ -28,6 +31,8 @@ mod cpu;
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // kernel launches: see the crate's unsafe rule (lib.rs)
 mod cuda;
+#[cfg(test)]
+mod mirror;
 mod op;
 
 /// PyTorch's `BatchNorm2d` (eps 1e-5, momentum 0.1, affine; names `weight`,

@@ -6,6 +6,9 @@
 //! [`seg_loss`] are what the loss calls, [`value`] and [`grad`] are
 //! [`PartOp`]'s forward and backward. Its kernels would sit in
 //! `crates/loss/kernels/`, compiled by a `build.rs` like kseg-model's.
+//! The arithmetic those kernels follow (sort keys, an 8-bit LSD radix sort,
+//! the scan-based Jaccard gradient) is mirrored on the host, step by step,
+//! in `mirror.rs`, whose tests check it against `lovasz_softmax_host`.
 //!
 //! This file (and only it) may hold `unsafe` (kernel launches, device
 //! buffers), each block with a `// SAFETY:` comment.
