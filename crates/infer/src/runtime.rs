@@ -112,20 +112,18 @@ impl GpuOps {
     }
 }
 
-static GPU_OPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Chooses the process's GPU ops (the one switch; `KSEG_GPU_OPS=kseg` in
 /// the environment also turns kseg's on, for programs without a
-/// configuration). It also sets the switches of the crates below
-/// (`kseg_model::set_gpu_ops`), so every op follows it.
+/// configuration). The state lives in `kseg_model` (`kseg_model::set_gpu_ops`),
+/// the lowest crate with device ops; `kseg_loss::set_gpu_ops` is set beside
+/// it by the trainer, which depends on both.
 pub fn set_gpu_ops(ops: GpuOps) {
-    GPU_OPS.store(ops == GpuOps::Kseg, std::sync::atomic::Ordering::Relaxed);
     kseg_model::set_gpu_ops(ops == GpuOps::Kseg);
 }
 
 /// The process's GPU ops ([`set_gpu_ops`], or `KSEG_GPU_OPS`).
 pub fn gpu_ops() -> GpuOps {
-    if GPU_OPS.load(std::sync::atomic::Ordering::Relaxed) || kseg_model::gpu_ops() {
+    if kseg_model::gpu_ops() {
         GpuOps::Kseg
     } else {
         GpuOps::Candle

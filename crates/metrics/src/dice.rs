@@ -65,7 +65,13 @@ pub(crate) fn kits_dice_case(
     pred: &[u8],
     truth: &[u8],
 ) -> Result<KitsDice, MetricError> {
-    same_length(case, pred, truth)?;
+    if pred.len() != truth.len() {
+        return Err(MetricError::LengthMismatch {
+            case: case.to_string(),
+            pred: pred.len(),
+            truth: truth.len(),
+        });
+    }
     // [kidney pred, kidney truth, kidney both, tumour pred, tumour truth, tumour both]
     let mut n = [0u64; 6];
     for (&p, &t) in pred.iter().zip(truth) {
@@ -188,18 +194,6 @@ impl DiceSummary {
             "cases": self.cases,
         })
     }
-}
-
-/// Checks that a prediction and its truth have the same number of voxels.
-pub(crate) fn same_length(case: &str, pred: &[u8], truth: &[u8]) -> Result<(), MetricError> {
-    if pred.len() != truth.len() {
-        return Err(MetricError::LengthMismatch {
-            case: case.to_string(),
-            pred: pred.len(),
-            truth: truth.len(),
-        });
-    }
-    Ok(())
 }
 
 /// The KiTS19 protocol.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::dice::{DiceAccumulator, MetricError, dice_from_counts, same_length};
+use crate::dice::{DiceAccumulator, MetricError, dice_from_counts};
 pub use crate::labels::{KITS23_REGIONS, Region};
 use crate::metric::{Evaluation, LabelGrid, Metric};
 use crate::surface::SurfaceDistances;
@@ -42,14 +42,13 @@ pub fn kits23_case(
     spacing: [f64; 3],
 ) -> Result<[RegionScore; 3], MetricError> {
     let n = shape.iter().product::<usize>();
-    if pred.len() != n {
+    if pred.len() != truth.len() || pred.len() != n {
         return Err(MetricError::LengthMismatch {
             case: case.to_string(),
             pred: pred.len(),
             truth: truth.len(),
         });
     }
-    same_length(case, pred, truth)?;
     // One pass over the voxels: how often each (prediction, truth) label
     // pair occurs. Every region's counts follow from it.
     let mut pairs = vec![0u64; 256 * 256];
