@@ -2,12 +2,11 @@
 # GPU correctness and speed in one table, run on a machine with an NVIDIA GPU
 # from binaries built elsewhere (no Rust needed there):
 #
-#   # on the build machine (see scripts/cuda-env.sh):
-#   source scripts/cuda-env.sh --cudnn
-#   CARGO_TARGET_DIR=target/cuda  cargo build --release --features cuda  --example gpu_check --example train_kits19
-#   CARGO_TARGET_DIR=target/cudnn cargo build --release --features cudnn --example gpu_check
-#   # on the GPU machine, in a copy of the repository holding those two folders:
-#   scripts/gpu-check.sh
+#   # on the build machine (no GPU needed):
+#   scripts/build-gpu.sh
+#   # on the GPU machine, in a copy of the repository holding target/cuda
+#   # and target/cudnn:
+#   scripts/gpu-check.sh --quick
 #
 # Steps: (1) correctness, CUDA vs CPU: the PyTorch interop checkpoint's logits
 # (≤ 1e-4 f32, ≤ 1e-3 TF32), Lovász and combined-loss values and gradients on
@@ -26,14 +25,18 @@
 # --quick (the prepared GPU run of docs/CUDA.md, a few minutes): the per-op
 # harness (examples/gpu_ops.rs: every op's timing with candle's and kseg's
 # ops, and its correctness rows, f32 and TF32), gpu_check with candle's ops
-# and with kseg's (KSEG_GPU_OPS=kseg), and PyTorch's step; no training run.
+# and with kseg's (KSEG_GPU_OPS=kseg), the GPU unit tests of kseg-model and
+# kseg-loss (target/cudnn/gpu-tests, from scripts/build-gpu.sh: the
+# cuDNN convolution, BatchNorm and loss kernels against the CPU ops), and
+# PyTorch's step; no training run.
 # It writes $OUT/run.json (card, driver, date, commit, every row) for
 # docs/gpu-runs/ beside the Markdown tables.
 #
 # Environment: KSEG_CUDA_BIN (default target/cuda/release/examples),
 # KSEG_CUDNN_BIN (default target/cudnn/release/examples), KSEG_CPU_BIN
-# (default target/release/examples), OUT (default gpu-check-out: logs, run
-# folder, table.md), TRAIN_STEPS (default 300).
+# (default target/release/examples), KSEG_GPU_TESTS (default
+# target/cudnn/gpu-tests), OUT (default gpu-check-out: logs, run folder,
+# table.md), TRAIN_STEPS (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -152,6 +155,27 @@ if [ $gpu = 1 ]; then
     if [ -x "$cudnn_bin/gpu_check" ]; then gpu_check cudnn "$cudnn_bin"; fi
 else
     gpu_check cpu "$bin" --loader 50
+fi
+
+# The GPU unit tests (`cuda::` tests of the kernels against the CPU ops).
+tests_dir="${KSEG_GPU_TESTS:-target/cudnn/gpu-tests}"
+if [ $gpu = 1 ] && [ -d "$tests_dir" ]; then
+    for t in "$tests_dir"/*; do
+        [ -x "$t" ] || continue
+        name="$(basename "$t")"
+        log="$out/tests-$name.log"
+        timeout 240 "$t" cuda:: --test-threads=1 --nocapture > "$log" 2>&1
+        rc=$?
+        summary="$(grep -E '^test result:' "$log" | tail -1)"
+        if [ $rc -eq 0 ] && ! grep -q 'skipped: no CUDA device' "$log"; then
+            echo "| gpu tests | $name | ${summary:-no summary} | | PASS |" >> "$table"
+        else
+            fail=1
+            echo "| gpu tests | $name | exited $rc: ${summary:-see $log} | | FAIL |" >> "$table"
+        fi
+    done
+elif [ $gpu = 1 ]; then
+    echo "| gpu tests | not built ($tests_dir: scripts/build-gpu.sh) | | | |" >> "$table"
 fi
 
 # PyTorch's same step and eval forward on the same device.

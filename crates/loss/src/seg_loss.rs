@@ -7,7 +7,8 @@
 //! to the candle-op composition; `seg_loss/op.rs` the custom op (`PartOp`,
 //! one `impl` for every device); `seg_loss/cpu.rs` its CPU kernels, the
 //! whole loss as one host computation; `seg_loss/cuda.rs` (with the `cuda`
-//! feature) its CUDA kernels.
+//! feature) its CUDA kernels (`kernels/seg_loss.cu`); `seg_loss/mirror.rs`
+//! (tests only) those kernels' arithmetic on the host.
 
 use candle_core::{Result, Tensor, bail};
 use serde::{Deserialize, Serialize};
@@ -108,8 +109,10 @@ impl SegLoss {
     /// On the CPU (f32 or f64 logits) the loss is computed on the host in
     /// f64 (one pass over the logits, then the Lovász sort), and each of
     /// [`LossParts`]' three scalars is one op whose backward is its exact
-    /// gradient (`crates/loss/src/seg_loss/cpu.rs`);
-    /// elsewhere it is [`SegLoss::forward_composed`]. The two agree to
+    /// gradient (`crates/loss/src/seg_loss/cpu.rs`); on CUDA with f32
+    /// logits and kseg's GPU ops on ([`crate::set_gpu_ops`], with the
+    /// `cuda` feature) the same computation runs on the device
+    /// (`seg_loss/cuda.rs`); elsewhere it is [`SegLoss::forward_composed`]. The two agree to
     /// rounding (`crates/loss/tests/fused_loss.rs`).
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<LossParts> {
         let (weights, lambda, lovasz_cfg) =

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, WithDType, bail};
 use rayon::prelude::*;
 
-use super::op::{Kept, Part, PartOp};
+use super::op::{Kept, Part, PartOp, Saved};
 use crate::check::{check_finite, check_logits_labels, host_labels, host_weights};
 use crate::lovasz::{LovaszConfig, lovasz_softmax_host};
 
@@ -98,21 +98,32 @@ impl Kept {
     }
 }
 
+/// The host state and value of a CPU [`PartOp`].
+fn host(op: &PartOp) -> Result<(&Kept, f64)> {
+    match &op.saved {
+        Saved::Host { kept, value } => Ok((kept, *value)),
+        #[cfg(feature = "cuda")]
+        Saved::Cuda(_) => bail!("loss: a device loss's op on the CPU"),
+    }
+}
+
 /// [`PartOp`]'s forward: its value, computed already, as a CPU scalar in
 /// the logits' dtype.
-pub(super) fn value(op: &PartOp) -> CpuStorage {
-    match op.kept.dtype {
-        DType::F64 => CpuStorage::F64(vec![op.value]),
-        _ => CpuStorage::F32(vec![op.value as f32]),
-    }
+pub(super) fn value(op: &PartOp) -> Result<CpuStorage> {
+    let (kept, value) = host(op)?;
+    Ok(match kept.dtype {
+        DType::F64 => CpuStorage::F64(vec![value]),
+        _ => CpuStorage::F32(vec![value as f32]),
+    })
 }
 
 /// [`PartOp`]'s backward: `grad_res · d part / d logits`, like `arg`.
 pub(super) fn grad(op: &PartOp, arg: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    let (kept, _) = host(op)?;
     let u = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    match op.kept.dtype {
-        DType::F64 => Tensor::from_vec(op.kept.grad::<f64>(op.part, u), arg.shape(), arg.device()),
-        _ => Tensor::from_vec(op.kept.grad::<f32>(op.part, u), arg.shape(), arg.device()),
+    match kept.dtype {
+        DType::F64 => Tensor::from_vec(kept.grad::<f64>(op.part, u), arg.shape(), arg.device()),
+        _ => Tensor::from_vec(kept.grad::<f32>(op.part, u), arg.shape(), arg.device()),
     }
 }
 
@@ -226,9 +237,11 @@ pub(super) fn seg_loss(
     });
     let part = |part: Part, value: f64| {
         logits.apply_op1(PartOp {
-            kept: kept.clone(),
+            saved: Saved::Host {
+                kept: kept.clone(),
+                value,
+            },
             part,
-            value,
         })
     };
     Ok([

@@ -13,10 +13,17 @@
 //!    stable scatter, over the key's 8 bytes and then the segment's
 //!    (class, or image·C + class with `per_image`). Stable and started in
 //!    entry order, it orders each segment by (key, pixel): the host's order.
-//! 3. [`lovasz_from_sorted`]: inclusive scans of the sorted fg and valid
-//!    flags, then per position `I = G − cum_fg`, `U = G + cum_bg`,
-//!    `J = 1 − I/U` (0 where `U = 0`), `g_i = J_i − J_{i−1}` (both from the
-//!    scans), the loss partials per tile and the gradient scatter.
+//! 3. [`counts`] (the pixel kernel's), [`segment_table`]
+//!    (`kseg_sl_segments`: each segment's scale and the flag counts of
+//!    the segments before it), then [`lovasz_from_sorted`]: the tiles'
+//!    flag sums scanned, per position the inclusive scans of the sorted fg
+//!    and valid flags within its segment, `I = G − cum_fg`,
+//!    `U = G + cum_bg`, `J = 1 − I/U` (0 where `U = 0`), `g_i = J_i −
+//!    J_{i−1}` (both from the scans), the loss partials per tile and the
+//!    gradient scatter.
+//!
+//! The kernels are `crates/loss/kernels/seg_loss.cu`; their constants are
+//! checked against this file's below.
 //!
 //! Test-only: the device code follows it, and the tests below compare it
 //! with the host loss.
@@ -75,10 +82,18 @@ pub(super) fn segments(dims: [usize; 4], per_image: bool) -> usize {
     }
 }
 
+/// Threads per block of the kernels (`SL_THREADS` in `seg_loss.cu`).
+pub(super) const THREADS: usize = 256;
+/// Lanes of a warp.
+const WARP: usize = 32;
+
 /// One LSD pass as the device does it: histogram per tile (stored
-/// digit-major, `hist[d · tiles + t]`), exclusive scan over the whole
-/// histogram, stable scatter (each entry's rank among the tile's earlier
-/// entries of its digit).
+/// digit-major, `hist[d · tiles + t]`, `kseg_sl_hist`), an exclusive scan
+/// over the whole histogram (`kseg_sl_scan`), and the stable scatter of
+/// `kseg_sl_scatter`: each tile in chunks of [`THREADS`] entries, an
+/// entry's destination the tile's running offset of its digit, plus the
+/// earlier warps' counts of that digit in the chunk, plus its rank among
+/// its warp's peers of that digit (`__match_any_sync`).
 fn radix_pass(
     keys: &[u64],
     vals: &[u32],
@@ -94,21 +109,48 @@ fn radix_pass(
             hist[digit(keys[i], vals[i]) * tiles + t] += 1;
         }
     }
+    exclusive_scan(&mut hist);
+    for t in 0..tiles {
+        let end = len.min((t + 1) * TILE);
+        let mut base: Vec<u32> = (0..BINS).map(|d| hist[d * tiles + t]).collect();
+        for start in (t * TILE..end).step_by(THREADS) {
+            let chunk: Vec<usize> = (start..end.min(start + THREADS)).collect();
+            let d: Vec<usize> = chunk.iter().map(|&i| digit(keys[i], vals[i])).collect();
+            // Per warp and digit, the count (then the earlier warps' sum).
+            let mut wc = vec![[0u32; BINS]; THREADS / WARP];
+            let mut rank = vec![0u32; chunk.len()];
+            for (j, &dj) in d.iter().enumerate() {
+                let (warp, lane0) = (j / WARP, j / WARP * WARP);
+                rank[j] = d[lane0..j].iter().filter(|&&x| x == dj).count() as u32;
+                wc[warp][dj] += 1;
+            }
+            let mut tot = [0u32; BINS];
+            for bin in 0..BINS {
+                for w in wc.iter_mut() {
+                    let v = w[bin];
+                    w[bin] = tot[bin];
+                    tot[bin] += v;
+                }
+            }
+            for (j, &i) in chunk.iter().enumerate() {
+                let dst = (base[d[j]] + wc[j / WARP][d[j]] + rank[j]) as usize;
+                keys_out[dst] = keys[i];
+                vals_out[dst] = vals[i];
+            }
+            for bin in 0..BINS {
+                base[bin] += tot[bin];
+            }
+        }
+    }
+}
+
+/// `kseg_sl_scan`: an exclusive scan in place.
+fn exclusive_scan(data: &mut [u32]) {
     let mut acc = 0u32;
-    for x in hist.iter_mut() {
+    for x in data.iter_mut() {
         let v = *x;
         *x = acc;
         acc += v;
-    }
-    for t in 0..tiles {
-        let mut seen = [0u32; BINS];
-        for i in t * TILE..len.min((t + 1) * TILE) {
-            let d = digit(keys[i], vals[i]);
-            let dst = (hist[d * tiles + t] + seen[d]) as usize;
-            seen[d] += 1;
-            keys_out[dst] = keys[i];
-            vals_out[dst] = vals[i];
-        }
     }
 }
 
@@ -192,9 +234,75 @@ pub(super) fn scan_grad(fg: &[bool], valid: &[bool]) -> Vec<f64> {
         .collect()
 }
 
-/// The Jaccard pass over the sorted entries: the loss (tile partials
-/// added in order) and `dL/dprobs`, `(B, C, H, W)`, as
-/// [`lovasz_softmax_host`](crate::lovasz_softmax_host) returns them.
+/// The pixel pass's counts (`kseg_sl_pixels`): per segment its
+/// foreground pixels (`seg_g`, `nseg` values), then per group its valid
+/// pixels (`grp_v`).
+pub(super) fn counts(labels: &[u32], dims: [usize; 4], cfg: &LovaszConfig) -> Vec<u32> {
+    let [_, c, h, w] = dims;
+    let nseg = segments(dims, cfg.per_image);
+    let mut out = vec![0u32; nseg + groups(dims, cfg.per_image)];
+    for (q, &l) in labels.iter().enumerate() {
+        if Some(l) == cfg.ignore {
+            continue;
+        }
+        let g = if cfg.per_image { q / (h * w) } else { 0 };
+        out[if cfg.per_image { g * c } else { 0 } + l as usize] += 1;
+        out[nseg + g] += 1;
+    }
+    out
+}
+
+/// The number of groups whose pixels are pooled: the images with
+/// `per_image`, else one.
+pub(super) fn groups(dims: [usize; 4], per_image: bool) -> usize {
+    if per_image { dims[0] } else { 1 }
+}
+
+/// `kseg_sl_segments`: per segment its scale (`1/(K · groups)` for the
+/// classes its group uses, 0 otherwise), and the foreground and valid
+/// entries of the segments before it.
+pub(super) fn segment_table(
+    counts: &[u32],
+    dims: [usize; 4],
+    cfg: &LovaszConfig,
+) -> (Vec<f64>, Vec<u32>, Vec<u32>) {
+    let c = dims[1];
+    let nseg = segments(dims, cfg.per_image);
+    let ngroups = groups(dims, cfg.per_image);
+    let (seg_g, grp_v) = counts.split_at(nseg);
+    let group = |s: usize| if cfg.per_image { s / c } else { 0 };
+    let (mut fgb, mut vb) = (vec![0u32; nseg], vec![0u32; nseg]);
+    let (mut f, mut v) = (0u32, 0u32);
+    for s in 0..nseg {
+        fgb[s] = f;
+        vb[s] = v;
+        f += seg_g[s];
+        v += grp_v[group(s)];
+    }
+    let all = cfg.classes == Classes::All;
+    let mut scale = vec![0f64; nseg];
+    for (g, &valid) in grp_v.iter().enumerate() {
+        if valid == 0 {
+            continue;
+        }
+        let s0 = if cfg.per_image { g * c } else { 0 };
+        let used = (0..c).filter(|&k| all || seg_g[s0 + k] > 0).count();
+        for k in (0..c).filter(|&k| all || seg_g[s0 + k] > 0) {
+            scale[s0 + k] = 1.0 / (used as f64 * ngroups as f64);
+        }
+    }
+    (scale, fgb, vb)
+}
+
+/// The Jaccard pass over the sorted entries as `kseg_sl_flag_tiles`,
+/// `kseg_sl_scan`, `kseg_sl_jaccard` and `kseg_sl_finish` do it: the
+/// tiles' flag sums scanned, then per tile in chunks of [`THREADS`] an
+/// inclusive scan of the fg and valid flags after the tile's offset, each
+/// position's `g = J_i − J_{i−1}` within its segment (the counts before
+/// the segment subtracted), the tile's loss partial and the gradient
+/// scatter; the partials added in tile order. Returns the loss and
+/// `dL/dprobs`, `(B, C, H, W)`, as
+/// [`lovasz_softmax_host`](crate::lovasz_softmax_host) does.
 pub(super) fn lovasz_from_sorted(
     keys: &[u64],
     vals: &[u32],
@@ -208,91 +316,59 @@ pub(super) fn lovasz_from_sorted(
     let n = b * hw;
     let len = keys.len();
     let nseg = segments(dims, cfg.per_image);
-    let valid = |v: u32| Some(labels[v as usize % n]) != cfg.ignore;
-    let fg = |v: u32| valid(v) && labels[v as usize % n] as usize == v as usize / n;
-    // Inclusive scans of the sorted flags.
-    let (mut cum_fg, mut cum_v) = (vec![0u32; len], vec![0u32; len]);
-    let (mut af, mut av) = (0u32, 0u32);
-    for i in 0..len {
-        af += u32::from(fg(vals[i]));
-        av += u32::from(valid(vals[i]));
-        cum_fg[i] = af;
-        cum_v[i] = av;
-    }
-    // Per segment: its length (the pixel kernel's counts), start, G and
-    // its valid count; then each segment's scale 1/(K · groups).
-    let mut seg_len = vec![0u32; nseg];
-    let (mut seg_g, mut seg_v) = (vec![0u32; nseg], vec![0u32; nseg]);
-    for &v in vals {
-        let s = segment(v, dims, cfg.per_image);
-        seg_len[s] += 1;
-        seg_g[s] += u32::from(fg(v));
-        seg_v[s] += u32::from(valid(v));
-    }
-    let mut seg_start = vec![0usize; nseg];
-    let mut acc = 0usize;
-    for s in 0..nseg {
-        seg_start[s] = acc;
-        acc += seg_len[s] as usize;
-    }
-    let groups = if cfg.per_image { b } else { 1 };
-    let mut scale = vec![0f64; nseg];
-    for gi in 0..groups {
-        let seg = |k: usize| if cfg.per_image { gi * c + k } else { k };
-        // Every class segment of a group holds the same pixels.
-        if seg_v[seg(0)] == 0 {
-            continue;
-        }
-        let used: Vec<usize> = match cfg.classes {
-            Classes::Present => (0..c).filter(|&k| seg_g[seg(k)] > 0).collect(),
-            Classes::All => (0..c).collect(),
-        };
-        for &k in &used {
-            scale[seg(k)] = 1.0 / (used.len() as f64 * groups as f64);
-        }
-    }
-    // Per sorted position (one thread each on the device).
-    let before = |i: usize, s: usize, cum: &[u32]| {
-        let st = seg_start[s];
-        if st == 0 {
-            cum[i]
-        } else {
-            cum[i] - cum[st - 1]
-        }
+    let counts = counts(labels, dims, cfg);
+    let (scale, fgb, vb) = segment_table(&counts, dims, cfg);
+    let flags = |v: u32| {
+        let l = labels[v as usize % n];
+        let ok = Some(l) != cfg.ignore;
+        (u32::from(ok && l as usize == v as usize / n), u32::from(ok))
     };
-    let j_at = |i: usize, s: usize| {
-        let f = before(i, s, &cum_fg);
-        let v = before(i, s, &cum_v);
-        jaccard(seg_g[s], f, v - f)
-    };
+    let tiles = len.div_ceil(TILE);
+    // kseg_sl_flag_tiles, then the two halves scanned.
+    let mut sums = vec![0u32; 2 * tiles];
+    for (i, &v) in vals.iter().enumerate() {
+        let (f, ok) = flags(v);
+        sums[i / TILE] += f;
+        sums[tiles + i / TILE] += ok;
+    }
+    let (fg_offs, v_offs) = sums.split_at_mut(tiles);
+    exclusive_scan(fg_offs);
+    exclusive_scan(v_offs);
     let mut grad = vec![0f64; probs.len()];
-    let mut partials = vec![0f64; len.div_ceil(TILE)];
-    for i in 0..len {
-        let v = vals[i];
-        let s = segment(v, dims, cfg.per_image);
-        if !valid(v) || scale[s] == 0.0 {
-            continue;
+    let mut partials = vec![0f64; tiles];
+    for t in 0..tiles {
+        let (mut cf, mut cv) = (fg_offs[t], v_offs[t]);
+        for i in t * TILE..len.min((t + 1) * TILE) {
+            let v = vals[i];
+            let (f, ok) = flags(v);
+            cf += f;
+            cv += ok;
+            let s = segment(v, dims, cfg.per_image);
+            let (k, q) = (v as usize / n, v as usize % n);
+            let p = ((q / hw) * c + k) * hw + q % hw;
+            let sc = scale[s];
+            if ok == 0 || sc == 0.0 {
+                grad[p] = 0.0;
+                continue;
+            }
+            let (f1, v1) = (cf - fgb[s], cv - vb[s]);
+            let (f0, v0) = (f1 - f, v1 - ok);
+            let gts = counts[s];
+            let g = jaccard(gts, f1, v1 - f1) - jaccard(gts, f0, v0 - f0);
+            let e = f64::from_bits(!keys[i]);
+            partials[t] += e * g * sc;
+            let target = if f == 1 { 1.0 } else { 0.0 };
+            let sign = if e == 0.0 {
+                0.0
+            } else if probs[p] > target {
+                1.0
+            } else {
+                -1.0
+            };
+            grad[p] = g * sign * sc;
         }
-        let prev = if i == seg_start[s] {
-            0.0
-        } else {
-            j_at(i - 1, s)
-        };
-        let g = j_at(i, s) - prev;
-        let e = f64::from_bits(!keys[i]);
-        partials[i / TILE] += e * g * scale[s];
-        let (k, q) = (v as usize / n, v as usize % n);
-        let pi = ((q / hw) * c + k) * hw + q % hw;
-        let target = if fg(v) { 1.0 } else { 0.0 };
-        let sign = if e == 0.0 {
-            0.0
-        } else if probs[pi] > target {
-            1.0
-        } else {
-            -1.0
-        };
-        grad[pi] = g * sign * scale[s];
     }
+    debug_assert_eq!(counts.len(), nseg + groups(dims, cfg.per_image));
     (partials.iter().sum(), grad)
 }
 
@@ -484,6 +560,23 @@ mod tests {
                     "case {ci} {cfg:?}"
                 );
             }
+        }
+    }
+
+    /// The kernels' tile, block and bin sizes are the mirror's.
+    #[test]
+    fn kernel_constants_are_the_mirror_s() {
+        let cu = include_str!("../../kernels/seg_loss.cu");
+        for (name, v) in [
+            ("SL_TILE", TILE),
+            ("SL_THREADS", THREADS),
+            ("SL_BINS", BINS),
+        ] {
+            let line = format!("#define {name} {v}");
+            assert!(
+                cu.lines().any(|l| l.trim() == line),
+                "seg_loss.cu lacks `{line}`"
+            );
         }
     }
 

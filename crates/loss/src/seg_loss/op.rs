@@ -2,7 +2,7 @@
 //! `impl` for every device: `cpu_fwd` runs `cpu.rs`'s kernels, `cuda_fwd`
 //! (with the `cuda` feature) `cuda.rs`'s, and `bwd` dispatches on the
 //! device of the logits. Also the state the forward leaves for the
-//! backward ([`Kept`]).
+//! backward ([`Saved`]: the host's [`Kept`], or the device's).
 
 use std::sync::Arc;
 
@@ -37,12 +37,20 @@ pub(super) enum Part {
     Lovasz,
 }
 
+/// What a [`PartOp`] holds of its forward.
+pub(super) enum Saved {
+    /// The host loss (`cpu.rs`): its state and this part's value.
+    Host { kept: Arc<Kept>, value: f64 },
+    /// The device loss (`cuda.rs`): its state, the values on the device.
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<cuda::DeviceKept>),
+}
+
 /// One part's value, as an op on the logits whose backward is that part's
 /// gradient.
 pub(crate) struct PartOp {
-    pub(super) kept: Arc<Kept>,
+    pub(super) saved: Saved,
     pub(super) part: Part,
-    pub(super) value: f64,
 }
 
 impl CustomOp1 for PartOp {
@@ -51,7 +59,7 @@ impl CustomOp1 for PartOp {
     }
 
     fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((cpu::value(self), Shape::from(())))
+        Ok((cpu::value(self)?, Shape::from(())))
     }
 
     #[cfg(feature = "cuda")]

@@ -100,6 +100,7 @@ mod stub {
 mod dnn {
     use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::collections::hash_map::Entry;
     use std::sync::Arc;
 
     use candle_core::cuda_backend::cudarc::cudnn::{
@@ -305,13 +306,16 @@ mod dnn {
         Ok(())
     }
 
+    /// A direction's launch of cuDNN: plan, algorithm, workspace.
+    type LaunchFn<'a> = dyn FnMut(&Plan, usize, &mut CudaSlice<u8>) -> Result<()> + 'a;
+
     /// How one direction queries and launches cuDNN on a plan.
     struct Calls<'a> {
         /// Whether each candidate (by index) is deterministic.
         algos: &'a [bool],
         heuristic: &'a dyn Fn(&Plan) -> Option<usize>,
         workspace: &'a dyn Fn(&Plan, usize) -> Option<usize>,
-        launch: &'a mut dyn FnMut(&Plan, usize, &mut CudaSlice<u8>) -> Result<()>,
+        launch: &'a mut LaunchFn<'a>,
     }
 
     /// Finds (or makes) the plan for `key` on `dev` and launches it.
@@ -325,14 +329,13 @@ mod dnn {
         CTX.with(|cell| {
             let mut map = cell.borrow_mut();
             let id = dev.id();
-            if !map.contains_key(&id) {
-                let ctx = Ctx {
+            if let Entry::Vacant(slot) = map.entry(id) {
+                slot.insert(Ctx {
                     cudnn: Cudnn::new(dev.cuda_stream())?,
                     plans: HashMap::new(),
                     ws: None,
                     grow: GrowOnly::default(),
-                };
-                map.insert(id, ctx);
+                });
             }
             let Some(Ctx {
                 cudnn,
@@ -343,7 +346,7 @@ mod dnn {
             else {
                 bail!("conv: no cuDNN context")
             };
-            if !plans.contains_key(&key) {
+            if let Entry::Vacant(slot) = plans.entry(key) {
                 let mut p = descriptors(cudnn, &key)?;
                 let policy = Policy::from_env();
                 let mut records: Vec<Record> = algos
@@ -390,7 +393,7 @@ mod dnn {
                         p.ws_bytes, records[algo].time_ms
                     );
                 }
-                plans.insert(key, p);
+                slot.insert(p);
             }
             let Some(p) = plans.get(&key) else {
                 bail!("conv: no cuDNN plan")
