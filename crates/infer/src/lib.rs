@@ -4,7 +4,7 @@
 //! stacked with its neighbours, normalised, resampled to the training voxel
 //! size or padded as in training, segmented in batches, optionally with
 //! mirroring, decoded by the label set, brought back to the volume's grid),
-//! the clean-up ([`postprocess`]), the one resampling to a voxel size that
+//! the clean-up ([`postprocess`]), the lesion report ([`report`]), the one resampling to a voxel size that
 //! training and inference share ([`resample`]), and the device runtime
 //! ([`runtime`]). It needs neither the trainer nor its plots: a program that
 //! depends on this crate alone loads a checkpoint and segments a volume.
@@ -32,6 +32,7 @@
 mod error;
 pub mod model_file;
 pub mod postprocess;
+pub mod report;
 pub mod resample;
 pub mod runtime;
 mod segmenter;

@@ -1,7 +1,7 @@
 //! Clean-up of predicted label volumes.
 
 use kseg_metrics::LabelSet;
-use ndarray::Array3;
+use ndarray::{Array3, ArrayView3};
 
 /// Keeps the `keep` largest 6-connected components of the foreground of
 /// the label set `set` ([`LabelSet::is_foreground`]: every structure,
@@ -20,15 +20,47 @@ use ndarray::Array3;
 /// assert_eq!((removed, v.as_slice().unwrap()), (3, &[1, 2, 0, 0, 0, 0, 0][..]));
 /// ```
 pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize, set: LabelSet) -> usize {
-    let (d, h, w) = labels.dim();
     let mut std_layout = labels.as_standard_layout().into_owned();
+    let (comp, sizes) = components(std_layout.view(), |x| set.is_foreground(x));
     let v = std_layout.as_slice_mut().expect("standard layout");
-    // Component id per voxel (0: background / unvisited), sizes by id.
+    let mut order: Vec<u32> = (1..sizes.len() as u32).collect();
+    order.sort_by(|&a, &b| sizes[b as usize].cmp(&sizes[a as usize]).then(a.cmp(&b)));
+    let mut kept = vec![false; sizes.len()];
+    for &id in order.iter().take(keep) {
+        kept[id as usize] = true;
+    }
+    let mut removed = 0;
+    for (x, &id) in v.iter_mut().zip(&comp) {
+        if id != 0 && !kept[id as usize] {
+            *x = 0;
+            removed += 1;
+        }
+    }
+    labels.assign(&std_layout);
+    removed
+}
+
+/// The 6-connected components (voxels sharing a face) of the voxels of
+/// `labels` whose value `inside` accepts: each voxel's component id in
+/// memory order (0 outside; ids numbered by each component's first voxel
+/// in memory order, from 1) and each component's voxel count (`sizes[id]`,
+/// `sizes[0] = 0`).
+///
+/// ```
+/// use ndarray::Array3;
+/// let v = Array3::from_shape_vec((1, 2, 3), vec![1, 0, 2, 1, 0, 2]).unwrap();
+/// let (ids, sizes) = kseg_infer::postprocess::components(v.view(), |x| x > 0);
+/// assert_eq!((ids, sizes), (vec![1, 0, 2, 1, 0, 2], vec![0, 2, 2]));
+/// ```
+pub fn components(labels: ArrayView3<u8>, inside: impl Fn(u8) -> bool) -> (Vec<u32>, Vec<usize>) {
+    let (d, h, w) = labels.dim();
+    let std_layout = labels.as_standard_layout();
+    let v = std_layout.as_slice().expect("standard layout");
     let mut comp = vec![0u32; v.len()];
     let mut sizes: Vec<usize> = vec![0];
     let mut stack = Vec::new();
     for start in 0..v.len() {
-        if !set.is_foreground(v[start]) || comp[start] != 0 {
+        if !inside(v[start]) || comp[start] != 0 {
             continue;
         }
         let id = sizes.len() as u32;
@@ -39,7 +71,7 @@ pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize, set: LabelS
             size += 1;
             let (z, r, c) = (i / (h * w), i / w % h, i % w);
             let mut visit = |j: usize| {
-                if set.is_foreground(v[j]) && comp[j] == 0 {
+                if inside(v[j]) && comp[j] == 0 {
                     comp[j] = id;
                     stack.push(j);
                 }
@@ -65,21 +97,7 @@ pub fn keep_largest_components(labels: &mut Array3<u8>, keep: usize, set: LabelS
         }
         sizes.push(size);
     }
-    let mut order: Vec<u32> = (1..sizes.len() as u32).collect();
-    order.sort_by(|&a, &b| sizes[b as usize].cmp(&sizes[a as usize]).then(a.cmp(&b)));
-    let mut kept = vec![false; sizes.len()];
-    for &id in order.iter().take(keep) {
-        kept[id as usize] = true;
-    }
-    let mut removed = 0;
-    for (x, &id) in v.iter_mut().zip(&comp) {
-        if id != 0 && !kept[id as usize] {
-            *x = 0;
-            removed += 1;
-        }
-    }
-    labels.assign(&std_layout);
-    removed
+    (comp, sizes)
 }
 
 #[cfg(test)]

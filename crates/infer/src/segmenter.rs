@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{InferError, Result, candle_text};
 use crate::model_file::{ModelMeta, model_file, read_meta};
+use crate::report::Quality;
 
 /// A model with its preprocessing, ready to segment volumes.
 #[derive(Clone)]
@@ -78,6 +79,27 @@ impl Segmenter {
         }
     }
 
+    /// [`Segmenter::scores`], and with `quality` also the probabilities of
+    /// the slices and of their mirror images (mirrored back), computed
+    /// even without mirroring (one more forward pass then); the scores are
+    /// those of [`Segmenter::scores`] either way.
+    fn scores_quality(&self, x: &Tensor, quality: bool) -> Result<(Tensor, Option<[Tensor; 2]>)> {
+        if !quality {
+            return Ok((self.scores(x)?, None));
+        }
+        crate::runtime::on_cpu_pool(&self.device, || {
+            let logits = self.model.forward_t(x, false)?;
+            let w = x.dim(3)?;
+            let rev: Vec<u32> = (0..w as u32).rev().collect();
+            let rev = Tensor::from_vec(rev, w, x.device())?;
+            let mirrored = self.model.forward_t(&x.index_select(&rev, 3)?, false)?;
+            let p = self.probabilities(&logits)?;
+            let q = self.probabilities(&mirrored)?.index_select(&rev, 3)?;
+            let scores = if self.meta.mirror { (&p + &q)? } else { logits };
+            Ok((scores, Some([p, q])))
+        })
+    }
+
     /// [`Segmenter::scores`] on the calling thread.
     fn scores_here(&self, x: &Tensor) -> Result<Tensor> {
         let logits = self.model.forward_t(x, false)?;
@@ -116,6 +138,26 @@ impl Segmenter {
         self.segment_with(d, (h, w), spacing, |k| Ok(stack_slices(hu, k, n, &int)?))
     }
 
+    /// [`Segmenter::segment_volume_at`] with the prediction's
+    /// [`Quality`]: the foreground Dice between the prediction of the
+    /// slices and of their mirror images, and the mean normalised entropy
+    /// of the class probabilities over the predicted foreground (both on
+    /// the network's grid, before the clean-up). Without mirroring this
+    /// costs one more forward pass per slice; the labels are those of
+    /// [`Segmenter::segment_volume_at`].
+    pub fn segment_volume_quality(
+        &self,
+        hu: ArrayView3<f32>,
+        spacing: Option<(f64, f64)>,
+    ) -> Result<(Array3<u8>, Quality)> {
+        let (d, h, w) = hu.dim();
+        let (n, int) = (self.meta.context, self.meta.intensity);
+        let (labels, q) = self.run(d, (h, w), spacing, true, |k| {
+            Ok(stack_slices(hu, k, n, &int)?)
+        })?;
+        Ok((labels, q.finish()))
+    }
+
     /// Segments a cached case (the validation path).
     pub fn segment_cached(&self, case: &CachedCase) -> Result<Array3<u8>> {
         let [d, h, w] = case.shape();
@@ -136,6 +178,20 @@ impl Segmenter {
         spacing: Option<(f64, f64)>,
         stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
     ) -> Result<Array3<u8>> {
+        Ok(self.run(depth, (h, w), spacing, false, stack)?.0)
+    }
+
+    /// [`Segmenter::segment_with`], measuring the [`Quality`] when
+    /// `quality`.
+    fn run(
+        &self,
+        depth: usize,
+        (h, w): (usize, usize),
+        spacing: Option<(f64, f64)>,
+        quality: bool,
+        stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
+    ) -> Result<(Array3<u8>, QualitySums)> {
+        let mut sums = QualitySums::default();
         let m = 1usize << self.meta.model.depth;
         let fill = self.meta.intensity.air();
         // The size slices are resampled to: the training size, or the
@@ -176,7 +232,10 @@ impl Segmenter {
                 .collect::<Result<_>>()?;
             let flat: Vec<f32> = inputs.iter().flat_map(|a| a.iter().copied()).collect();
             let x = Tensor::from_vec(flat, (chunk.len(), c, nh, nw), &self.device)?;
-            let scores = self.scores(&x)?;
+            let (scores, pq) = self.scores_quality(&x, quality)?;
+            if let Some([p, q]) = pq {
+                sums.add(self, &p, &q, (rh, rw))?;
+            }
             if resample || self.meta.regions {
                 let probs = if self.meta.mirror {
                     (scores * 0.5)?
@@ -229,8 +288,108 @@ impl Segmenter {
         if let Some(keep) = self.meta.keep_largest {
             crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
         }
-        Ok(out)
+        Ok((out, sums))
     }
+}
+
+/// The running sums of a prediction's [`Quality`].
+#[derive(Debug, Default)]
+struct QualitySums {
+    /// Foreground pixels of the plain and of the mirrored prediction, and
+    /// of both.
+    plain: u64,
+    mirrored: u64,
+    both: u64,
+    /// Σ normalised entropy over the predicted foreground, and its pixels.
+    entropy: f64,
+    foreground: u64,
+    measured: bool,
+}
+
+impl QualitySums {
+    /// Adds a batch: `p`, `q` the probabilities `(B, C, H', W')` of the
+    /// slices and of their mirror images, of which `(rh, rw)` is the image.
+    fn add(
+        &mut self,
+        seg: &Segmenter,
+        p: &Tensor,
+        q: &Tensor,
+        (rh, rw): (usize, usize),
+    ) -> Result<()> {
+        self.measured = true;
+        let set = seg.meta.labels;
+        let regions = seg.meta.regions;
+        let host = |t: &Tensor| -> Result<ndarray::Array4<f32>> {
+            let (b, c, nh, nw) = t.dims4()?;
+            let v = t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            let a = ndarray::Array4::from_shape_vec((b, c, nh, nw), v)
+                .map_err(|e| InferError::Other(e.to_string()))?;
+            Ok(a.slice(s![.., .., ..rh, ..rw]).to_owned())
+        };
+        let (p, q) = (host(p)?, host(q)?);
+        let classes = p.dim().1;
+        for (pi, qi) in p.outer_iter().zip(q.outer_iter()) {
+            let lp = set.decode(pi, regions);
+            let lq = set.decode(qi, regions);
+            let mean = if seg.meta.mirror {
+                (&pi + &qi) * 0.5
+            } else {
+                pi.to_owned()
+            };
+            let lm = set.decode(mean.view(), regions);
+            for (&a, &b) in lp.iter().zip(&lq) {
+                let (fa, fb) = (set.is_foreground(a), set.is_foreground(b));
+                self.plain += u64::from(fa);
+                self.mirrored += u64::from(fb);
+                self.both += u64::from(fa && fb);
+            }
+            for ((r, col), &l) in lm.indexed_iter() {
+                if !set.is_foreground(l) {
+                    continue;
+                }
+                let probs = mean.slice(s![.., r, col]);
+                self.entropy += if regions {
+                    let h: f64 = probs.iter().map(|&x| binary_entropy(f64::from(x))).sum();
+                    h / (classes as f64 * std::f64::consts::LN_2)
+                } else {
+                    let h: f64 = probs
+                        .iter()
+                        .map(|&x| {
+                            let x = f64::from(x);
+                            if x > 0.0 { -x * x.ln() } else { 0.0 }
+                        })
+                        .sum();
+                    h / (classes.max(2) as f64).ln()
+                };
+                self.foreground += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The measures (none when nothing was measured; a Dice of 1 when
+    /// neither prediction has foreground, no entropy without foreground).
+    fn finish(&self) -> Quality {
+        if !self.measured {
+            return Quality::default();
+        }
+        let den = self.plain + self.mirrored;
+        Quality {
+            mirror_dice: Some(if den == 0 {
+                1.0
+            } else {
+                2.0 * self.both as f64 / den as f64
+            }),
+            mean_foreground_entropy: (self.foreground > 0)
+                .then(|| self.entropy / self.foreground as f64),
+        }
+    }
+}
+
+/// The entropy of a Bernoulli(`x`) in nats.
+fn binary_entropy(x: f64) -> f64 {
+    let h = |v: f64| if v > 0.0 { -v * v.ln() } else { 0.0 };
+    h(x) + h(1.0 - x)
 }
 
 /// Largest side a slice is resampled to (no allocation sized by an
@@ -256,4 +415,69 @@ fn pad(x: Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
     let mut out = Array3::from_elem((c, nh, nw), fill);
     out.slice_mut(s![.., ..h, ..w]).assign(&x);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use kseg_model::{ResUNet, ResUNetConfig};
+    use ndarray::{Array3, s};
+
+    use super::*;
+
+    /// A small seeded model whose predictions are not all background.
+    fn segmenter(mirror: bool) -> Segmenter {
+        let cfg = ResUNetConfig {
+            base_channels: 4,
+            depth: 2,
+            ..Default::default()
+        };
+        let (model, _) = ResUNet::init(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+        let mut meta = ModelMeta::new(cfg);
+        meta.mirror = mirror;
+        Segmenter::new(model, meta, Device::Cpu, 4)
+    }
+
+    fn volume() -> Array3<f32> {
+        Array3::from_shape_fn((5, 16, 16), |(z, r, c)| {
+            (((z * 7 + r * 13 + c * c * 5) % 23) as f32 - 11.0) * 40.0
+        })
+    }
+
+    /// The mirror agreement is the Dice of the foreground between the
+    /// prediction of the volume and the mirrored prediction of its mirror
+    /// image (16² slices: no padding, so both are exact mirror images),
+    /// and measuring it changes no label.
+    #[test]
+    fn mirror_dice_is_the_dice_of_the_two_predictions() {
+        let hu = volume();
+        let plain = segmenter(false);
+        let a = plain.segment_volume(hu.view()).unwrap();
+        let flipped = hu.slice(s![.., .., ..;-1]).to_owned();
+        let b = plain.segment_volume(flipped.view()).unwrap();
+        let b = b.slice(s![.., .., ..;-1]).to_owned();
+        let fg = |v: &Array3<u8>| v.iter().map(|&x| u8::from(x > 0)).collect::<Vec<_>>();
+        let (fa, fb) = (fg(&a), fg(&b));
+        let both = fa
+            .iter()
+            .zip(&fb)
+            .filter(|(x, y)| **x == 1 && **y == 1)
+            .count();
+        let den = fa.iter().filter(|&&x| x == 1).count() + fb.iter().filter(|&&x| x == 1).count();
+        assert!(den > 0, "the test model predicts no foreground");
+        let want = 2.0 * both as f64 / den as f64;
+        for mirror in [false, true] {
+            let seg = segmenter(mirror);
+            let (labels, q) = seg.segment_volume_quality(hu.view(), None).unwrap();
+            assert_eq!(
+                labels,
+                seg.segment_volume(hu.view()).unwrap(),
+                "mirror {mirror}"
+            );
+            let d = q.mirror_dice.expect("measured");
+            assert!((d - want).abs() < 1e-12, "mirror {mirror}: {d} vs {want}");
+            let e = q.mean_foreground_entropy.expect("some foreground");
+            assert!((0.0..=1.0).contains(&e), "{e}");
+        }
+    }
 }

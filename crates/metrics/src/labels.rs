@@ -85,8 +85,12 @@ struct Def {
     name: &'static str,
     /// The name of each label value, background first.
     names: &'static [&'static str],
+    /// The kidney (parenchyma) label.
+    kidney: u8,
     /// The label scored as tumour.
     tumour: u8,
+    /// The cyst label, where the set has one.
+    cyst: Option<u8>,
     /// The regions a region-based model predicts (empty: no region
     /// training for this set).
     regions: &'static [Region],
@@ -103,7 +107,9 @@ const DEFS: [Def; 2] = [
     Def {
         name: "kits19",
         names: &["background", "kidney", "tumour"],
+        kidney: 1,
         tumour: 2,
+        cyst: None,
         regions: &[],
         decode_order: &[],
         metric: || Box::new(DiceAccumulator::new()),
@@ -111,7 +117,9 @@ const DEFS: [Def; 2] = [
     Def {
         name: "kits23",
         names: &["background", "kidney", "tumour", "cyst"],
+        kidney: 1,
         tumour: 2,
+        cyst: Some(3),
         regions: &KITS23_REGIONS,
         // Kidney where kidney_and_mass > 0.5, then cyst where mass > 0.5,
         // then tumour where tumor > 0.5 (KiTS23's order).
@@ -216,6 +224,16 @@ impl LabelSet {
     /// Whether label `v` is tumour.
     pub fn is_tumour(self, v: u8) -> bool {
         v == self.def().tumour
+    }
+
+    /// Whether label `v` is kidney parenchyma (kidney without its lesions).
+    pub fn is_kidney(self, v: u8) -> bool {
+        v == self.def().kidney
+    }
+
+    /// The cyst label, where the set has one (KiTS23's 3).
+    pub fn cyst(self) -> Option<u8> {
+        self.def().cyst
     }
 
     /// Each region's labels, for a region-based loss (`RegionLoss`).
