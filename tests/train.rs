@@ -248,6 +248,46 @@ fn tiny_run_learns_and_its_checkpoint_predicts_and_evaluates() {
         assert_eq!(p.header.affine(), img.affine());
         assert_eq!(p.header.dtype(), volume::DType::U8);
     }
+    // With `--report` into a folder: the same labels, one report per case
+    // whose tumour volume is the tumour voxels times the voxel volume of
+    // the header, and a table row per case.
+    let rep_dir = tmp.path().join("reports");
+    let pred2 = tmp.path().join("pred2");
+    kseg_ok(&[
+        "predict",
+        "--checkpoint",
+        s(&last.join("model.safetensors")),
+        "--input",
+        s(&val_dir),
+        "--output",
+        s(&pred2),
+        "--report",
+        s(&rep_dir),
+        "--device",
+        "cpu",
+    ]);
+    for id in &split.val {
+        let p = volume::read_labels(pred2.join(format!("{id}.nii.gz")), LabelSet::Kits19).unwrap();
+        let q =
+            volume::read_labels(pred_dir.join(format!("{id}.nii.gz")), LabelSet::Kits19).unwrap();
+        assert_eq!(p.data, q.data, "--report changed the labels of {id}");
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(rep_dir.join(format!("{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        let sp = p.header.spacing3();
+        let voxel_ml = sp[0] * sp[1] * sp[2] / 1000.0;
+        let tumour = p.data.iter().filter(|&&v| v == 2).count() as f64 * voxel_ml;
+        let got = r["report"]["total_tumour_volume_ml"].as_f64().unwrap();
+        assert!(
+            (got - tumour).abs() <= 1e-9 * tumour.max(1.0),
+            "{id}: {got} vs {tumour}"
+        );
+        assert!(r["report"]["review"]["flag"].is_boolean());
+        assert!(r["report"]["quality"]["mirror_dice"].is_f64());
+    }
+    let csv = std::fs::read_to_string(rep_dir.join("reports.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + split.val.len(), "{csv}");
     // In-plane resampling: a model trained at 32×32 that records it
     // segments a volume upsampled 2× (nearest) by resampling to 32×32 and
     // back. Its labels must match the native prediction upsampled the same

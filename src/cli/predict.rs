@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use kseg_infer::report::{LesionReport, ReportRules, Side, lesion_report};
 use kseg_infer::{Segmenter, device as pick_device};
 use kseg_volume::orient::Orientation;
 use kseg_volume::{self as volume, CaseDir, Volume};
@@ -43,6 +44,13 @@ pub struct PredictArgs {
     /// Slices per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Write the lesion report (JSON: kidneys, tumours, cysts, quality
+    /// flags, review; docs/METHOD.md §5c) to this file, or for a folder of
+    /// cases into this folder (one CASE.json each and reports.csv). It
+    /// measures the mirror agreement, which costs one more forward pass
+    /// per slice without mirroring.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
 }
 
 impl PredictArgs {
@@ -57,6 +65,7 @@ impl PredictArgs {
             self.mirror,
             &self.device,
             self.batch,
+            self.report.as_deref(),
         )
     }
 }
@@ -164,8 +173,21 @@ fn predict(
     mirror: Option<bool>,
     device: &str,
     batch: usize,
+    report: Option<&Path>,
 ) -> Result<()> {
     let (jobs, into_folder) = jobs(input, output)?;
+    if let Some(r) = report {
+        for (src, dst) in &jobs {
+            if r == dst.as_path() || same_file(r, src.path()) {
+                anyhow::bail!(
+                    "{}: the report would overwrite {}; choose another --report",
+                    r.display(),
+                    if r == dst.as_path() { "the output" } else { "the input" }
+                );
+            }
+        }
+    }
+    let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
     let mut seg = Segmenter::load(checkpoint, &dev, batch)?;
     if let Some(n) = lcc {
@@ -197,9 +219,29 @@ fn predict(
             let get = |i: usize| s.get(i).map_or(1.0, |v| v.abs());
             [get(0), get(1), get(2)]
         });
-        let labels = seg.segment_volume_at(vol.data.view(), Some((sp[1], sp[2])))?;
+        let (labels, quality) = if reports.is_some() {
+            let (l, q) = seg.segment_volume_quality(vol.data.view(), Some((sp[1], sp[2])))?;
+            (l, Some(q))
+        } else {
+            (
+                seg.segment_volume_at(vol.data.view(), Some((sp[1], sp[2])))?,
+                None,
+            )
+        };
         let labels = o.into_file(labels);
         volume::write_volume(dst, labels.view(), &vol.header)?;
+        if let (Some(r), Some(q)) = (&reports, quality) {
+            let image = o.into_file(vol.data.clone());
+            let rep = lesion_report(
+                labels.view(),
+                &vol.header.affine(),
+                seg.meta().labels,
+                Some(image.view()),
+                q,
+                &ReportRules::default(),
+            );
+            r.write(src, dst, &rep)?;
+        }
         let names = seg.meta().labels.names();
         let counts: Vec<String> = (1..names.len())
             .map(|v| {
@@ -218,5 +260,119 @@ fn predict(
             t0.elapsed().as_secs_f64()
         );
     }
+    if let Some(r) = &reports {
+        r.finish()?;
+    }
     Ok(())
+}
+
+/// Where the lesion reports go: one file, or a folder of `CASE.json` and
+/// `reports.csv`.
+struct Reports {
+    path: PathBuf,
+    folder: bool,
+    rows: std::cell::RefCell<Vec<String>>,
+}
+
+impl Reports {
+    /// Checks the report's path before any work.
+    fn new(path: &Path, folder: bool) -> Result<Reports> {
+        if folder {
+            if path.exists() && !path.is_dir() {
+                anyhow::bail!(
+                    "{}: exists and is not a folder (a folder of cases is reported into a folder)",
+                    path.display()
+                );
+            }
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("{}: cannot create the report folder", path.display()))?;
+        } else if path.is_dir() {
+            anyhow::bail!(
+                "{}: is a folder; --report takes a file name for one volume",
+                path.display()
+            );
+        }
+        Ok(Reports {
+            path: path.to_path_buf(),
+            folder,
+            rows: Default::default(),
+        })
+    }
+
+    /// Writes one case's report (atomically) and keeps its table row.
+    fn write(&self, src: &Path, dst: &Path, rep: &LesionReport) -> Result<()> {
+        let file = if self.folder {
+            let stem = dst.file_name().map_or_else(
+                || "case".to_string(),
+                |n| n.to_string_lossy().trim_end_matches(".nii.gz").to_string(),
+            );
+            self.path.join(format!("{stem}.json"))
+        } else {
+            self.path.clone()
+        };
+        let json = serde_json::json!({
+            "input": src.display().to_string(),
+            "output": dst.display().to_string(),
+            "report": rep,
+        });
+        volume::fs::write_json_atomic(&file, &json)?;
+        let (left, right) = [Side::Left, Side::Right]
+            .map(|side| {
+                rep.kidneys
+                    .iter()
+                    .filter(|k| k.side == side)
+                    .map(|k| k.volume_ml)
+                    .sum::<f64>()
+            })
+            .into();
+        let largest = rep.tumours.first().map_or(0.0, |t| t.axial_diameter_mm);
+        self.rows.borrow_mut().push(format!(
+            "{},{},{:.3},{:.3},{},{:.3},{:.2},{},{}",
+            csv_field(&src.display().to_string()),
+            rep.kidneys.len(),
+            left,
+            right,
+            rep.tumours.len(),
+            rep.total_tumour_volume_ml,
+            largest,
+            rep.review.flag,
+            csv_field(&rep.review.reasons.join("; "))
+        ));
+        eprintln!(
+            "{}: report {}{}",
+            src.display(),
+            file.display(),
+            if rep.review.flag {
+                format!(" (review: {})", rep.review.reasons.join("; "))
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    /// For a folder: the table over every case.
+    fn finish(&self) -> Result<()> {
+        if !self.folder {
+            return Ok(());
+        }
+        let mut csv = String::from(
+            "input,kidneys,left_kidney_ml,right_kidney_ml,tumours,tumour_ml,largest_tumour_axial_mm,review,reasons\n",
+        );
+        for row in self.rows.borrow().iter() {
+            csv.push_str(row);
+            csv.push('\n');
+        }
+        volume::fs::write_bytes_atomic(&self.path.join("reports.csv"), csv.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
