@@ -12,7 +12,7 @@ use kseg::volume::{
 };
 use ndarray::Array3;
 
-fn kseg() -> Command {
+pub(crate) fn kseg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kseg"))
 }
 
@@ -393,7 +393,7 @@ fn listing(dir: &Path) -> Vec<String> {
 
 /// `kseg predict` that must fail with exit 1 and a one-line error holding
 /// every one of `want`.
-fn predict_fails(ckpt: &Path, input: &Path, output: &Path, want: &[&str]) {
+pub(crate) fn predict_fails(ckpt: &Path, input: &Path, output: &Path, want: &[&str]) {
     let out = kseg()
         .arg("predict")
         .arg("--checkpoint")
@@ -416,7 +416,7 @@ fn predict_fails(ckpt: &Path, input: &Path, output: &Path, want: &[&str]) {
 
 /// A tiny model file (depth 2, base 4) whose kseg metadata `edit` changes;
 /// the weights stay the untouched ones.
-fn model_with_meta(
+pub(crate) fn model_with_meta(
     dir: &Path,
     name: &str,
     edit: impl FnOnce(&mut kseg::infer::ModelMeta),

@@ -16,6 +16,9 @@ mod bad_input;
 /// The `kseg` commands end to end (info, synth, augment, evaluate,
 /// predict) on fixtures and synthetic cases.
 mod cli;
+/// Outputs for the reading room: `kseg predict` writing a DICOM
+/// Segmentation of a DICOM series.
+mod dicom_out;
 /// Training end to end: the run folder, exact resume, checkpoints,
 /// validation, inference from a checkpoint.
 mod train;

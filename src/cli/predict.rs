@@ -23,7 +23,10 @@ pub struct PredictArgs {
     /// than one CT series.
     #[arg(long, value_name = "UID")]
     pub series: Option<String>,
-    /// The label file to write, or a folder for a folder of cases.
+    /// The label file to write (NIfTI: .nii or .nii.gz), or a folder for
+    /// a folder of cases. For a DICOM input, a name ending in .dcm writes
+    /// a DICOM Segmentation of the source series instead (one segment per
+    /// structure, frames referencing their CT slices).
     #[arg(long)]
     pub output: PathBuf,
     /// Keep only the N largest connected foreground components (2 for
@@ -149,6 +152,29 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
         vec![(Source::Nifti(input.to_path_buf()), output.to_path_buf())]
     };
     for (src, dst) in &jobs {
+        if is_dicom_seg(dst) {
+            if !matches!(src, Source::Dicom(_)) {
+                anyhow::bail!(
+                    "{}: a DICOM Segmentation references its source CT series, and {} is not a DICOM folder; write NIfTI (.nii.gz) for a NIfTI input",
+                    dst.display(),
+                    src.path().display()
+                );
+            }
+            if dst.is_dir() {
+                anyhow::bail!("{} is a folder; a file path is needed", dst.display());
+            }
+            let parent = dst
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                anyhow::bail!(
+                    "{}: no such folder (the output's folder must exist)",
+                    parent.display()
+                );
+            }
+            continue;
+        }
         if same_file(src.path(), dst) {
             anyhow::bail!(
                 "{}: the output is the input image {}; choose another --output",
@@ -182,7 +208,11 @@ fn predict(
                 anyhow::bail!(
                     "{}: the report would overwrite {}; choose another --report",
                     r.display(),
-                    if r == dst.as_path() { "the output" } else { "the input" }
+                    if r == dst.as_path() {
+                        "the output"
+                    } else {
+                        "the input"
+                    }
                 );
             }
         }
@@ -190,6 +220,11 @@ fn predict(
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
     let mut seg = Segmenter::load(checkpoint, &dev, batch)?;
+    let model_hash = if jobs.iter().any(|(_, d)| is_dicom_seg(d)) {
+        sha256_file(&kseg_infer::model_file(checkpoint))?
+    } else {
+        String::new()
+    };
     if let Some(n) = lcc {
         seg.set_keep_largest((n > 0).then_some(n));
     }
@@ -229,7 +264,20 @@ fn predict(
             )
         };
         let labels = o.into_file(labels);
-        volume::write_volume(dst, labels.view(), &vol.header)?;
+        if is_dicom_seg(dst) {
+            let dir = src;
+            let series_info = volume::dicom::choose_series(dir, series)
+                .map_err(|e| super::not_an_input(dir, e))?;
+            let algo = volume::dicom_seg::Algorithm {
+                name: "kseg".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                model: model_hash.clone(),
+            };
+            let segs = volume::dicom_seg::segments_for(seg.meta().labels);
+            volume::dicom_seg::write_segmentation(dst, &series_info, labels.view(), &segs, &algo)?;
+        } else {
+            volume::write_volume(dst, labels.view(), &vol.header)?;
+        }
         if let (Some(r), Some(q)) = (&reports, quality) {
             let image = o.into_file(vol.data.clone());
             let rep = lesion_report(
@@ -264,6 +312,32 @@ fn predict(
         r.finish()?;
     }
     Ok(())
+}
+
+/// Whether `path` names a DICOM Segmentation output (`.dcm`).
+fn is_dicom_seg(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
+}
+
+/// The SHA-256 of a file, in hex (the model's identity in a DICOM SEG).
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot read the model file", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("{}: cannot read the model file", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Where the lesion reports go: one file, or a folder of `CASE.json` and

@@ -65,7 +65,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Opens the header of a DICOM file (everything before the pixel data).
-fn open_header(path: &Path) -> Result<DefaultDicomObject> {
+pub(crate) fn open_header(path: &Path) -> Result<DefaultDicomObject> {
     OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -73,7 +73,7 @@ fn open_header(path: &Path) -> Result<DefaultDicomObject> {
 }
 
 /// A text element, trimmed, or "" when absent.
-fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
+pub(crate) fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
     obj.element_opt(tag)
         .ok()
         .flatten()
@@ -192,7 +192,7 @@ struct Slice {
     thickness: Option<f64>,
 }
 
-fn floats(
+pub(crate) fn floats(
     obj: &DefaultDicomObject,
     path: &Path,
     tag: dicom_core::Tag,
@@ -286,7 +286,7 @@ fn read_slice_header(path: &Path) -> Result<Slice> {
     })
 }
 
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+pub(crate) fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [
         a[1] * b[2] - a[2] * b[1],
         a[2] * b[0] - a[0] * b[2],
@@ -294,7 +294,7 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     ]
 }
 
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 

@@ -26,6 +26,7 @@
 pub mod cache;
 pub mod case;
 pub mod dicom;
+pub mod dicom_seg;
 mod error;
 pub mod evaluate;
 pub mod fs;
@@ -46,6 +47,7 @@ pub use self::nifti::{
 };
 pub use cache::{CacheStatus, CachedCase};
 pub use case::{Case, CaseDir, find_predictions, list_cases};
+pub use dicom_seg::utc_now;
 pub use error::{Result, VolumeError};
 pub use evaluate::{FolderEvaluation, evaluate_folder};
 pub use intensity::Intensity;

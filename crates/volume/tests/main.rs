@@ -13,6 +13,8 @@ mod support_dicom;
 mod cache_and_synth;
 /// DICOM series against pydicom's values and series written here.
 mod dicom;
+/// DICOM Segmentation output against highdicom's for the same series.
+mod dicom_seg;
 /// Real KiTS19 label files (testdata/kits19) against their manifest.
 mod kits19;
 /// The KiTS23 metrics (Dice, surface Dice) against the official code's

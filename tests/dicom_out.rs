@@ -1,0 +1,158 @@
+//! `kseg predict --input DICOM_DIR --output result.dcm`: a DICOM
+//! Segmentation whose frames, read back with dicom-rs, are the NIfTI
+//! prediction of the same series voxel for voxel, each at its source
+//! slice (found from the slice's own ImagePositionPatient and the NIfTI
+//! affine).
+
+use std::collections::BTreeMap;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, open_file};
+use kseg::volume::{self, LabelSet};
+
+use crate::bad_input::{kseg, model_with_meta, predict_fails};
+use crate::support::testdata;
+
+fn first(o: &InMemDicomObject, tag: dicom_core::Tag) -> &InMemDicomObject {
+    &o.element(tag).unwrap().items().unwrap()[0]
+}
+
+fn uid(o: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+    o.element(tag)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(['\0', ' '])
+        .to_string()
+}
+
+#[test]
+fn predict_writes_a_dicom_segmentation_of_the_series() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let series = testdata("dicom_seg/series");
+    let run = |out: &std::path::Path| {
+        let o = kseg()
+            .arg("predict")
+            .arg("--checkpoint")
+            .arg(&model)
+            .arg("--input")
+            .arg(&series)
+            .arg("--output")
+            .arg(out)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (dcm, nii) = (tmp.path().join("seg.dcm"), tmp.path().join("seg.nii.gz"));
+    run(&dcm);
+    run(&nii);
+    let labels = volume::read_labels(&nii, LabelSet::Kits19).unwrap();
+    let a = labels.header.affine();
+    // SOP Instance UID → ImagePositionPatient of each source slice.
+    let mut ipp = BTreeMap::new();
+    for e in std::fs::read_dir(&series).unwrap() {
+        let o = open_file(e.unwrap().path()).unwrap();
+        let p = o
+            .element(tags::IMAGE_POSITION_PATIENT)
+            .unwrap()
+            .to_multi_float64()
+            .unwrap();
+        ipp.insert(uid(&o, tags::SOP_INSTANCE_UID), p);
+    }
+    let seg = open_file(&dcm).unwrap();
+    assert_eq!(uid(&seg, tags::MODALITY), "SEG");
+    let (rows, cols) = (
+        seg.element(tags::ROWS).unwrap().to_int::<usize>().unwrap(),
+        seg.element(tags::COLUMNS)
+            .unwrap()
+            .to_int::<usize>()
+            .unwrap(),
+    );
+    let (nk, nr, nc) = labels.data.dim();
+    assert_eq!((rows, cols), (nr, nc));
+    let bits = seg
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    let frames = seg
+        .element(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (f, fg) in frames.iter().enumerate() {
+        let segment = first(fg, tags::SEGMENT_IDENTIFICATION_SEQUENCE)
+            .element(tags::REFERENCED_SEGMENT_NUMBER)
+            .unwrap()
+            .to_int::<u8>()
+            .unwrap();
+        let sop = uid(
+            first(
+                first(fg, tags::DERIVATION_IMAGE_SEQUENCE),
+                tags::SOURCE_IMAGE_SEQUENCE,
+            ),
+            tags::REFERENCED_SOP_INSTANCE_UID,
+        );
+        // The slice whose NIfTI position is the source's (LPS → RAS).
+        let p = &ipp[&sop];
+        let k = (0..nk)
+            .find(|&k| {
+                let x = [
+                    a[0][0] * k as f64 + a[0][3],
+                    a[1][0] * k as f64 + a[1][3],
+                    a[2][0] * k as f64 + a[2][3],
+                ];
+                (x[0] + p[0]).abs() < 1e-3
+                    && (x[1] + p[1]).abs() < 1e-3
+                    && (x[2] - p[2]).abs() < 1e-3
+            })
+            .expect("a slice at the source's position");
+        // Segments 1, 2: labels 1, 2 (kidney, tumour).
+        for r in 0..nr {
+            for c in 0..nc {
+                let b = f * nr * nc + r * nc + c;
+                let bit = bits[b / 8] >> (b % 8) & 1 == 1;
+                assert_eq!(
+                    bit,
+                    labels.data[[k, r, c]] == segment,
+                    "frame {f} at {k},{r},{c}"
+                );
+            }
+        }
+        seen.insert((segment, k));
+    }
+    // Every non-empty (label, slice) has its frame.
+    for label in [1u8, 2] {
+        for k in 0..nk {
+            if labels
+                .data
+                .index_axis(ndarray::Axis(0), k)
+                .iter()
+                .any(|&v| v == label)
+            {
+                assert!(
+                    seen.contains(&(label, k)),
+                    "no frame for label {label} slice {k}"
+                );
+            }
+        }
+    }
+    assert!(
+        frames.len() >= 2,
+        "the test model predicted (almost) nothing"
+    );
+    // A NIfTI input has no series to reference: refused.
+    let img = tmp.path().join("ct.nii.gz");
+    volume::write_volume(&img, labels.data.mapv(f32::from).view(), &labels.header).unwrap();
+    predict_fails(
+        &model,
+        &img,
+        &tmp.path().join("x.dcm"),
+        &["x.dcm", "not a DICOM folder"],
+    );
+    assert!(!tmp.path().join("x.dcm").exists());
+}
