@@ -156,3 +156,78 @@ fn predict_writes_a_dicom_segmentation_of_the_series() {
     );
     assert!(!tmp.path().join("x.dcm").exists());
 }
+
+/// `kseg predict --folder`: every entry one case (DICOM studies, a NIfTI
+/// file, a folder that is neither), the model loaded once; the bad entry
+/// is reported and skipped, the others written, summary.json and
+/// summary.csv list every case, and the exit status is 1.
+#[test]
+fn a_folder_batch_skips_a_bad_case_and_summarises_every_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let input = tmp.path().join("studies");
+    for study in ["study_a", "study_b"] {
+        let d = input.join(study);
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(testdata("dicom_seg/series")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(input.join("notes")).unwrap();
+    std::fs::write(input.join("notes/readme.txt"), "no images here").unwrap();
+    let out = tmp.path().join("out");
+    let run = |format: &str| {
+        kseg()
+            .arg("predict")
+            .arg("--checkpoint")
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .args(["--folder", "--format", format, "--device", "cpu"])
+            .output()
+            .unwrap()
+    };
+    let o = run("dicom-seg");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("[3/3]") && err.contains("notes: failed"),
+        "{err}"
+    );
+    assert!(err.contains("1 of 3 cases failed"), "{err}");
+    for study in ["study_a", "study_b"] {
+        let seg = open_file(out.join(format!("{study}.dcm"))).unwrap();
+        assert_eq!(uid(&seg, tags::MODALITY), "SEG");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        (summary["cases"].as_u64(), summary["failed"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let results = summary["results"].as_array().unwrap();
+    let status: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["failed", "ok", "ok"], "{summary}");
+    assert!(results[0]["error"].as_str().unwrap().contains("notes"));
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    // NIfTI outputs of the same studies: the same voxel counts per label.
+    std::fs::remove_dir_all(input.join("notes")).unwrap();
+    let o = run("nifti");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels = volume::read_labels(out.join("study_a.nii.gz"), LabelSet::Kits19).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let kidney = labels.data.iter().filter(|&&v| v == 1).count() as u64;
+    assert_eq!(
+        summary["results"][0]["voxels"]["kidney"].as_u64(),
+        Some(kidney)
+    );
+}

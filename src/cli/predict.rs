@@ -54,6 +54,28 @@ pub struct PredictArgs {
     /// per slice without mirroring.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Treat every entry of the --input folder as one case: each
+    /// subfolder a DICOM study or a case folder, each NIfTI file a
+    /// volume; predicted into the --output folder. (A folder of case_*
+    /// folders is such a batch without it.) A batch loads the model once,
+    /// reads the next case while one runs, reports each case's time and
+    /// the time left, skips a case that fails (exit status 1 at the end),
+    /// and writes summary.json and summary.csv into the output folder.
+    #[arg(long)]
+    pub folder: bool,
+    /// The output format of a batch (--folder, or a folder of cases):
+    /// nifti (CASE.nii.gz) or dicom-seg (CASE.dcm, DICOM studies only).
+    #[arg(long, value_enum, default_value_t = Format::Nifti)]
+    pub format: Format,
+}
+
+/// The output format of a batch.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// NIfTI label volumes (`CASE.nii.gz`).
+    Nifti,
+    /// DICOM Segmentations (`CASE.dcm`).
+    DicomSeg,
 }
 
 impl PredictArgs {
@@ -69,6 +91,8 @@ impl PredictArgs {
             &self.device,
             self.batch,
             self.report.as_deref(),
+            self.folder,
+            self.format,
         )
     }
 }
@@ -119,25 +143,86 @@ fn has_cases(dir: &Path) -> bool {
     })
 }
 
+/// The entries of a `--folder` batch: each subfolder (a case folder or a
+/// DICOM study) and each NIfTI file, by name, with its output name.
+fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(Source, PathBuf)>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
+        .with_context(|| format!("{}: cannot list the folder", input.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("{}: cannot list the folder", input.display()))?;
+    entries.sort();
+    let ext = match format {
+        Format::Nifti => "nii.gz",
+        Format::DicomSeg => "dcm",
+    };
+    let mut jobs = Vec::new();
+    for path in entries {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        let (src, stem) = if path.is_dir() {
+            if volume::case::is_case_folder(&path) {
+                (Source::Nifti(CaseDir::open(&path)?.imaging), name.clone())
+            } else {
+                (Source::Dicom(path.clone()), name.clone())
+            }
+        } else if lower.ends_with(".nii.gz") || lower.ends_with(".nii") {
+            let stem = name[..name.len() - if lower.ends_with(".gz") { 7 } else { 4 }].to_string();
+            (Source::Nifti(path.clone()), stem)
+        } else {
+            continue;
+        };
+        jobs.push((src, output.join(format!("{stem}.{ext}"))));
+    }
+    if jobs.is_empty() {
+        anyhow::bail!(
+            "{}: no case folder, DICOM study folder or NIfTI file to predict",
+            input.display()
+        );
+    }
+    Ok(jobs)
+}
+
 /// The (input, output file) pairs of a prediction, every output checked
 /// before any work: a NIfTI name, not a folder, not an input; and whether
 /// `output` is a folder of predictions.
-fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
+fn jobs(
+    input: &Path,
+    output: &Path,
+    folder: bool,
+    format: Format,
+) -> Result<(Vec<(Source, PathBuf)>, bool)> {
     let case_folder = volume::case::is_case_folder(input);
     let folder_of_cases = input.is_dir() && !case_folder && has_cases(input);
-    let jobs: Vec<(Source, PathBuf)> = if folder_of_cases {
-        if output.exists() && !output.is_dir() {
-            anyhow::bail!(
-                "{}: exists and is not a folder (a folder of cases is predicted into a folder)",
-                output.display()
-            );
-        }
+    let into_folder = folder || folder_of_cases;
+    if folder && !input.is_dir() {
+        anyhow::bail!("{}: --folder takes a folder", input.display());
+    }
+    if into_folder && output.exists() && !output.is_dir() {
+        anyhow::bail!(
+            "{}: exists and is not a folder (a folder of cases is predicted into a folder)",
+            output.display()
+        );
+    }
+    let jobs: Vec<(Source, PathBuf)> = if folder {
+        folder_entries(input, output, format)?
+    } else if folder_of_cases {
+        let ext = match format {
+            Format::Nifti => "nii.gz",
+            Format::DicomSeg => "dcm",
+        };
         volume::list_cases(input)?
             .into_iter()
             .map(|c| {
                 (
                     Source::Nifti(c.imaging),
-                    output.join(format!("{}.nii.gz", c.id)),
+                    output.join(format!("{}.{ext}", c.id)),
                 )
             })
             .collect()
@@ -154,6 +239,10 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
     for (src, dst) in &jobs {
         if is_dicom_seg(dst) {
             if !matches!(src, Source::Dicom(_)) {
+                if into_folder {
+                    // A batch reports it for that case and goes on.
+                    continue;
+                }
                 anyhow::bail!(
                     "{}: a DICOM Segmentation references its source CT series, and {} is not a DICOM folder; write NIfTI (.nii.gz) for a NIfTI input",
                     dst.display(),
@@ -167,7 +256,7 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            if !parent.is_dir() {
+            if !into_folder && !parent.is_dir() {
                 anyhow::bail!(
                     "{}: no such folder (the output's folder must exist)",
                     parent.display()
@@ -182,11 +271,121 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
                 src.path().display()
             );
         }
-        if !folder_of_cases {
+        if !into_folder {
             volume::check_output_path(dst)?;
         }
     }
-    Ok((jobs, folder_of_cases))
+    Ok((jobs, into_folder))
+}
+
+/// What a prediction needs besides its input and output.
+struct Ctx<'a> {
+    seg: &'a Segmenter,
+    series: Option<&'a str>,
+    model_hash: &'a str,
+    reports: Option<&'a Reports>,
+}
+
+/// What one case gave.
+struct Outcome {
+    /// Voxels per label value (background first).
+    counts: Vec<usize>,
+    shape: Vec<usize>,
+    segment_s: f64,
+    write_s: f64,
+    review: Option<bool>,
+}
+
+/// Segments one volume (read already) and writes its output and report.
+fn predict_one(
+    ctx: &Ctx,
+    src: &Source,
+    dst: &Path,
+    (vol, o): (Volume<f32>, Orientation),
+) -> Result<Outcome> {
+    let seg = ctx.seg;
+    let src_path = src.path();
+    if is_dicom_seg(dst) && !matches!(src, Source::Dicom(_)) {
+        anyhow::bail!(
+            "{}: a DICOM Segmentation needs a DICOM input, and {} is not a DICOM folder",
+            dst.display(),
+            src_path.display()
+        );
+    }
+    if o.is_oblique() {
+        eprintln!(
+            "{}: oblique affine; segmenting along its nearest axes {:?}",
+            src_path.display(),
+            o.codes()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let sp = o.internal_order({
+        let s = vol.header.spacing();
+        let get = |i: usize| s.get(i).map_or(1.0, |v| v.abs());
+        [get(0), get(1), get(2)]
+    });
+    let (labels, quality) = if ctx.reports.is_some() {
+        let (l, q) = seg.segment_volume_quality(vol.data.view(), Some((sp[1], sp[2])))?;
+        (l, Some(q))
+    } else {
+        (
+            seg.segment_volume_at(vol.data.view(), Some((sp[1], sp[2])))?,
+            None,
+        )
+    };
+    let segment_s = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let labels = o.into_file(labels);
+    if is_dicom_seg(dst) {
+        let series_info = volume::dicom::choose_series(src_path, ctx.series)
+            .map_err(|e| super::not_an_input(src_path, e))?;
+        let algo = volume::dicom_seg::Algorithm {
+            name: "kseg".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            model: ctx.model_hash.to_string(),
+        };
+        let segs = volume::dicom_seg::segments_for(seg.meta().labels);
+        volume::dicom_seg::write_segmentation(dst, &series_info, labels.view(), &segs, &algo)?;
+    } else {
+        volume::write_volume(dst, labels.view(), &vol.header)?;
+    }
+    let mut review = None;
+    if let (Some(r), Some(q)) = (ctx.reports, quality) {
+        let image = o.into_file(vol.data);
+        let rep = lesion_report(
+            labels.view(),
+            &vol.header.affine(),
+            seg.meta().labels,
+            Some(image.view()),
+            q,
+            &ReportRules::default(),
+        );
+        r.write(src_path, dst, &rep)?;
+        review = Some(rep.review.flag);
+    }
+    let mut counts = vec![0usize; seg.meta().labels.names().len()];
+    for &v in labels.iter() {
+        if let Some(c) = counts.get_mut(v as usize) {
+            *c += 1;
+        }
+    }
+    Ok(Outcome {
+        counts,
+        shape: vol.header.shape().to_vec(),
+        segment_s,
+        write_s: t1.elapsed().as_secs_f64(),
+        review,
+    })
+}
+
+/// "kidney 123, tumour 4" of an outcome.
+fn counts_text(seg: &Segmenter, out: &Outcome) -> String {
+    let names = seg.meta().labels.names();
+    (1..names.len())
+        .map(|v| format!("{} {}", names[v], out.counts[v]))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -200,8 +399,10 @@ fn predict(
     device: &str,
     batch: usize,
     report: Option<&Path>,
+    folder: bool,
+    format: Format,
 ) -> Result<()> {
-    let (jobs, into_folder) = jobs(input, output)?;
+    let (jobs, into_folder) = jobs(input, output, folder, format)?;
     if let Some(r) = report {
         for (src, dst) in &jobs {
             if r == dst.as_path() || same_file(r, src.path()) {
@@ -232,85 +433,166 @@ fn predict(
         seg.set_mirror(m);
     }
     let keep = seg.meta().keep_largest;
-    if into_folder {
-        std::fs::create_dir_all(output)
-            .with_context(|| format!("{}: cannot create the output folder", output.display()))?;
-    }
-    for (src, dst) in &jobs {
-        let t0 = std::time::Instant::now();
-        // Read into the internal layout (KiTS19's orientation), segmented
-        // there, written back voxel for voxel in the input's.
-        let (vol, o) = src.read(series)?;
-        let src = src.path();
-        if o.is_oblique() {
+    let kept = keep
+        .map(|n| format!(", {n} largest components kept"))
+        .unwrap_or_default();
+    let ctx = Ctx {
+        seg: &seg,
+        series,
+        model_hash: &model_hash,
+        reports: reports.as_ref(),
+    };
+    if !into_folder {
+        for (src, dst) in &jobs {
+            let t0 = std::time::Instant::now();
+            // Read into the internal layout (KiTS19's orientation),
+            // segmented there, written back voxel for voxel in the input's.
+            let out = predict_one(&ctx, src, dst, src.read(series)?)?;
             eprintln!(
-                "{}: oblique affine; segmenting along its nearest axes {:?}",
-                src.display(),
-                o.codes()
+                "{} -> {}: {:?} voxels, {}{kept} ({:.1} s)",
+                src.path().display(),
+                dst.display(),
+                out.shape,
+                counts_text(&seg, &out),
+                t0.elapsed().as_secs_f64()
             );
         }
-        let sp = o.internal_order({
-            let s = vol.header.spacing();
-            let get = |i: usize| s.get(i).map_or(1.0, |v| v.abs());
-            [get(0), get(1), get(2)]
-        });
-        let (labels, quality) = if reports.is_some() {
-            let (l, q) = seg.segment_volume_quality(vol.data.view(), Some((sp[1], sp[2])))?;
-            (l, Some(q))
-        } else {
-            (
-                seg.segment_volume_at(vol.data.view(), Some((sp[1], sp[2])))?,
-                None,
-            )
-        };
-        let labels = o.into_file(labels);
-        if is_dicom_seg(dst) {
-            let dir = src;
-            let series_info = volume::dicom::choose_series(dir, series)
-                .map_err(|e| super::not_an_input(dir, e))?;
-            let algo = volume::dicom_seg::Algorithm {
-                name: "kseg".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                model: model_hash.clone(),
-            };
-            let segs = volume::dicom_seg::segments_for(seg.meta().labels);
-            volume::dicom_seg::write_segmentation(dst, &series_info, labels.view(), &segs, &algo)?;
-        } else {
-            volume::write_volume(dst, labels.view(), &vol.header)?;
+        if let Some(r) = &reports {
+            r.finish()?;
         }
-        if let (Some(r), Some(q)) = (&reports, quality) {
-            let image = o.into_file(vol.data.clone());
-            let rep = lesion_report(
-                labels.view(),
-                &vol.header.affine(),
-                seg.meta().labels,
-                Some(image.view()),
-                q,
-                &ReportRules::default(),
-            );
-            r.write(src, dst, &rep)?;
-        }
-        let names = seg.meta().labels.names();
-        let counts: Vec<String> = (1..names.len())
-            .map(|v| {
-                let n = labels.iter().filter(|&&x| x as usize == v).count();
-                format!("{} {n}", names[v])
-            })
-            .collect();
-        eprintln!(
-            "{} -> {}: {:?} voxels, {}{} ({:.1} s)",
-            src.display(),
-            dst.display(),
-            vol.header.shape(),
-            counts.join(", "),
-            keep.map(|n| format!(", {n} largest components kept"))
-                .unwrap_or_default(),
-            t0.elapsed().as_secs_f64()
-        );
+        return Ok(());
     }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("{}: cannot create the output folder", output.display()))?;
+    let n = jobs.len();
+    let start = std::time::Instant::now();
+    let mut rows: Vec<serde_json::Value> = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    std::thread::scope(|scope| {
+        // The reader: the next case is read while the current one runs (a
+        // rendezvous channel: at most one case waits).
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        let jobs_ref = &jobs;
+        scope.spawn(move || {
+            for (i, (src, _)) in jobs_ref.iter().enumerate() {
+                let t = std::time::Instant::now();
+                let read = src.read(series);
+                if tx.send((i, read, t.elapsed().as_secs_f64())).is_err() {
+                    break;
+                }
+            }
+        });
+        for (i, read, read_s) in rx {
+            let (src, dst) = &jobs[i];
+            let name = src.path().display().to_string();
+            let result = read.and_then(|v| predict_one(&ctx, src, dst, v));
+            let done = i + 1;
+            let elapsed = start.elapsed().as_secs_f64();
+            let eta = elapsed / done as f64 * (n - done) as f64;
+            let mut row = serde_json::json!({
+                "input": name,
+                "output": dst.display().to_string(),
+                "read_s": read_s,
+            });
+            match result {
+                Ok(out) => {
+                    eprintln!(
+                        "[{done}/{n}] {name} -> {}: {}{kept} (read {read_s:.1} s, segment {:.1} s, write {:.1} s; {:.0} s left)",
+                        dst.display(),
+                        counts_text(&seg, &out),
+                        out.segment_s,
+                        out.write_s,
+                        eta
+                    );
+                    let names = seg.meta().labels.names();
+                    row["status"] = "ok".into();
+                    row["segment_s"] = out.segment_s.into();
+                    row["write_s"] = out.write_s.into();
+                    row["shape"] = serde_json::json!(out.shape);
+                    row["voxels"] = names
+                        .iter()
+                        .zip(&out.counts)
+                        .skip(1)
+                        .map(|(k, v)| ((*k).to_string(), serde_json::json!(v)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                    if let Some(r) = out.review {
+                        row["review"] = r.into();
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("[{done}/{n}] {name}: failed: {e:#} ({eta:.0} s left)");
+                    row["status"] = "failed".into();
+                    row["error"] = format!("{e:#}").into();
+                }
+            }
+            rows.push(row);
+        }
+    });
     if let Some(r) = &reports {
         r.finish()?;
     }
+    write_summary(output, &rows, start.elapsed().as_secs_f64())?;
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {n} cases failed (each named above; {}/summary.json lists them)",
+            output.display()
+        );
+    }
+    eprintln!(
+        "{n} cases in {:.1} s; {}/summary.json",
+        start.elapsed().as_secs_f64(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// A batch's `summary.json` and `summary.csv` in `output`.
+fn write_summary(output: &Path, rows: &[serde_json::Value], wall_s: f64) -> Result<()> {
+    let ok = rows.iter().filter(|r| r["status"] == "ok").count();
+    volume::fs::write_json_atomic(
+        &output.join("summary.json"),
+        &serde_json::json!({
+            "cases": rows.len(),
+            "succeeded": ok,
+            "failed": rows.len() - ok,
+            "wall_seconds": wall_s,
+            "results": rows,
+        }),
+    )?;
+    let mut csv =
+        String::from("input,output,status,read_s,segment_s,write_s,voxels,review,error\n");
+    for r in rows {
+        let voxels = r["voxels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        let num = |k: &str| r[k].as_f64().map(|v| format!("{v:.3}")).unwrap_or_default();
+        let text = |k: &str| match &r[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            csv_field(&text("input")),
+            csv_field(&text("output")),
+            text("status"),
+            num("read_s"),
+            num("segment_s"),
+            num("write_s"),
+            csv_field(&voxels),
+            text("review"),
+            csv_field(&text("error"))
+        ));
+    }
+    volume::fs::write_bytes_atomic(&output.join("summary.csv"), csv.as_bytes())?;
     Ok(())
 }
 
@@ -378,7 +660,14 @@ impl Reports {
         let file = if self.folder {
             let stem = dst.file_name().map_or_else(
                 || "case".to_string(),
-                |n| n.to_string_lossy().trim_end_matches(".nii.gz").to_string(),
+                |n| {
+                    let n = n.to_string_lossy();
+                    [".nii.gz", ".nii", ".dcm"]
+                        .iter()
+                        .find_map(|e| n.strip_suffix(e))
+                        .unwrap_or(&n)
+                        .to_string()
+                },
             );
             self.path.join(format!("{stem}.json"))
         } else {
