@@ -76,6 +76,8 @@ pub struct SegmentDef {
     pub kind: Code,
     /// AnatomicRegionSequence.
     pub region: Code,
+    /// RecommendedDisplayCIELabValue (DICOM-scaled L*, a*, b*).
+    pub lab: [u16; 3],
 }
 
 /// The segments of a label set: kidney (SCT Organ / Kidney), kidney
@@ -90,6 +92,8 @@ pub fn segments_for(set: LabelSet) -> Vec<SegmentDef> {
             category: ORGAN,
             kind: KIDNEY,
             region: KIDNEY,
+            // sRGB (185, 102, 83).
+            lab: [34298, 40955, 39426],
         },
         SegmentDef {
             label: 2,
@@ -97,6 +101,8 @@ pub fn segments_for(set: LabelSet) -> Vec<SegmentDef> {
             category: ABNORMAL,
             kind: NEOPLASM,
             region: KIDNEY,
+            // sRGB (255, 255, 0).
+            lab: [63660, 27357, 57177],
         },
     ];
     if let Some(cyst) = set.cyst() {
@@ -106,6 +112,8 @@ pub fn segments_for(set: LabelSet) -> Vec<SegmentDef> {
             category: ABNORMAL,
             kind: CYST,
             region: KIDNEY,
+            // sRGB (0, 151, 206).
+            lab: [38397, 29408, 23266],
         });
     }
     out
@@ -544,6 +552,11 @@ pub fn write_segmentation(
                     vec![code_item(&s.kind)],
                 ),
                 seq(tags::ANATOMIC_REGION_SEQUENCE, vec![code_item(&s.region)]),
+                DataElement::new(
+                    tags::RECOMMENDED_DISPLAY_CIE_LAB_VALUE,
+                    VR::US,
+                    PrimitiveValue::U16(s.lab.into_iter().collect()),
+                ),
             ])
         })
         .collect();
