@@ -785,9 +785,9 @@ fn one_process_per_run_folder_and_an_interrupt_leaves_no_temporaries() {
     // What a SIGKILL or a power loss leaves: the next run of that folder
     // removes it (and only it) under the lock, then resumes.
     let stale = [
-        run.join("checkpoints/.step_000099.AbCdEf.tmp"),
-        run.join(".metrics.jsonl.x1Y2z3.tmp"),
-        run.join("checkpoints/.best.Q1w2E3.old"),
+        run.join("checkpoints/.kseg-ab12cd34ef.tmp"),
+        run.join(".kseg-x1y2z3w4v5.tmp"),
+        run.join("checkpoints/.kseg-q1w2e3r4t5.old"),
     ];
     std::fs::create_dir(&stale[0]).unwrap();
     std::fs::write(stale[0].join("model.safetensors"), b"half").unwrap();
@@ -1246,4 +1246,58 @@ fn a_model_trained_at_a_spacing_segments_other_spacings_alike() {
             .to_string()
             .contains("spacing_mm")
     );
+}
+
+/// `kseg train --out DIR` in a folder kseg did not make (`--out ~`) used
+/// to delete the user's `.*.old` and `.*.tmp` files there and an existing
+/// `metrics.jsonl`: it is refused, the folder untouched.
+#[test]
+fn a_folder_that_is_not_a_run_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".config.old")).unwrap();
+    for f in [".bashrc.old", ".x.tmp", "metrics.jsonl", "summary.json"] {
+        std::fs::write(home.join(f), b"mine").unwrap();
+    }
+    let before = walk(&home);
+    let out = kseg_cli(&[
+        "train",
+        "--out",
+        s(&home),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(s(&home)) && e.contains("not a kseg run folder"),
+        "{e}"
+    );
+    assert!(!e.contains("removed"), "{e}");
+    assert_eq!(walk(&home), before);
+    for f in [".bashrc.old", ".x.tmp", "metrics.jsonl", "summary.json"] {
+        assert_eq!(std::fs::read(home.join(f)).unwrap(), b"mine", "{f}");
+    }
+}
+
+/// A start refused for its configuration after the folder was taken
+/// (`loss.lambda=-1`, caught where the loss is built) used to leave
+/// `config.json` behind: the retry was "already holds a run", and
+/// `--resume` found no checkpoint. Now the retry starts the run.
+#[test]
+fn a_failed_start_leaves_the_folder_usable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let mut bad = tiny_config(&data, 1);
+    bad.apply_overrides(&["loss.lambda=-1".to_string()])
+        .unwrap();
+    assert!(Trainer::new(bad, &run).is_err());
+    assert!(!run.join("config.json").exists());
+    let mut t = Trainer::new(tiny_config(&data, 1), &run).unwrap();
+    t.run().unwrap();
+    assert!(run.join("config.json").is_file());
+    assert!(run.join("checkpoints/latest.json").is_file());
 }

@@ -61,12 +61,12 @@ impl PredictArgs {
     }
 }
 
-/// Whether `a` and `b` name the same existing file (hard links and
-/// symbolic links included).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// Marks a case's imaging and ground truth as inputs: no output of this
+/// process may replace them (`kseg_volume::fs::protect`).
+fn protect_case(case: &CaseDir) {
+    volume::fs::protect(&case.imaging, "input image");
+    if let Some(truth) = &case.segmentation {
+        volume::fs::protect(truth, "ground truth");
     }
 }
 
@@ -108,8 +108,9 @@ fn has_cases(dir: &Path) -> bool {
 }
 
 /// The (input, output file) pairs of a prediction, every output checked
-/// before any work: a NIfTI name, not a folder, not an input; and whether
-/// `output` is a folder of predictions.
+/// before any work: a NIfTI name, not a folder, not an input image or a
+/// ground truth (they are protected for the rest of the process), no two
+/// alike; and whether `output` is a folder of predictions.
 fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
     let case_folder = volume::case::is_case_folder(input);
     let folder_of_cases = input.is_dir() && !case_folder && has_cases(input);
@@ -120,33 +121,49 @@ fn jobs(input: &Path, output: &Path) -> Result<(Vec<(Source, PathBuf)>, bool)> {
                 output.display()
             );
         }
-        volume::list_cases(input)?
+        let cases = volume::list_cases(input)?;
+        cases.iter().for_each(protect_case);
+        cases
             .into_iter()
             .map(|c| {
-                (
-                    Source::Nifti(c.imaging),
-                    output.join(format!("{}.nii.gz", c.id)),
-                )
+                // The folder's own name, bytes and all: two names that are
+                // not UTF-8 must not become one output.
+                let mut name = c
+                    .dir
+                    .file_name()
+                    .map_or_else(|| c.id.clone().into(), |n| n.to_os_string());
+                name.push(".nii.gz");
+                (Source::Nifti(c.imaging), output.join(name))
             })
             .collect()
     } else if case_folder {
-        vec![(
-            Source::Nifti(CaseDir::open(input)?.imaging),
-            output.to_path_buf(),
-        )]
+        let case = CaseDir::open(input)?;
+        protect_case(&case);
+        vec![(Source::Nifti(case.imaging), output.to_path_buf())]
     } else if input.is_dir() {
         vec![(Source::Dicom(input.to_path_buf()), output.to_path_buf())]
     } else {
+        volume::fs::protect(input, "input image");
+        // The imaging file of a case folder: its ground truth is an input
+        // too.
+        if let Some(dir) = input.parent()
+            && volume::case::is_case_folder(dir)
+            && let Ok(case) = CaseDir::open(dir)
+        {
+            protect_case(&case);
+        }
         vec![(Source::Nifti(input.to_path_buf()), output.to_path_buf())]
     };
+    let mut seen = std::collections::HashSet::new();
     for (src, dst) in &jobs {
-        if same_file(src.path(), dst) {
+        if !seen.insert(dst) {
             anyhow::bail!(
-                "{}: the output is the input image {}; choose another --output",
+                "{}: two inputs would be predicted to this one file (the second is {})",
                 dst.display(),
                 src.path().display()
             );
         }
+        volume::fs::check_not_input(dst)?;
         if !folder_of_cases {
             volume::check_output_path(dst)?;
         }

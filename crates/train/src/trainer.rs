@@ -71,9 +71,6 @@ impl Trainer {
         let device = open_device(&cfg)?;
         let dataset = Dataset::prepare(&cfg.data)?;
         let (model, varmap) = ResUNet::init(&cfg.model, cfg.train.seed, DType::F32, &device)?;
-        write_json_atomic(&run.config(), &cfg)?;
-        dataset.split.save(run.split())?;
-        let _ = std::fs::remove_file(run.metrics());
         let state = TrainState {
             step: 0,
             epoch: 0.0,
@@ -81,7 +78,23 @@ impl Trainer {
             wall_seconds: 0.0,
             config: cfg.clone(),
         };
-        Trainer::assemble(cfg, run, lock, device, dataset, model, varmap, state)
+        // Everything that can refuse the configuration (the optimiser, the
+        // loss) is built before the run's files are written: a start that
+        // fails leaves a folder a corrected start can use, not a
+        // `config.json` that says a run is there.
+        let t = Trainer::assemble(cfg, run, lock, device, dataset, model, varmap, state)?;
+        t.dataset.split.save(t.run.split())?;
+        // The run folder is kseg's ([`RunDir::lock`]): an old log there is
+        // a failed start's.
+        match std::fs::remove_file(t.run.metrics()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TrainError::io(&t.run.metrics(), e));
+            }
+            _ => {}
+        }
+        // Last: `config.json` is what says the folder holds a run.
+        write_json_atomic(&t.run.config(), &*t.cfg)?;
+        Ok(t)
     }
 
     /// Continues the run in `run_dir` from its latest checkpoint. `overrides`
