@@ -1301,3 +1301,79 @@ fn a_failed_start_leaves_the_folder_usable() {
     assert!(run.join("config.json").is_file());
     assert!(run.join("checkpoints/latest.json").is_file());
 }
+
+/// `--resume` used to trust `state.json`: a state saying step 5 beside the
+/// step-10 weights resumed at 5 (and cut the log back), an optimiser state
+/// of another step or a model for other labels resumed silently. Each is
+/// refused, naming the file.
+#[test]
+fn resume_refuses_a_checkpoint_whose_files_disagree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    Trainer::new(tiny_config(&data, 10), &run)
+        .unwrap()
+        .with_default_observers()
+        .unwrap()
+        .run()
+        .unwrap();
+    let (five, ten) = (
+        run.join("checkpoints/step_000005"),
+        run.join("checkpoints/step_000010"),
+    );
+    let pristine = tmp.path().join("pristine");
+    std::fs::create_dir(&pristine).unwrap();
+    for f in ["state.json", "optimizer.safetensors", "model.safetensors"] {
+        std::fs::copy(ten.join(f), pristine.join(f)).unwrap();
+    }
+    let restore = || {
+        for f in ["state.json", "optimizer.safetensors", "model.safetensors"] {
+            std::fs::copy(pristine.join(f), ten.join(f)).unwrap();
+        }
+    };
+    let resume_fails = |want: &[&str]| {
+        let log = std::fs::read(run.join("metrics.jsonl")).unwrap();
+        let e = Trainer::resume(&run, &["train.steps=12".into()])
+            .err()
+            .expect("resume must fail")
+            .to_string();
+        for w in want {
+            assert!(e.contains(w), "want {w:?} in: {e}");
+        }
+        // Refused before anything changed: the log is whole.
+        assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), log);
+    };
+    // state.json from step 5 beside step 10's files.
+    std::fs::copy(five.join("state.json"), ten.join("state.json")).unwrap();
+    resume_fails(&["step_000010", "after 10 steps", "says 5"]);
+    restore();
+    // The optimiser state of step 5.
+    std::fs::copy(
+        five.join("optimizer.safetensors"),
+        ten.join("optimizer.safetensors"),
+    )
+    .unwrap();
+    resume_fails(&["optimizer.safetensors", "after 5 steps", "says 10"]);
+    restore();
+    // A KiTS23 region model with the same network (3 outputs).
+    let model = ten.join("model.safetensors");
+    let mut meta = kseg::infer::read_meta(&model).unwrap();
+    meta.labels = LabelSet::Kits23;
+    meta.regions = true;
+    let tensors = candle_core::safetensors::load(&model, &candle_core::Device::Cpu).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut d = varmap.data().lock().unwrap();
+        for (n, t) in tensors {
+            d.insert(n, candle_core::Var::from_tensor(&t).unwrap());
+        }
+    }
+    kseg::infer::save_model(&varmap, &meta, &model).unwrap();
+    resume_fails(&["model.safetensors", "Kits23", "regions true"]);
+    restore();
+    // The untouched checkpoint resumes.
+    Trainer::resume(&run, &["train.steps=12".into()])
+        .unwrap()
+        .run()
+        .unwrap();
+}

@@ -54,6 +54,12 @@ fn step_of(name: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// The step a `step_NNNNNN` checkpoint folder's name says (`None` for
+/// `best` or another name).
+pub(crate) fn step_of_dir(dir: &Path) -> Option<usize> {
+    step_of(dir.file_name()?.to_str()?)
+}
+
 /// A run folder and the paths of what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunDir {

@@ -106,7 +106,7 @@ impl Trainer {
         run.latest()?;
         let lock = run.lock()?;
         let ckpt = Checkpoint::open(run.latest()?)?;
-        let state = ckpt.state;
+        let state = ckpt.state.clone();
         let mut cfg = state.config.clone();
         cfg.apply_overrides(overrides)?;
         if cfg.model != state.config.model {
@@ -131,6 +131,7 @@ impl Trainer {
                 ),
             ));
         }
+        check_checkpoint_agrees(&ckpt, &cfg)?;
         let (model, varmap) = ResUNet::load(&cfg.model, &path, DType::F32, &device)
             .map_err(|e| TrainError::checkpoint(&path, candle_text(&e)))?;
         let dataset = Dataset::prepare(&cfg.data)?;
@@ -157,6 +158,16 @@ impl Trainer {
         t.optimiser
             .load(&opt_path)
             .map_err(|e| TrainError::checkpoint(&opt_path, e.to_string()))?;
+        if t.optimiser.step_count() != t.state.step as u64 {
+            return Err(TrainError::checkpoint(
+                &opt_path,
+                format!(
+                    "holds the optimiser state after {} steps; state.json says {} (the checkpoint's files come from different steps)",
+                    t.optimiser.step_count(),
+                    t.state.step
+                ),
+            ));
+        }
         t.last_checkpoint = Some(ckpt.dir.path().to_path_buf());
         Ok(t)
     }
@@ -612,6 +623,46 @@ fn optimise(
     }
     optimiser.step(&grads)?;
     Ok(done)
+}
+
+/// Checks that a checkpoint's files belong together before it is resumed:
+/// the model file was written at the step `state.json` names (and the
+/// folder's name says), for the label set, regions and context `cfg` (the
+/// run's configuration with the resume's overrides) trains. A
+/// copied or mixed-up file is refused, naming it.
+fn check_checkpoint_agrees(ckpt: &Checkpoint, cfg: &TrainConfig) -> Result<()> {
+    let (state, meta, model) = (&ckpt.state, &ckpt.meta, ckpt.dir.model());
+    if meta.step != state.step {
+        return Err(TrainError::checkpoint(
+            &model,
+            format!(
+                "was written after {} steps; {} says {} (the checkpoint's files come from different steps)",
+                meta.step,
+                ckpt.dir.state().display(),
+                state.step
+            ),
+        ));
+    }
+    if let Some(named) = crate::run_dir::step_of_dir(ckpt.dir.path())
+        && named != state.step
+    {
+        return Err(TrainError::checkpoint(
+            &ckpt.dir.state(),
+            format!("says step {}; its folder is step {named}", state.step),
+        ));
+    }
+    let run = (cfg.data.labels, cfg.loss.regions, cfg.data.context);
+    let file = (meta.labels, meta.regions, meta.context);
+    if run != file {
+        return Err(TrainError::checkpoint(
+            &model,
+            format!(
+                "holds a model for labels {:?}, regions {}, context {}; the run trains labels {:?}, regions {}, context {}",
+                file.0, file.1, file.2, run.0, run.1, run.2
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `sqrt(Σ‖g‖²)` over the variables that have a gradient.
