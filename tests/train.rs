@@ -1377,3 +1377,28 @@ fn resume_refuses_a_checkpoint_whose_files_disagree() {
         .run()
         .unwrap();
 }
+
+/// Training on a dataset whose folder cannot hold the default cache
+/// (`<data_dir>/.kseg-cache`; read-only, or here a file of that name)
+/// used to fail with only the OS's words. The error names the folder and
+/// `data.cache_dir`; setting it trains.
+#[test]
+fn a_dataset_that_cannot_hold_the_cache_points_at_data_cache_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = tmp.path().join("synth");
+    let mut cfg = tiny_config(&synth, 1);
+    let data = tmp.path().join("data");
+    volume::synth::write_dataset(&data, 4, &cfg.data.synthetic.generator).unwrap();
+    std::fs::write(data.join(".kseg-cache"), b"not a folder").unwrap();
+    cfg.data.data_dir = Some(data.clone());
+    let e = kseg::train::Dataset::prepare(&cfg.data)
+        .err()
+        .expect("the cache cannot be made")
+        .to_string();
+    assert!(
+        e.contains(".kseg-cache") && e.contains("data.cache_dir"),
+        "{e}"
+    );
+    cfg.data.cache_dir = Some(tmp.path().join("cache"));
+    kseg::train::Dataset::prepare(&cfg.data).unwrap();
+}

@@ -96,7 +96,8 @@ pub struct DataConfig {
     pub data_dir: Option<PathBuf>,
     /// The synthetic cases made when `data_dir` is `None`.
     pub synthetic: SyntheticData,
-    /// Slice caches; default `<data_dir>/../kseg-cache` (next to the data).
+    /// Slice caches; default `<data_dir>/.kseg-cache` (inside the data
+    /// folder: a read-only dataset needs this set).
     pub cache_dir: Option<PathBuf>,
     /// Split file (JSON); default `<cache_dir>/split-<seed>-<n_val>.json`,
     /// created on first use.

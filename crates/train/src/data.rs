@@ -64,7 +64,17 @@ impl Dataset {
                 case_set_hash(&ids)
             ))
         });
-        std::fs::create_dir_all(&cache_dir).map_err(|e| TrainError::io(&cache_dir, e))?;
+        std::fs::create_dir_all(&cache_dir).map_err(|e| match &cfg.cache_dir {
+            Some(_) => TrainError::io(&cache_dir, e),
+            // A read-only dataset: say where the default put the caches
+            // and how to put them elsewhere.
+            None => TrainError::config(
+                &cache_dir,
+                format!(
+                    "cannot create the case cache ({e}); by default it is made inside the data folder: set data.cache_dir to a writable folder (--set data.cache_dir=PATH)"
+                ),
+            ),
+        })?;
         let mut split = Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?;
         split.unlabelled = cases
             .iter()
