@@ -197,6 +197,23 @@ fn augment_writes_a_grid_png() {
     let first = std::fs::read(&png).unwrap();
     assert!(augment("2", "8").status.success());
     assert_eq!(std::fs::read(&png).unwrap(), first);
+    // An --out in a folder that does not exist: the error named the
+    // temporary file (`.grid.png.XXXXXX.tmp`), not the output.
+    let gone = dir.path().join("gone/grid.png");
+    let o = run(&[
+        "augment",
+        "--case",
+        case.to_str().unwrap(),
+        "--slice",
+        "2",
+        "--out",
+        gone.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("gone/grid.png"), "{err}");
+    let own = err.replace(dir.path().to_str().unwrap(), "TMP");
+    assert!(!own.contains(".tmp") && !own.contains(".kseg-"), "{err}");
 }
 
 #[test]

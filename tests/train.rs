@@ -1402,3 +1402,93 @@ fn a_dataset_that_cannot_hold_the_cache_points_at_data_cache_dir() {
     cfg.data.cache_dir = Some(tmp.path().join("cache"));
     kseg::train::Dataset::prepare(&cfg.data).unwrap();
 }
+
+/// Values the optimisers and the schedule cannot use were accepted
+/// (`optim.beta1=1.5`, `optim.eps=-1`, `optim.weight_decay=-10`,
+/// `schedule.min_lr` above `optim.lr`), and `data.n_val=0` trained to a
+/// NaN Dice with the last step as "best". Each is refused, naming the key.
+#[test]
+fn impossible_optimiser_schedule_and_validation_values_are_refused() {
+    let refused = [
+        ("optim.beta1=1.5", "optim.beta1"),
+        ("optim.beta2=-0.1", "optim.beta2"),
+        ("optim.eps=-1", "optim.eps"),
+        ("optim.eps=0", "optim.eps"),
+        ("optim.weight_decay=-10", "optim.weight_decay"),
+        ("schedule.min_lr=1", "schedule.min_lr"),
+        ("schedule.min_lr=-1e-5", "schedule.min_lr"),
+        ("data.n_val=0", "data.n_val"),
+        ("data.max_val_cases=0", "data.max_val_cases"),
+    ];
+    for (o, key) in refused {
+        let mut c = TrainConfig::default();
+        let e = c.apply_overrides(&[o]).unwrap_err().to_string();
+        assert!(e.contains(key), "{o}: {e}");
+    }
+    let mut sgd = TrainConfig::default();
+    let e = sgd
+        .apply_overrides(&[r#"optim={"kind":"sgd","lr":0.01,"momentum":1.0}"#])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("optim.momentum"), "{e}");
+    // The edges of what is allowed, and every preset, pass.
+    let mut c = TrainConfig::default();
+    c.apply_overrides(&[
+        "optim.beta1=0",
+        "optim.weight_decay=0",
+        "schedule.min_lr=0.001",
+        "data.n_val=1",
+    ])
+    .unwrap();
+    for name in ["kits19", "synthetic-cpu", "kits23", "synthetic-kits23"] {
+        kseg::preset(name).unwrap().validate().unwrap();
+    }
+}
+
+/// `--set train=5 --steps 2` blamed the second override
+/// (`"train.steps=2": "steps" is not inside a section`); the first is the
+/// one that is wrong.
+#[test]
+fn an_override_that_replaces_a_section_is_blamed() {
+    let mut c = TrainConfig::default();
+    let e = c
+        .apply_overrides(&["train=5", "train.steps=2"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"train=5\"") && e.contains("is a section"),
+        "{e}"
+    );
+    assert!(!e.contains("train.steps=2"), "{e}");
+}
+
+/// With `RUST_BACKTRACE=1` (set in many environments) a candle error was
+/// printed twice with a 20-50 line stack trace: one line, said once.
+#[test]
+fn a_candle_error_is_one_line_with_rust_backtrace_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg_path = tmp.path().join("tiny.json");
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&tiny_config(&data, 1)).unwrap(),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args(["train", "--config", s(&cfg_path), "--out", s(&run)])
+        .args(["--set", "loss.lambda=-1"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    assert!(errors[0].contains("lambda"), "{e}");
+    assert!(
+        !e.contains("stack backtrace") && !e.contains("backtrace::"),
+        "{e}"
+    );
+    assert_eq!(e.matches("lambda").count(), 1, "said once: {e}");
+}
