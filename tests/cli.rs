@@ -554,3 +554,31 @@ fn info_describes_a_dicom_series() {
     assert!((vol["mean"].as_f64().unwrap() * 1280.0 + 177320.0).abs() < 1e-6);
     assert_eq!(vol["axis_codes"], serde_json::json!(["S", "P", "L"]));
 }
+
+/// `kseg info` on a float volume holding +inf and -inf reported min, max
+/// and mean as null without a word: they cover the finite voxels and
+/// `inf_count` counts the others.
+#[test]
+fn info_counts_infinite_voxels_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("inf.nii");
+    let data = ndarray::Array3::from_shape_vec(
+        (1, 2, 3),
+        vec![1.0f32, 2.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3.0],
+    )
+    .unwrap();
+    let h = kseg::volume::Header::kits_like([1, 2, 3], [1.0; 3], kseg::volume::DType::F32).unwrap();
+    kseg::volume::write_volume(&f, data.view(), &h).unwrap();
+    let v = kseg(&["info", f.to_str().unwrap()]);
+    // Finite voxels 1, 2, 3: min 1, max 3, mean 2.
+    assert_eq!(
+        (&v["min"], &v["max"], &v["mean"]),
+        (
+            &serde_json::json!(1.0),
+            &serde_json::json!(3.0),
+            &serde_json::json!(2.0)
+        )
+    );
+    assert_eq!(v["nan_count"], 1);
+    assert_eq!(v["inf_count"], 2);
+}

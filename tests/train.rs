@@ -1492,3 +1492,26 @@ fn a_candle_error_is_one_line_with_rust_backtrace_set() {
     );
     assert_eq!(e.matches("lambda").count(), 1, "said once: {e}");
 }
+
+/// A `--data-dir` whose cases all lack a segmentation said "cannot take 1
+/// validation cases from 0 cases"; it says that no case is labelled.
+#[test]
+fn a_dataset_without_labels_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(&tmp.path().join("synth"), 1);
+    let data = tmp.path().join("data");
+    volume::synth::write_dataset(&data, 2, &cfg.data.synthetic.generator).unwrap();
+    for c in ["case_00000", "case_00001"] {
+        std::fs::remove_file(data.join(c).join("segmentation.nii.gz")).unwrap();
+    }
+    cfg.data.data_dir = Some(data.clone());
+    cfg.data.cache_dir = Some(tmp.path().join("cache"));
+    let e = kseg::train::Dataset::prepare(&cfg.data)
+        .err()
+        .expect("no labelled case")
+        .to_string();
+    assert!(
+        e.contains(s(&data)) && e.contains("none of its 2 case folders has a segmentation"),
+        "{e}"
+    );
+}

@@ -47,6 +47,16 @@ impl Dataset {
         };
         let cases = list_cases(&data_dir)?;
         let labelled: Vec<&CaseDir> = cases.iter().filter(|c| c.segmentation.is_some()).collect();
+        if labelled.is_empty() {
+            return Err(TrainError::config(
+                &data_dir,
+                format!(
+                    "none of its {} case folders has a segmentation ({}): training needs labelled cases",
+                    cases.len(),
+                    kseg_volume::case::SEGMENTATION
+                ),
+            ));
+        }
         let cache_dir = cfg
             .cache_dir
             .clone()
