@@ -1280,6 +1280,17 @@ fn a_folder_that_is_not_a_run_is_refused_untouched() {
     for f in [".bashrc.old", ".x.tmp", "metrics.jsonl", "summary.json"] {
         assert_eq!(std::fs::read(home.join(f)).unwrap(), b"mine", "{f}");
     }
+    // A project folder with a config.json of its own is not a run either
+    // (it used to be "already holds a run; resume it").
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("config.json"), b"{}").unwrap();
+    let e = Trainer::new(tiny_config(&tmp.path().join("data"), 1), &project)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a kseg run folder"), "{e}");
+    assert_eq!(walk(&project), [project.join("config.json")]);
 }
 
 /// A start refused for its configuration after the folder was taken

@@ -53,15 +53,10 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, run_dir: &Path) -> Result<Trainer> {
         cfg.validate()?;
         let run = RunDir::new(run_dir);
-        if run.config().exists() {
-            return Err(TrainError::Config {
-                path: Some(run_dir.to_path_buf()),
-                msg: "already holds a run (config.json); resume it with --resume or choose another --out".into(),
-            });
-        }
+        // A folder that is not a run is refused untouched here; in a run
+        // folder, under the lock, a run started at the same moment cannot
+        // write `config.json` between the check and the start.
         let lock = run.lock()?;
-        // Checked again under the lock: a run started at the same moment
-        // may have written it since.
         if run.config().exists() {
             return Err(TrainError::Config {
                 path: Some(run_dir.to_path_buf()),
