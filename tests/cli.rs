@@ -582,3 +582,47 @@ fn info_counts_infinite_voxels_apart() {
     assert_eq!(v["nan_count"], 1);
     assert_eq!(v["inf_count"], 2);
 }
+
+/// `kseg evaluate --out` naming a ground truth or a prediction it scores
+/// replaced that file with the report: refused, the file intact.
+#[test]
+fn evaluate_never_writes_its_report_over_what_it_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth");
+    let o = run(&[
+        "synth",
+        "--out",
+        truth.to_str().unwrap(),
+        "--cases",
+        "1",
+        "--size",
+        "32",
+        "32",
+        "--slices",
+        "4",
+        "4",
+    ]);
+    assert!(o.status.success());
+    let seg = truth.join("case_00000/segmentation.nii.gz");
+    let pred = dir.path().join("pred");
+    std::fs::create_dir(&pred).unwrap();
+    let p = pred.join("case_00000.nii.gz");
+    std::fs::copy(&seg, &p).unwrap();
+    let before = std::fs::read(&seg).unwrap();
+    for (out, what) in [(&seg, "ground truth"), (&p, "prediction")] {
+        let o = run(&[
+            "evaluate",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("the output is the {what}")), "{err}");
+    }
+    assert_eq!(std::fs::read(&seg).unwrap(), before);
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+}
