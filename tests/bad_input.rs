@@ -688,3 +688,130 @@ fn bad_dicom_series_are_refused_by_predict() {
     assert!(err.contains("a.dcm") && err.contains("JPEG-LS"), "{err}");
     assert!(!pred.exists());
 }
+
+/// `kseg predict` with `--output` of every NIfTI spelling. `X.nii` used to
+/// be left empty (0 bytes) and the labels hidden in `.X.nii.XXXXXX.nii`.
+#[test]
+fn predict_writes_plain_nii_outputs_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let o = tmp.path().join("o");
+    std::fs::create_dir(&o).unwrap();
+    let long = format!("{}.nii", "p".repeat(251));
+    for name in ["out.nii", "OUT.NII", "a.b.nii", "c.nii.gz", long.as_str()] {
+        let out = kseg()
+            .arg("predict")
+            .arg("--checkpoint")
+            .arg(&model)
+            .arg("--input")
+            .arg(&case)
+            .arg("--output")
+            .arg(o.join(name))
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The case is 4 slices of 32×32: labels of that shape, each 0..=2.
+        let labels = read_image(o.join(name)).unwrap();
+        assert_eq!(labels.data.len(), 32 * 32 * 4, "{name}");
+        assert!(labels.data.iter().all(|&v| (0.0..=2.0).contains(&v)));
+    }
+    let mut want = vec!["OUT.NII", "a.b.nii", "c.nii.gz", "out.nii", long.as_str()];
+    want.sort();
+    assert_eq!(listing(&o), want, "nothing stray");
+}
+
+/// The case's ground truth as the output (`--output CASE/segmentation.nii.gz`)
+/// used to be replaced silently; only the imaging file was guarded.
+#[cfg(unix)]
+#[test]
+fn predict_never_overwrites_a_ground_truth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let truth = case.join("segmentation.nii.gz");
+    let before = std::fs::read(&truth).unwrap();
+    let link = tmp.path().join("link.nii.gz");
+    std::os::unix::fs::symlink(&truth, &link).unwrap();
+    let imaging = case.join("imaging.nii.gz");
+    for (input, output) in [(&case, &truth), (&imaging, &truth), (&case, &link)] {
+        predict_fails(
+            &model,
+            input,
+            output,
+            &["the output is the ground truth", "segmentation.nii.gz"],
+        );
+    }
+    // A folder of cases predicted into itself: the outputs are beside the
+    // cases, the cases untouched.
+    let data = case.parent().unwrap();
+    let out = kseg()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&model)
+        .arg("--input")
+        .arg(data)
+        .arg("--output")
+        .arg(data)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&truth).unwrap(), before);
+    assert_eq!(listing(&case), ["imaging.nii.gz", "segmentation.nii.gz"]);
+    assert!(data.join("case_00000.nii.gz").is_file());
+}
+
+/// Case folders whose names are not UTF-8 (`case_\xff`, `case_\xfe`) were
+/// both predicted to `case_\u{fffd}.nii.gz`, the second over the first.
+#[cfg(target_os = "linux")]
+#[test]
+fn cases_with_non_utf8_names_get_their_own_outputs() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let data = tmp.path().join("odd");
+    for byte in [0xff, 0xfe] {
+        let name = [b"case_".as_slice(), &[byte]].concat();
+        let dir = data.join(OsStr::from_bytes(&name));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(case.join("imaging.nii.gz"), dir.join("imaging.nii.gz")).unwrap();
+    }
+    let preds = tmp.path().join("preds");
+    let out = kseg()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&model)
+        .arg("--input")
+        .arg(&data)
+        .arg("--output")
+        .arg(&preds)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(&preds)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [b"case_\xfe.nii.gz".to_vec(), b"case_\xff.nii.gz".to_vec()]
+    );
+}

@@ -197,6 +197,23 @@ fn augment_writes_a_grid_png() {
     let first = std::fs::read(&png).unwrap();
     assert!(augment("2", "8").status.success());
     assert_eq!(std::fs::read(&png).unwrap(), first);
+    // An --out in a folder that does not exist: the error named the
+    // temporary file (`.grid.png.XXXXXX.tmp`), not the output.
+    let gone = dir.path().join("gone/grid.png");
+    let o = run(&[
+        "augment",
+        "--case",
+        case.to_str().unwrap(),
+        "--slice",
+        "2",
+        "--out",
+        gone.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("gone/grid.png"), "{err}");
+    let own = err.replace(dir.path().to_str().unwrap(), "TMP");
+    assert!(!own.contains(".tmp") && !own.contains(".kseg-"), "{err}");
 }
 
 #[test]
@@ -536,4 +553,76 @@ fn info_describes_a_dicom_series() {
     );
     assert!((vol["mean"].as_f64().unwrap() * 1280.0 + 177320.0).abs() < 1e-6);
     assert_eq!(vol["axis_codes"], serde_json::json!(["S", "P", "L"]));
+}
+
+/// `kseg info` on a float volume holding +inf and -inf reported min, max
+/// and mean as null without a word: they cover the finite voxels and
+/// `inf_count` counts the others.
+#[test]
+fn info_counts_infinite_voxels_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("inf.nii");
+    let data = ndarray::Array3::from_shape_vec(
+        (1, 2, 3),
+        vec![1.0f32, 2.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 3.0],
+    )
+    .unwrap();
+    let h = kseg::volume::Header::kits_like([1, 2, 3], [1.0; 3], kseg::volume::DType::F32).unwrap();
+    kseg::volume::write_volume(&f, data.view(), &h).unwrap();
+    let v = kseg(&["info", f.to_str().unwrap()]);
+    // Finite voxels 1, 2, 3: min 1, max 3, mean 2.
+    assert_eq!(
+        (&v["min"], &v["max"], &v["mean"]),
+        (
+            &serde_json::json!(1.0),
+            &serde_json::json!(3.0),
+            &serde_json::json!(2.0)
+        )
+    );
+    assert_eq!(v["nan_count"], 1);
+    assert_eq!(v["inf_count"], 2);
+}
+
+/// `kseg evaluate --out` naming a ground truth or a prediction it scores
+/// replaced that file with the report: refused, the file intact.
+#[test]
+fn evaluate_never_writes_its_report_over_what_it_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = dir.path().join("truth");
+    let o = run(&[
+        "synth",
+        "--out",
+        truth.to_str().unwrap(),
+        "--cases",
+        "1",
+        "--size",
+        "32",
+        "32",
+        "--slices",
+        "4",
+        "4",
+    ]);
+    assert!(o.status.success());
+    let seg = truth.join("case_00000/segmentation.nii.gz");
+    let pred = dir.path().join("pred");
+    std::fs::create_dir(&pred).unwrap();
+    let p = pred.join("case_00000.nii.gz");
+    std::fs::copy(&seg, &p).unwrap();
+    let before = std::fs::read(&seg).unwrap();
+    for (out, what) in [(&seg, "ground truth"), (&p, "prediction")] {
+        let o = run(&[
+            "evaluate",
+            "--pred",
+            pred.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(&format!("the output is the {what}")), "{err}");
+    }
+    assert_eq!(std::fs::read(&seg).unwrap(), before);
+    assert_eq!(std::fs::read(&p).unwrap(), before);
 }

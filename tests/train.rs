@@ -825,9 +825,9 @@ fn one_process_per_run_folder_and_an_interrupt_leaves_no_temporaries() {
     // What a SIGKILL or a power loss leaves: the next run of that folder
     // removes it (and only it) under the lock, then resumes.
     let stale = [
-        run.join("checkpoints/.step_000099.AbCdEf.tmp"),
-        run.join(".metrics.jsonl.x1Y2z3.tmp"),
-        run.join("checkpoints/.best.Q1w2E3.old"),
+        run.join("checkpoints/.kseg-ab12cd34ef.tmp"),
+        run.join(".kseg-x1y2z3w4v5.tmp"),
+        run.join("checkpoints/.kseg-q1w2e3r4t5.old"),
     ];
     std::fs::create_dir(&stale[0]).unwrap();
     std::fs::write(stale[0].join("model.safetensors"), b"half").unwrap();
@@ -1285,5 +1285,284 @@ fn a_model_trained_at_a_spacing_segments_other_spacings_alike() {
             .unwrap_err()
             .to_string()
             .contains("spacing_mm")
+    );
+}
+
+/// `kseg train --out DIR` in a folder kseg did not make (`--out ~`) used
+/// to delete the user's `.*.old` and `.*.tmp` files there and an existing
+/// `metrics.jsonl`: it is refused, the folder untouched.
+#[test]
+fn a_folder_that_is_not_a_run_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".config.old")).unwrap();
+    for f in [".bashrc.old", ".x.tmp", "metrics.jsonl", "summary.json"] {
+        std::fs::write(home.join(f), b"mine").unwrap();
+    }
+    let before = walk(&home);
+    let out = kseg_cli(&[
+        "train",
+        "--out",
+        s(&home),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(s(&home)) && e.contains("not a kseg run folder"),
+        "{e}"
+    );
+    assert!(!e.contains("removed"), "{e}");
+    assert_eq!(walk(&home), before);
+    for f in [".bashrc.old", ".x.tmp", "metrics.jsonl", "summary.json"] {
+        assert_eq!(std::fs::read(home.join(f)).unwrap(), b"mine", "{f}");
+    }
+    // A project folder with a config.json of its own is not a run either
+    // (it used to be "already holds a run; resume it").
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("config.json"), b"{}").unwrap();
+    let e = Trainer::new(tiny_config(&tmp.path().join("data"), 1), &project)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not a kseg run folder"), "{e}");
+    assert_eq!(walk(&project), [project.join("config.json")]);
+}
+
+/// A start refused for its configuration after the folder was taken
+/// (`loss.lambda=-1`, caught where the loss is built) used to leave
+/// `config.json` behind: the retry was "already holds a run", and
+/// `--resume` found no checkpoint. Now the retry starts the run.
+#[test]
+fn a_failed_start_leaves_the_folder_usable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let mut bad = tiny_config(&data, 1);
+    bad.apply_overrides(&["loss.lambda=-1".to_string()])
+        .unwrap();
+    assert!(Trainer::new(bad, &run).is_err());
+    assert!(!run.join("config.json").exists());
+    let mut t = Trainer::new(tiny_config(&data, 1), &run).unwrap();
+    t.run().unwrap();
+    assert!(run.join("config.json").is_file());
+    assert!(run.join("checkpoints/latest.json").is_file());
+}
+
+/// `--resume` used to trust `state.json`: a state saying step 5 beside the
+/// step-10 weights resumed at 5 (and cut the log back), an optimiser state
+/// of another step or a model for other labels resumed silently. Each is
+/// refused, naming the file.
+#[test]
+fn resume_refuses_a_checkpoint_whose_files_disagree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    Trainer::new(tiny_config(&data, 10), &run)
+        .unwrap()
+        .with_default_observers()
+        .unwrap()
+        .run()
+        .unwrap();
+    let (five, ten) = (
+        run.join("checkpoints/step_000005"),
+        run.join("checkpoints/step_000010"),
+    );
+    let pristine = tmp.path().join("pristine");
+    std::fs::create_dir(&pristine).unwrap();
+    for f in ["state.json", "optimizer.safetensors", "model.safetensors"] {
+        std::fs::copy(ten.join(f), pristine.join(f)).unwrap();
+    }
+    let restore = || {
+        for f in ["state.json", "optimizer.safetensors", "model.safetensors"] {
+            std::fs::copy(pristine.join(f), ten.join(f)).unwrap();
+        }
+    };
+    let resume_fails = |want: &[&str]| {
+        let log = std::fs::read(run.join("metrics.jsonl")).unwrap();
+        let e = Trainer::resume(&run, &["train.steps=12".into()])
+            .err()
+            .expect("resume must fail")
+            .to_string();
+        for w in want {
+            assert!(e.contains(w), "want {w:?} in: {e}");
+        }
+        // Refused before anything changed: the log is whole.
+        assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), log);
+    };
+    // state.json from step 5 beside step 10's files.
+    std::fs::copy(five.join("state.json"), ten.join("state.json")).unwrap();
+    resume_fails(&["step_000010", "after 10 steps", "says 5"]);
+    restore();
+    // The optimiser state of step 5.
+    std::fs::copy(
+        five.join("optimizer.safetensors"),
+        ten.join("optimizer.safetensors"),
+    )
+    .unwrap();
+    resume_fails(&["optimizer.safetensors", "after 5 steps", "says 10"]);
+    restore();
+    // A KiTS23 region model with the same network (3 outputs).
+    let model = ten.join("model.safetensors");
+    let mut meta = kseg::infer::read_meta(&model).unwrap();
+    meta.labels = LabelSet::Kits23;
+    meta.regions = true;
+    let tensors = candle_core::safetensors::load(&model, &candle_core::Device::Cpu).unwrap();
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut d = varmap.data().lock().unwrap();
+        for (n, t) in tensors {
+            d.insert(n, candle_core::Var::from_tensor(&t).unwrap());
+        }
+    }
+    kseg::infer::save_model(&varmap, &meta, &model).unwrap();
+    resume_fails(&["model.safetensors", "Kits23", "regions true"]);
+    restore();
+    // The untouched checkpoint resumes.
+    Trainer::resume(&run, &["train.steps=12".into()])
+        .unwrap()
+        .run()
+        .unwrap();
+}
+
+/// Training on a dataset whose folder cannot hold the default cache
+/// (`<data_dir>/.kseg-cache`; read-only, or here a file of that name)
+/// used to fail with only the OS's words. The error names the folder and
+/// `data.cache_dir`; setting it trains.
+#[test]
+fn a_dataset_that_cannot_hold_the_cache_points_at_data_cache_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let synth = tmp.path().join("synth");
+    let mut cfg = tiny_config(&synth, 1);
+    let data = tmp.path().join("data");
+    volume::synth::write_dataset(&data, 4, &cfg.data.synthetic.generator).unwrap();
+    std::fs::write(data.join(".kseg-cache"), b"not a folder").unwrap();
+    cfg.data.data_dir = Some(data.clone());
+    let e = kseg::train::Dataset::prepare(&cfg.data)
+        .err()
+        .expect("the cache cannot be made")
+        .to_string();
+    assert!(
+        e.contains(".kseg-cache") && e.contains("data.cache_dir"),
+        "{e}"
+    );
+    cfg.data.cache_dir = Some(tmp.path().join("cache"));
+    kseg::train::Dataset::prepare(&cfg.data).unwrap();
+}
+
+/// Values the optimisers and the schedule cannot use were accepted
+/// (`optim.beta1=1.5`, `optim.eps=-1`, `optim.weight_decay=-10`,
+/// `schedule.min_lr` above `optim.lr`), and `data.n_val=0` trained to a
+/// NaN Dice with the last step as "best". Each is refused, naming the key.
+#[test]
+fn impossible_optimiser_schedule_and_validation_values_are_refused() {
+    let refused = [
+        ("optim.beta1=1.5", "optim.beta1"),
+        ("optim.beta2=-0.1", "optim.beta2"),
+        ("optim.eps=-1", "optim.eps"),
+        ("optim.eps=0", "optim.eps"),
+        ("optim.weight_decay=-10", "optim.weight_decay"),
+        ("schedule.min_lr=1", "schedule.min_lr"),
+        ("schedule.min_lr=-1e-5", "schedule.min_lr"),
+        ("data.n_val=0", "data.n_val"),
+        ("data.max_val_cases=0", "data.max_val_cases"),
+    ];
+    for (o, key) in refused {
+        let mut c = TrainConfig::default();
+        let e = c.apply_overrides(&[o]).unwrap_err().to_string();
+        assert!(e.contains(key), "{o}: {e}");
+    }
+    let mut sgd = TrainConfig::default();
+    let e = sgd
+        .apply_overrides(&[r#"optim={"kind":"sgd","lr":0.01,"momentum":1.0}"#])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("optim.momentum"), "{e}");
+    // The edges of what is allowed, and every preset, pass.
+    let mut c = TrainConfig::default();
+    c.apply_overrides(&[
+        "optim.beta1=0",
+        "optim.weight_decay=0",
+        "schedule.min_lr=0.001",
+        "data.n_val=1",
+    ])
+    .unwrap();
+    for name in ["kits19", "synthetic-cpu", "kits23", "synthetic-kits23"] {
+        kseg::preset(name).unwrap().validate().unwrap();
+    }
+}
+
+/// `--set train=5 --steps 2` blamed the second override
+/// (`"train.steps=2": "steps" is not inside a section`); the first is the
+/// one that is wrong.
+#[test]
+fn an_override_that_replaces_a_section_is_blamed() {
+    let mut c = TrainConfig::default();
+    let e = c
+        .apply_overrides(&["train=5", "train.steps=2"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"train=5\"") && e.contains("is a section"),
+        "{e}"
+    );
+    assert!(!e.contains("train.steps=2"), "{e}");
+}
+
+/// With `RUST_BACKTRACE=1` (set in many environments) a candle error was
+/// printed twice with a 20-50 line stack trace: one line, said once.
+#[test]
+fn a_candle_error_is_one_line_with_rust_backtrace_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg_path = tmp.path().join("tiny.json");
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&tiny_config(&data, 1)).unwrap(),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_kseg"))
+        .args(["train", "--config", s(&cfg_path), "--out", s(&run)])
+        .args(["--set", "loss.lambda=-1"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    assert!(errors[0].contains("lambda"), "{e}");
+    assert!(
+        !e.contains("stack backtrace") && !e.contains("backtrace::"),
+        "{e}"
+    );
+    assert_eq!(e.matches("lambda").count(), 1, "said once: {e}");
+}
+
+/// A `--data-dir` whose cases all lack a segmentation said "cannot take 1
+/// validation cases from 0 cases"; it says that no case is labelled.
+#[test]
+fn a_dataset_without_labels_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(&tmp.path().join("synth"), 1);
+    let data = tmp.path().join("data");
+    volume::synth::write_dataset(&data, 2, &cfg.data.synthetic.generator).unwrap();
+    for c in ["case_00000", "case_00001"] {
+        std::fs::remove_file(data.join(c).join("segmentation.nii.gz")).unwrap();
+    }
+    cfg.data.data_dir = Some(data.clone());
+    cfg.data.cache_dir = Some(tmp.path().join("cache"));
+    let e = kseg::train::Dataset::prepare(&cfg.data)
+        .err()
+        .expect("no labelled case")
+        .to_string();
+    assert!(
+        e.contains(s(&data)) && e.contains("none of its 2 case folders has a segmentation"),
+        "{e}"
     );
 }

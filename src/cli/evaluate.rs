@@ -57,6 +57,16 @@ fn evaluate(
     labels: LabelSet,
 ) -> Result<()> {
     if let Some(out) = out {
+        // The report never replaces what it scores (a wrong --out).
+        for (_, p) in volume::find_predictions(pred).unwrap_or_default() {
+            volume::fs::protect(&p, "prediction");
+        }
+        for case in volume::list_cases(truth).unwrap_or_default() {
+            if let Some(t) = &case.segmentation {
+                volume::fs::protect(t, "ground truth");
+            }
+        }
+        volume::fs::check_not_input(out)?;
         let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
         if folder.is_some_and(|f| !f.is_dir()) {
             bail!(

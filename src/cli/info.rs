@@ -58,6 +58,7 @@ fn image_json(path: &Path, labels: bool) -> Result<Value> {
         "max": num(st.max),
         "mean": num(st.mean),
         "nan_count": st.nan_count,
+        "inf_count": st.inf_count,
     });
     if let Some(counts) = st.label_counts {
         let counts: serde_json::Map<String, Value> = counts

@@ -39,7 +39,8 @@ enum Command {
     ///
     /// For a file: shape (NIfTI dim order), dtype, spacing_mm, affine (4x4,
     /// as nibabel's img.affine), min, max, mean (after scl_slope/scl_inter;
-    /// NaN voxels ignored and counted in nan_count). For a case folder: the
+    /// NaN voxels ignored and counted in nan_count, +-inf ones in
+    /// inf_count). For a case folder: the
     /// same for imaging and segmentation (with label_counts), after checking
     /// that their shapes agree and the labels are 0, 1, 2 or 3 (KiTS19's,
     /// or KiTS23's with cysts).

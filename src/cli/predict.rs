@@ -97,12 +97,12 @@ impl PredictArgs {
     }
 }
 
-/// Whether `a` and `b` name the same existing file (hard links and
-/// symbolic links included).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+/// Marks a case's imaging and ground truth as inputs: no output of this
+/// process may replace them (`kseg_volume::fs::protect`).
+fn protect_case(case: &CaseDir) {
+    volume::fs::protect(&case.imaging, "input image");
+    if let Some(truth) = &case.segmentation {
+        volume::fs::protect(truth, "ground truth");
     }
 }
 
@@ -143,6 +143,21 @@ fn has_cases(dir: &Path) -> bool {
     })
 }
 
+/// A folder's own name, bytes and all (no two folders share an output).
+fn own_name(path: &Path) -> std::ffi::OsString {
+    path.file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default()
+}
+
+/// The output name's extension of a batch's format.
+fn format_ext(format: Format) -> &'static str {
+    match format {
+        Format::Nifti => ".nii.gz",
+        Format::DicomSeg => ".dcm",
+    }
+}
+
 /// The entries of a `--folder` batch: each subfolder (a case folder or a
 /// DICOM study) and each NIfTI file, by name, with its output name.
 fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(Source, PathBuf)>> {
@@ -152,10 +167,6 @@ fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(So
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("{}: cannot list the folder", input.display()))?;
     entries.sort();
-    let ext = match format {
-        Format::Nifti => "nii.gz",
-        Format::DicomSeg => "dcm",
-    };
     let mut jobs = Vec::new();
     for path in entries {
         let name = path
@@ -168,17 +179,24 @@ fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(So
         let lower = name.to_ascii_lowercase();
         let (src, stem) = if path.is_dir() {
             if volume::case::is_case_folder(&path) {
-                (Source::Nifti(CaseDir::open(&path)?.imaging), name.clone())
+                let case = CaseDir::open(&path)?;
+                protect_case(&case);
+                (Source::Nifti(case.imaging), own_name(&path))
             } else {
-                (Source::Dicom(path.clone()), name.clone())
+                (Source::Dicom(path.clone()), own_name(&path))
             }
         } else if lower.ends_with(".nii.gz") || lower.ends_with(".nii") {
             let stem = name[..name.len() - if lower.ends_with(".gz") { 7 } else { 4 }].to_string();
-            (Source::Nifti(path.clone()), stem)
+            volume::fs::protect(&path, "input image");
+            // (A name that is not UTF-8 is shown lossily here: two such
+            // names that become one output are refused below.)
+            (Source::Nifti(path.clone()), stem.into())
         } else {
             continue;
         };
-        jobs.push((src, output.join(format!("{stem}.{ext}"))));
+        let mut out_name: std::ffi::OsString = stem;
+        out_name.push(format_ext(format));
+        jobs.push((src, output.join(out_name)));
     }
     if jobs.is_empty() {
         anyhow::bail!(
@@ -190,8 +208,9 @@ fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(So
 }
 
 /// The (input, output file) pairs of a prediction, every output checked
-/// before any work: a NIfTI name, not a folder, not an input; and whether
-/// `output` is a folder of predictions.
+/// before any work: a NIfTI name, not a folder, not an input image or a
+/// ground truth (they are protected for the rest of the process), no two
+/// alike; and whether `output` is a folder of predictions.
 fn jobs(
     input: &Path,
     output: &Path,
@@ -213,29 +232,40 @@ fn jobs(
     let jobs: Vec<(Source, PathBuf)> = if folder {
         folder_entries(input, output, format)?
     } else if folder_of_cases {
-        let ext = match format {
-            Format::Nifti => "nii.gz",
-            Format::DicomSeg => "dcm",
-        };
-        volume::list_cases(input)?
+        let cases = volume::list_cases(input)?;
+        cases.iter().for_each(protect_case);
+        cases
             .into_iter()
             .map(|c| {
-                (
-                    Source::Nifti(c.imaging),
-                    output.join(format!("{}.{ext}", c.id)),
-                )
+                // The folder's own name, bytes and all: two names that are
+                // not UTF-8 must not become one output.
+                let mut name = c
+                    .dir
+                    .file_name()
+                    .map_or_else(|| c.id.clone().into(), |n| n.to_os_string());
+                name.push(format_ext(format));
+                (Source::Nifti(c.imaging), output.join(name))
             })
             .collect()
     } else if case_folder {
-        vec![(
-            Source::Nifti(CaseDir::open(input)?.imaging),
-            output.to_path_buf(),
-        )]
+        let case = CaseDir::open(input)?;
+        protect_case(&case);
+        vec![(Source::Nifti(case.imaging), output.to_path_buf())]
     } else if input.is_dir() {
         vec![(Source::Dicom(input.to_path_buf()), output.to_path_buf())]
     } else {
+        volume::fs::protect(input, "input image");
+        // The imaging file of a case folder: its ground truth is an input
+        // too.
+        if let Some(dir) = input.parent()
+            && volume::case::is_case_folder(dir)
+            && let Ok(case) = CaseDir::open(dir)
+        {
+            protect_case(&case);
+        }
         vec![(Source::Nifti(input.to_path_buf()), output.to_path_buf())]
     };
+    let mut seen = std::collections::HashSet::new();
     for (src, dst) in &jobs {
         if is_dicom_seg(dst) {
             if !matches!(src, Source::Dicom(_)) {
@@ -264,13 +294,14 @@ fn jobs(
             }
             continue;
         }
-        if same_file(src.path(), dst) {
+        if !seen.insert(dst) {
             anyhow::bail!(
-                "{}: the output is the input image {}; choose another --output",
+                "{}: two inputs would be predicted to this one file (the second is {})",
                 dst.display(),
                 src.path().display()
             );
         }
+        volume::fs::check_not_input(dst)?;
         if !into_folder {
             volume::check_output_path(dst)?;
         }
@@ -405,18 +436,19 @@ fn predict(
     let (jobs, into_folder) = jobs(input, output, folder, format)?;
     if let Some(r) = report {
         for (src, dst) in &jobs {
-            if r == dst.as_path() || same_file(r, src.path()) {
+            if r == dst.as_path() {
                 anyhow::bail!(
-                    "{}: the report would overwrite {}; choose another --report",
+                    "{}: the report would overwrite the prediction of {}; choose another --report",
                     r.display(),
-                    if r == dst.as_path() {
-                        "the output"
-                    } else {
-                        "the input"
-                    }
+                    src.path().display()
                 );
             }
         }
+    }
+    if let Some(r) = report
+        && !into_folder
+    {
+        volume::fs::check_not_input(r)?;
     }
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;

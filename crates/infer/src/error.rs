@@ -33,12 +33,20 @@ pub enum InferError {
     /// From the augmentation's warp (resizing).
     #[error("augmentation: {0}")]
     Augment(#[from] kseg_augment::AugmentError),
-    /// From candle.
+    /// From candle. Not the error's `source`: a report that follows the
+    /// chain would add candle's text again, with the backtrace candle
+    /// appends when `RUST_BACKTRACE` is set.
     #[error("{}", candle_text(.0))]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<candle_core::Error> for InferError {
+    fn from(e: candle_core::Error) -> Self {
+        InferError::Candle(e)
+    }
 }
 
 /// The crate's result type.

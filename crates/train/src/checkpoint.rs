@@ -126,25 +126,15 @@ fn write_folder(
     optimiser: &dyn Optimiser,
     state: &TrainState,
 ) -> Result<()> {
-    let mut tmp_path = None;
+    // Errors inside name the temporary folder: `write_dir_atomic` puts
+    // the checkpoint's own path, the one the user will look for, in its
+    // place.
     write_dir_atomic(dir.path(), |tmp| {
-        tmp_path = Some(tmp.to_path_buf());
         let tmp = CheckpointDir::new(tmp);
         save_model(varmap, meta, &tmp.model())?;
         optimiser
             .save(&tmp.optimiser())
-            .map_err(|e| TrainError::checkpoint(dir.path(), e.to_string()))?;
+            .map_err(|e| TrainError::checkpoint(tmp.path(), e.to_string()))?;
         Ok(write_json_atomic(&tmp.state(), state)?)
-    })
-    .map_err(|e: TrainError| {
-        // Errors inside name the temporary folder: say the checkpoint's
-        // own path, the one the user will look for.
-        let msg = e.to_string();
-        match tmp_path.as_ref().map(|t| t.to_string_lossy().into_owned()) {
-            Some(t) if msg.contains(&t) => {
-                TrainError::Other(msg.replace(&t, &dir.path().to_string_lossy()))
-            }
-            _ => e,
-        }
     })
 }

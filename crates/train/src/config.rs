@@ -96,7 +96,8 @@ pub struct DataConfig {
     pub data_dir: Option<PathBuf>,
     /// The synthetic cases made when `data_dir` is `None`.
     pub synthetic: SyntheticData,
-    /// Slice caches; default `<data_dir>/../kseg-cache` (next to the data).
+    /// Slice caches; default `<data_dir>/.kseg-cache` (inside the data
+    /// folder: a read-only dataset needs this set).
     pub cache_dir: Option<PathBuf>,
     /// Split file (JSON); default `<cache_dir>/split-<seed>-<n_val>.json`,
     /// created on first use.
@@ -257,7 +258,52 @@ impl Default for OptimConfig {
     }
 }
 
+/// What is wrong with a schedule for the base rate `lr` (`None`: nothing).
+fn schedule_problem(schedule: &Schedule, lr: f64) -> Option<String> {
+    match *schedule {
+        Schedule::Constant => None,
+        Schedule::Poly { exponent } => (!(exponent.is_finite() && exponent >= 0.0))
+            .then(|| format!("schedule.exponent must be >= 0, got {exponent}")),
+        Schedule::Cosine { min_lr, .. } => (!(min_lr.is_finite() && (0.0..=lr).contains(&min_lr)))
+            .then(|| format!("schedule.min_lr must be in [0, optim.lr = {lr}], got {min_lr}")),
+    }
+}
+
 impl OptimConfig {
+    /// Checks the optimiser's constants (the learning rate is checked with
+    /// the schedule): betas and momentum in [0, 1), eps > 0, weight decay
+    /// >= 0, all finite.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(TrainError::Config { path: None, msg });
+        let unit = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
+        let (weight_decay, checks): (f64, Vec<(&str, f64, bool)>) = match self {
+            OptimConfig::AdamW(c) => (
+                c.weight_decay,
+                vec![
+                    ("beta1", c.beta1, unit(c.beta1)),
+                    ("beta2", c.beta2, unit(c.beta2)),
+                    ("eps", c.eps, c.eps.is_finite() && c.eps > 0.0),
+                ],
+            ),
+            OptimConfig::Sgd(c) => (
+                c.weight_decay,
+                vec![("momentum", c.momentum, unit(c.momentum))],
+            ),
+        };
+        for (name, value, ok) in checks {
+            if !ok {
+                let want = if name == "eps" { "> 0" } else { "in [0, 1)" };
+                return bad(format!("optim.{name} must be {want}, got {value}"));
+            }
+        }
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return bad(format!(
+                "optim.weight_decay must be >= 0, got {weight_decay}"
+            ));
+        }
+        Ok(())
+    }
+
     /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match self {
@@ -398,6 +444,16 @@ impl TrainConfig {
                 }
                 slot = obj.get_mut(part).expect("checked or inserted");
             }
+            // A section is set field by field: `train=5` would drop every
+            // field of `train`, and a later `train.steps=2` took the blame.
+            if let Some(section) = slot.as_object()
+                && !value.is_object()
+            {
+                let fields: Vec<&String> = section.keys().collect();
+                return Err(bad(format!(
+                    "{key:?} is a section, not a value; set its fields ({key}.FIELD=VALUE, fields {fields:?})"
+                )));
+            }
             *slot = value;
         }
         let cfg: TrainConfig = serde_json::from_value(v).map_err(|e| TrainError::Config {
@@ -486,6 +542,16 @@ impl TrainConfig {
         let lr = self.optim.lr();
         if !(lr.is_finite() && lr > 0.0) {
             return bad(format!("optim.lr must be > 0, got {lr}"));
+        }
+        self.optim.validate()?;
+        if let Some(msg) = schedule_problem(&self.schedule, lr) {
+            return bad(msg);
+        }
+        if self.data.n_val == 0 || self.data.max_val_cases == Some(0) {
+            return bad(format!(
+                "data.n_val (got {}) and data.max_val_cases must be >= 1: validation scores the run and picks its best checkpoint",
+                self.data.n_val
+            ));
         }
         let m = 1usize << self.model.depth;
         if let (Some(s), Some(o)) = (self.data.in_plane, self.augment.out_size)

@@ -47,6 +47,16 @@ impl Dataset {
         };
         let cases = list_cases(&data_dir)?;
         let labelled: Vec<&CaseDir> = cases.iter().filter(|c| c.segmentation.is_some()).collect();
+        if labelled.is_empty() {
+            return Err(TrainError::config(
+                &data_dir,
+                format!(
+                    "none of its {} case folders has a segmentation ({}): training needs labelled cases",
+                    cases.len(),
+                    kseg_volume::case::SEGMENTATION
+                ),
+            ));
+        }
         let cache_dir = cfg
             .cache_dir
             .clone()
@@ -64,7 +74,17 @@ impl Dataset {
                 case_set_hash(&ids)
             ))
         });
-        std::fs::create_dir_all(&cache_dir).map_err(|e| TrainError::io(&cache_dir, e))?;
+        std::fs::create_dir_all(&cache_dir).map_err(|e| match &cfg.cache_dir {
+            Some(_) => TrainError::io(&cache_dir, e),
+            // A read-only dataset: say where the default put the caches
+            // and how to put them elsewhere.
+            None => TrainError::config(
+                &cache_dir,
+                format!(
+                    "cannot create the case cache ({e}); by default it is made inside the data folder: set data.cache_dir to a writable folder (--set data.cache_dir=PATH)"
+                ),
+            ),
+        })?;
         let mut split = Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?;
         split.unlabelled = cases
             .iter()

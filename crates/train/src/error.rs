@@ -62,12 +62,20 @@ pub enum TrainError {
     /// From scoring.
     #[error("metric: {0}")]
     Metric(#[from] kseg_metrics::MetricError),
-    /// From candle.
+    /// From candle. Not the error's `source`: a report that follows the
+    /// chain would add candle's text again, with the backtrace candle
+    /// appends when `RUST_BACKTRACE` is set.
     #[error("{}", candle_text(.0))]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Candle(e)
+    }
 }
 
 /// The crate's result type.

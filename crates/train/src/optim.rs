@@ -61,7 +61,20 @@ fn load_state(path: &Path, device: &Device) -> Result<(u64, HashMap<String, Tens
     let Some(step) = t.remove("__step") else {
         bail!("{}: not an optimiser state (no __step)", path.display());
     };
-    let step = step.to_dtype(DType::F64)?.to_vec1::<f64>()?[0] as u64;
+    let values = step.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    // One whole, non-negative number that f64 holds exactly.
+    let step = match values[..] {
+        [s] if s.is_finite() && s >= 0.0 && s.fract() == 0.0 && s < 2f64.powi(53) => s as u64,
+        [s] => bail!(
+            "{}: __step is {s}, not a step count (a whole number >= 0)",
+            path.display()
+        ),
+        _ => bail!(
+            "{}: __step holds {} values; an optimiser state holds one step count",
+            path.display(),
+            values.len()
+        ),
+    };
     Ok((step, t))
 }
 

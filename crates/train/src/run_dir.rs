@@ -11,7 +11,13 @@
 //! <run>/checkpoints/best/...          (the best validation composite so far)
 //! <run>/checkpoints/latest.json       {"step": 200, "dir": "step_000200"}
 //! <run>/.lock                the run's lock, held while a process trains
+//! <run>/.kseg-run            the marker: this folder is a kseg run
 //! ```
+//!
+//! A folder becomes a run folder by one rule ([`RunDir::lock`]): a new or
+//! empty folder is made one (the marker is written), a folder with the
+//! marker is one, and any other folder is refused, so kseg never writes
+//! into, or removes anything from, a folder it did not make.
 
 use std::path::{Path, PathBuf};
 
@@ -30,10 +36,28 @@ const MODEL: &str = kseg_infer::MODEL_FILE;
 const OPTIMISER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 const LOCK: &str = ".lock";
+const MARKER: &str = ".kseg-run";
+const MARKER_TEXT: &str = "kseg run folder: kseg writes and removes files here\n";
 
 /// The folder name of the checkpoint after `step` steps: `step_NNNNNN`.
 fn step_name(step: usize) -> String {
     format!("{STEP_PREFIX}{step:06}")
+}
+
+/// The step of a checkpoint folder's name (`step_` and six or more
+/// digits, as [`step_name`] writes it).
+fn step_of(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix(STEP_PREFIX)?;
+    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The step a `step_NNNNNN` checkpoint folder's name says (`None` for
+/// `best` or another name).
+pub(crate) fn step_of_dir(dir: &Path) -> Option<usize> {
+    step_of(dir.file_name()?.to_str()?)
 }
 
 /// A run folder and the paths of what it holds.
@@ -144,15 +168,60 @@ impl RunDir {
         self.root.join(LOCK)
     }
 
-    /// Creates the folder if needed and takes its exclusive lock, held
-    /// until the returned value is dropped or the process ends (a crash
-    /// included: the system releases it). A second process gets a clear
-    /// error instead of mixing its files with this one's. Then removes what
-    /// interrupted writes of earlier processes left in the folder, its
-    /// `checkpoints/` and its `plots/`: under the lock nobody else writes
-    /// there.
+    /// `.kseg-run`: the marker that says the folder is a kseg run.
+    pub fn marker(&self) -> PathBuf {
+        self.root.join(MARKER)
+    }
+
+    /// Makes the folder a run folder or adopts it, by the one rule: a
+    /// folder that does not exist or is empty is created and marked; one
+    /// with the marker is a run folder; a run folder of an earlier kseg
+    /// (`config.json` and `checkpoints/latest.json`, no marker) is marked;
+    /// any other folder is refused, untouched.
+    fn create_or_adopt(&self) -> Result<()> {
+        let root = &self.root;
+        if self.marker().is_file() {
+            return Ok(());
+        }
+        match std::fs::read_dir(root) {
+            Ok(mut entries) => {
+                let empty = entries.next().is_none();
+                let earlier_run = self.config().is_file() && self.latest_file().is_file();
+                if !empty && !earlier_run {
+                    return Err(TrainError::Config {
+                        path: Some(root.clone()),
+                        msg: format!(
+                            "is not empty and is not a kseg run folder (no {MARKER}); kseg makes its run folders itself, so that it never overwrites or removes files it did not write: choose a new or empty --out"
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(TrainError::Config {
+                    path: Some(root.clone()),
+                    msg: "exists and is not a folder; a run folder is needed".into(),
+                });
+            }
+            Err(e) => return Err(TrainError::io(root, e)),
+        }
+        kseg_volume::fs::write_bytes_atomic(&self.marker(), MARKER_TEXT.as_bytes())?;
+        Ok(())
+    }
+
+    /// Makes or adopts the run folder ([`RunDir::create_or_adopt`]: a
+    /// folder that is neither new, empty nor a run is refused, untouched)
+    /// and takes its exclusive lock, held until the returned value is
+    /// dropped or the process ends (a crash included: the system releases
+    /// it). A second process gets a clear error instead of mixing its files
+    /// with this one's. Then removes what interrupted writes of earlier
+    /// processes left in the folder, its `checkpoints/` and its `plots/`
+    /// (kseg's own temporary names only): under the lock nobody else
+    /// writes there.
     pub fn lock(&self) -> Result<RunLock> {
-        std::fs::create_dir_all(&self.root).map_err(|e| TrainError::io(&self.root, e))?;
+        self.create_or_adopt()?;
         let path = self.lock_file();
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -181,17 +250,19 @@ impl RunDir {
     /// The `step_NNNNNN` checkpoint folders, oldest first.
     pub fn step_checkpoints(&self) -> Result<Vec<CheckpointDir>> {
         let dir = self.checkpoints();
-        let mut steps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        // By step number, not by name: `step_1000000` comes after
+        // `step_999999` (as names it sorted first, and was pruned).
+        let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(&dir)
             .map_err(|e| TrainError::io(&dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_dir()
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(STEP_PREFIX))
-            })
+            .filter(|p| p.is_dir())
+            .filter_map(|p| Some((step_of(p.file_name()?.to_str()?)?, p)))
             .collect();
         steps.sort();
-        Ok(steps.into_iter().map(CheckpointDir::new).collect())
+        Ok(steps
+            .into_iter()
+            .map(|(_, p)| CheckpointDir::new(p))
+            .collect())
     }
 }
 
@@ -299,5 +370,104 @@ mod tests {
         );
         drop(held);
         run.lock().unwrap();
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `--out ~` used to delete the user's `.*.old` and `.*.tmp` files and
+    /// folders ("left by an interrupted write"): a folder kseg did not
+    /// make is refused and left exactly as it was.
+    #[test]
+    fn a_folder_kseg_did_not_make_is_refused_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join(".config.old")).unwrap();
+        std::fs::write(home.join(".config.old/settings"), b"mine").unwrap();
+        for f in [".bashrc.old", ".notes.tmp", ".a.tmp.b", "metrics.jsonl"] {
+            std::fs::write(home.join(f), b"mine").unwrap();
+        }
+        let before = listing(&home);
+        let e = RunDir::new(&home).lock().unwrap_err().to_string();
+        assert!(
+            e.contains("home") && e.contains("not a kseg run folder"),
+            "{e}"
+        );
+        assert_eq!(listing(&home), before);
+        assert_eq!(std::fs::read(home.join(".bashrc.old")).unwrap(), b"mine");
+        assert_eq!(
+            std::fs::read(home.join(".config.old/settings")).unwrap(),
+            b"mine"
+        );
+        // A file is not a run folder either.
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = RunDir::new(&file).lock().unwrap_err().to_string();
+        assert!(e.contains("not a folder"), "{e}");
+    }
+
+    /// An empty or new folder is made a run folder (the marker); in a run
+    /// folder only kseg's own temporary names are removed.
+    #[test]
+    fn a_run_folder_is_marked_and_only_kseg_temporaries_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        drop(RunDir::new(&empty).lock().unwrap());
+        assert_eq!(listing(&empty), [".kseg-run", ".lock"]);
+        let run = RunDir::new(tmp.path().join("new/run"));
+        drop(run.lock().unwrap());
+        assert!(run.marker().is_file());
+        // What a SIGKILL left, and a user's file put there by hand.
+        std::fs::create_dir_all(run.checkpoints().join(".kseg-0a1b2c3d4e.tmp")).unwrap();
+        std::fs::write(run.root().join(".kseg-zyxwvutsrq.tmp"), b"half").unwrap();
+        std::fs::write(run.root().join(".bashrc.old"), b"mine").unwrap();
+        drop(run.lock().unwrap());
+        assert_eq!(
+            listing(run.root()),
+            [".bashrc.old", ".kseg-run", ".lock", "checkpoints"]
+        );
+        assert!(listing(&run.checkpoints()).is_empty());
+        // A run of an earlier kseg (no marker) is adopted.
+        let old = RunDir::new(tmp.path().join("old"));
+        std::fs::create_dir_all(old.checkpoints()).unwrap();
+        std::fs::write(old.config(), b"{}").unwrap();
+        std::fs::write(old.latest_file(), b"{}").unwrap();
+        drop(old.lock().unwrap());
+        assert!(old.marker().is_file());
+    }
+
+    /// Pruning keeps the newest checkpoints: `step_1000000` is newer than
+    /// `step_999990` (as names it sorted first and was deleted).
+    #[test]
+    fn checkpoints_are_ordered_by_step_number() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::new(tmp.path());
+        for name in [
+            "step_1000000",
+            "step_999990",
+            "step_000010",
+            "best",
+            "step_x",
+        ] {
+            std::fs::create_dir_all(run.checkpoints().join(name)).unwrap();
+        }
+        let steps: Vec<String> = run
+            .step_checkpoints()
+            .unwrap()
+            .iter()
+            .map(|c| c.path().file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(steps, ["step_000010", "step_999990", "step_1000000"]);
+        assert_eq!(
+            run.step_checkpoint(1_000_000).path(),
+            run.checkpoints().join("step_1000000")
+        );
     }
 }

@@ -53,15 +53,10 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, run_dir: &Path) -> Result<Trainer> {
         cfg.validate()?;
         let run = RunDir::new(run_dir);
-        if run.config().exists() {
-            return Err(TrainError::Config {
-                path: Some(run_dir.to_path_buf()),
-                msg: "already holds a run (config.json); resume it with --resume or choose another --out".into(),
-            });
-        }
+        // A folder that is not a run is refused untouched here; in a run
+        // folder, under the lock, a run started at the same moment cannot
+        // write `config.json` between the check and the start.
         let lock = run.lock()?;
-        // Checked again under the lock: a run started at the same moment
-        // may have written it since.
         if run.config().exists() {
             return Err(TrainError::Config {
                 path: Some(run_dir.to_path_buf()),
@@ -71,9 +66,6 @@ impl Trainer {
         let device = open_device(&cfg)?;
         let dataset = Dataset::prepare(&cfg.data)?;
         let (model, varmap) = ResUNet::init(&cfg.model, cfg.train.seed, DType::F32, &device)?;
-        write_json_atomic(&run.config(), &cfg)?;
-        dataset.split.save(run.split())?;
-        let _ = std::fs::remove_file(run.metrics());
         let state = TrainState {
             step: 0,
             epoch: 0.0,
@@ -81,7 +73,23 @@ impl Trainer {
             wall_seconds: 0.0,
             config: cfg.clone(),
         };
-        Trainer::assemble(cfg, run, lock, device, dataset, model, varmap, state)
+        // Everything that can refuse the configuration (the optimiser, the
+        // loss) is built before the run's files are written: a start that
+        // fails leaves a folder a corrected start can use, not a
+        // `config.json` that says a run is there.
+        let t = Trainer::assemble(cfg, run, lock, device, dataset, model, varmap, state)?;
+        t.dataset.split.save(t.run.split())?;
+        // The run folder is kseg's ([`RunDir::lock`]): an old log there is
+        // a failed start's.
+        match std::fs::remove_file(t.run.metrics()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TrainError::io(&t.run.metrics(), e));
+            }
+            _ => {}
+        }
+        // Last: `config.json` is what says the folder holds a run.
+        write_json_atomic(&t.run.config(), &*t.cfg)?;
+        Ok(t)
     }
 
     /// Continues the run in `run_dir` from its latest checkpoint. `overrides`
@@ -93,7 +101,7 @@ impl Trainer {
         run.latest()?;
         let lock = run.lock()?;
         let ckpt = Checkpoint::open(run.latest()?)?;
-        let state = ckpt.state;
+        let state = ckpt.state.clone();
         let mut cfg = state.config.clone();
         cfg.apply_overrides(overrides)?;
         if cfg.model != state.config.model {
@@ -118,6 +126,7 @@ impl Trainer {
                 ),
             ));
         }
+        check_checkpoint_agrees(&ckpt, &cfg)?;
         let (model, varmap) = ResUNet::load(&cfg.model, &path, DType::F32, &device)
             .map_err(|e| TrainError::checkpoint(&path, candle_text(&e)))?;
         let dataset = Dataset::prepare(&cfg.data)?;
@@ -144,6 +153,16 @@ impl Trainer {
         t.optimiser
             .load(&opt_path)
             .map_err(|e| TrainError::checkpoint(&opt_path, e.to_string()))?;
+        if t.optimiser.step_count() != t.state.step as u64 {
+            return Err(TrainError::checkpoint(
+                &opt_path,
+                format!(
+                    "holds the optimiser state after {} steps; state.json says {} (the checkpoint's files come from different steps)",
+                    t.optimiser.step_count(),
+                    t.state.step
+                ),
+            ));
+        }
         t.last_checkpoint = Some(ckpt.dir.path().to_path_buf());
         Ok(t)
     }
@@ -599,6 +618,46 @@ fn optimise(
     }
     optimiser.step(&grads)?;
     Ok(done)
+}
+
+/// Checks that a checkpoint's files belong together before it is resumed:
+/// the model file was written at the step `state.json` names (and the
+/// folder's name says), for the label set, regions and context `cfg` (the
+/// run's configuration with the resume's overrides) trains. A
+/// copied or mixed-up file is refused, naming it.
+fn check_checkpoint_agrees(ckpt: &Checkpoint, cfg: &TrainConfig) -> Result<()> {
+    let (state, meta, model) = (&ckpt.state, &ckpt.meta, ckpt.dir.model());
+    if meta.step != state.step {
+        return Err(TrainError::checkpoint(
+            &model,
+            format!(
+                "was written after {} steps; {} says {} (the checkpoint's files come from different steps)",
+                meta.step,
+                ckpt.dir.state().display(),
+                state.step
+            ),
+        ));
+    }
+    if let Some(named) = crate::run_dir::step_of_dir(ckpt.dir.path())
+        && named != state.step
+    {
+        return Err(TrainError::checkpoint(
+            &ckpt.dir.state(),
+            format!("says step {}; its folder is step {named}", state.step),
+        ));
+    }
+    let run = (cfg.data.labels, cfg.loss.regions, cfg.data.context);
+    let file = (meta.labels, meta.regions, meta.context);
+    if run != file {
+        return Err(TrainError::checkpoint(
+            &model,
+            format!(
+                "holds a model for labels {:?}, regions {}, context {}; the run trains labels {:?}, regions {}, context {}",
+                file.0, file.1, file.2, run.0, run.1, run.2
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `sqrt(Σ‖g‖²)` over the variables that have a gradient.

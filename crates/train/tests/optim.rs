@@ -251,6 +251,72 @@ fn bad_state_files_are_errors() {
     );
 }
 
+/// A `__step` that is empty used to panic ("index out of bounds"); NaN,
+/// negative or fractional step counts were taken (as 0, 0 and 2).
+#[test]
+fn a_bad_step_count_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("optimizer.safetensors");
+    let vs = vars(&[("a.conv.weight", 1.0)]);
+    let zero = Tensor::zeros(1, DType::F64, &Device::Cpu).unwrap();
+    let cases: [(&str, Tensor, &str); 5] = [
+        (
+            "empty",
+            Tensor::zeros(0, DType::F64, &Device::Cpu).unwrap(),
+            "0 values",
+        ),
+        (
+            "two",
+            Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap(),
+            "2 values",
+        ),
+        (
+            "nan",
+            Tensor::new(&[f64::NAN], &Device::Cpu).unwrap(),
+            "NaN",
+        ),
+        (
+            "negative",
+            Tensor::new(&[-5.0f64], &Device::Cpu).unwrap(),
+            "-5",
+        ),
+        (
+            "fraction",
+            Tensor::new(&[2.5f64], &Device::Cpu).unwrap(),
+            "2.5",
+        ),
+    ];
+    for (what, step, want) in cases {
+        let t: HashMap<String, Tensor> = [
+            ("__step".to_string(), step),
+            ("m.a.conv.weight".to_string(), zero.clone()),
+            ("v.a.conv.weight".to_string(), zero.clone()),
+        ]
+        .into();
+        candle_core::safetensors::save(&t, &p).unwrap();
+        let mut o = AdamW::new(&vs, AdamWConfig::default()).unwrap();
+        let msg = o.load(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("optimizer.safetensors") && msg.contains("__step") && msg.contains(want),
+            "{what}: {msg}"
+        );
+    }
+    // A whole step count loads.
+    let t: HashMap<String, Tensor> = [
+        (
+            "__step".to_string(),
+            Tensor::new(&[40.0f64], &Device::Cpu).unwrap(),
+        ),
+        ("m.a.conv.weight".to_string(), zero.clone()),
+        ("v.a.conv.weight".to_string(), zero),
+    ]
+    .into();
+    candle_core::safetensors::save(&t, &p).unwrap();
+    let mut o = AdamW::new(&vs, AdamWConfig::default()).unwrap();
+    o.load(&p).unwrap();
+    assert_eq!(o.step_count(), 40);
+}
+
 #[test]
 fn schedules_end_where_they_should() {
     let poly = Schedule::Poly { exponent: 0.9 };

@@ -92,6 +92,31 @@ pub enum VolumeError {
     /// A prediction and its truth whose scoring failed.
     #[error("metric: {0}")]
     Metric(#[from] kseg_metrics::MetricError),
+    /// An output that would replace an input of the same command (an input
+    /// image, a ground truth), under its name or through a link.
+    #[error(
+        "{}: the output is the {what} {}; kseg never overwrites an input: choose another output",
+        path.display(),
+        input.display()
+    )]
+    WouldOverwriteInput {
+        /// The output path.
+        path: PathBuf,
+        /// The input it names.
+        input: PathBuf,
+        /// What the input is (`input image`, `ground truth`).
+        what: &'static str,
+    },
+    /// A write that failed, its message naming the user's path (what a
+    /// writer said about a temporary file, with the output's path in its
+    /// place).
+    #[error("{msg}")]
+    Write {
+        /// The output.
+        path: PathBuf,
+        /// What went wrong, the output named.
+        msg: String,
+    },
     /// A caller passed an argument that cannot be honoured.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

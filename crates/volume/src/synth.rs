@@ -579,21 +579,48 @@ pub fn write_case(case: &SynthCase, dir: impl AsRef<Path>) -> Result<CaseDir> {
     CaseDir::open(dir)
 }
 
+/// The file that says a folder of cases is `kseg synth`'s: the generator
+/// settings of its cases, or [`STAMP_WRITING`] while they are written.
+pub const STAMP: &str = "synth.json";
+/// What [`STAMP`] holds while cases are being written (no settings: an
+/// interrupted write is regenerated next time, and the folder stays
+/// synth's).
+const STAMP_WRITING: &str = "{\"kseg_synth\": \"writing\"}\n";
+
 /// Generates `n` cases into `out/case_XXXXX/` (in parallel); cases already
 /// present with the same generator settings are kept (a `synth.json` in
-/// `out` records them), so a second call returns at once.
+/// `out` records them), so a second call returns at once. Only a folder
+/// that holds no case folder, or one with `synth.json` (written by this
+/// function), is written: the cases of a real dataset are never replaced.
 pub fn write_dataset(out: impl AsRef<Path>, n: usize, cfg: &SynthConfig) -> Result<Vec<CaseDir>> {
     let out = out.as_ref();
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|e| VolumeError::io(out, e))?;
-    let stamp = out.join("synth.json");
+    let stamp = out.join(STAMP);
+    if !stamp.is_file() {
+        let entries = std::fs::read_dir(out).map_err(|e| VolumeError::io(out, e))?;
+        for e in entries {
+            let e = e.map_err(|e| VolumeError::io(out, e))?;
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(crate::case::CASE_PREFIX)
+            {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "{}: holds case folders ({}) that kseg synth did not write (no {STAMP}); synthetic cases go into a new or empty folder, or one kseg synth made",
+                    out.display(),
+                    e.file_name().to_string_lossy()
+                )));
+            }
+        }
+    }
     let same = std::fs::read_to_string(&stamp)
         .ok()
         .and_then(|t| serde_json::from_str::<SynthConfig>(&t).ok())
         .is_some_and(|c| &c == cfg);
     if !same {
-        // Different settings: whatever is there must be regenerated.
-        let _ = std::fs::remove_file(&stamp);
+        // New or different settings: whatever is there is regenerated, and
+        // the folder stays marked as synth's if this is interrupted.
+        crate::fs::write_bytes_atomic(&stamp, STAMP_WRITING.as_bytes())?;
     }
     let dirs: Vec<Result<CaseDir>> = (0..n)
         .into_par_iter()

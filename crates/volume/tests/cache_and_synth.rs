@@ -293,3 +293,40 @@ fn zoomed_field_of_view_labels_only_what_is_imaged() {
     };
     assert!(synth::generate_case(&bad, 0).is_err());
 }
+
+/// `kseg synth --out data` in a dataset's own `data/` folder used to
+/// replace its cases with synthetic ones.
+#[test]
+fn synth_never_replaces_cases_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let case = data.join("case_00000");
+    std::fs::create_dir_all(&case).unwrap();
+    // A real dataset's case, stood in for by two files of known bytes.
+    std::fs::write(case.join("imaging.nii.gz"), b"real imaging").unwrap();
+    std::fs::write(case.join("segmentation.nii.gz"), b"real labels").unwrap();
+    let e = synth::write_dataset(&data, 2, &small(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data") && e.contains("case_00000") && e.contains("did not write"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(case.join("imaging.nii.gz")).unwrap(),
+        b"real imaging"
+    );
+    assert_eq!(
+        std::fs::read(case.join("segmentation.nii.gz")).unwrap(),
+        b"real labels"
+    );
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 1);
+    // A folder synth made is synth's: other settings regenerate it, and
+    // so does a write that was interrupted (its stamp says "writing").
+    let own = dir.path().join("own");
+    synth::write_dataset(&own, 1, &small(1)).unwrap();
+    synth::write_dataset(&own, 2, &small(2)).unwrap();
+    std::fs::write(own.join(synth::STAMP), "{\"kseg_synth\": \"writing\"}\n").unwrap();
+    let again = synth::write_dataset(&own, 2, &small(2)).unwrap();
+    assert_eq!(again.len(), 2);
+}

@@ -22,3 +22,5 @@ mod kits19;
 mod kits23;
 /// NIfTI files written by other software against nibabel-read values.
 mod nifti_manifest;
+/// Outputs through the one writer: NIfTI names, long names, error texts.
+mod write;

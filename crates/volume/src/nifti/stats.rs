@@ -23,14 +23,17 @@ use crate::error::{Result, VolumeError};
 /// scaling).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VoxelStats {
-    /// Smallest value that is not NaN (`None`: no such value).
+    /// Smallest finite value (`None`: no such value).
     pub min: Option<f64>,
-    /// Largest value that is not NaN.
+    /// Largest finite value.
     pub max: Option<f64>,
-    /// Mean of the values that are not NaN.
+    /// Mean of the finite values.
     pub mean: Option<f64>,
     /// Voxels whose value is NaN.
     pub nan_count: u64,
+    /// Voxels whose value is +inf or -inf (left out of min, max and mean,
+    /// which they would make infinite or NaN).
+    pub inf_count: u64,
     /// Voxels of each value, when asked for.
     pub label_counts: Option<BTreeMap<i64, u64>>,
 }
@@ -46,6 +49,7 @@ struct Part {
     sum: f64,
     n: u64,
     nan: u64,
+    inf: u64,
     /// Whole values 0..=255 (every label file's), by value.
     small: Box<[u64; 256]>,
     /// Other whole values.
@@ -62,6 +66,7 @@ impl Part {
             sum: 0.0,
             n: 0,
             nan: 0,
+            inf: 0,
             small: Box::new([0; 256]),
             other: BTreeMap::new(),
             not_whole: None,
@@ -83,8 +88,12 @@ where
             let mut p = Part::new();
             for i in c * CHUNK..((c + 1) * CHUNK).min(count) {
                 let v = map(V::at(bytes, i));
-                if v.is_nan() {
-                    p.nan += 1;
+                if !v.is_finite() {
+                    if v.is_nan() {
+                        p.nan += 1;
+                    } else {
+                        p.inf += 1;
+                    }
                     if labels && p.not_whole.is_none() {
                         p.not_whole = Some((i, v));
                     }
@@ -135,6 +144,7 @@ pub fn read_stats(path: impl AsRef<Path>, labels: bool) -> Result<(Header, Voxel
         all.sum += p.sum;
         all.n += p.n;
         all.nan += p.nan;
+        all.inf += p.inf;
         for (a, b) in all.small.iter_mut().zip(p.small.iter()) {
             *a += b;
         }
@@ -164,6 +174,7 @@ pub fn read_stats(path: impl AsRef<Path>, labels: bool) -> Result<(Header, Voxel
         max: some(all.max),
         mean: some(all.sum / all.n.max(1) as f64),
         nan_count: all.nan,
+        inf_count: all.inf,
         label_counts,
     };
     Ok((raw.header, stats))
