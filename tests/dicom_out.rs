@@ -1,4 +1,4 @@
-//! `kseg predict --input DICOM_DIR --output result.dcm`: a DICOM
+//! Prediction outputs. `kseg predict --input DICOM_DIR --output result.dcm`: a DICOM
 //! Segmentation whose frames, read back with dicom-rs, are the NIfTI
 //! prediction of the same series voxel for voxel, each at its source
 //! slice (found from the slice's own ImagePositionPatient and the NIfTI
@@ -230,4 +230,43 @@ fn a_folder_batch_skips_a_bad_case_and_summarises_every_case() {
         summary["results"][0]["voxels"]["kidney"].as_u64(),
         Some(kidney)
     );
+}
+
+/// `kseg predict` with two checkpoints: an ensemble of a model with
+/// itself predicts what the model alone does; one whose intensity window
+/// differs is refused with one line naming both files.
+#[test]
+fn an_ensemble_of_checkpoints_predicts_and_refuses_a_mismatch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = model_with_meta(tmp.path(), "a.safetensors", |_| {});
+    let b = model_with_meta(tmp.path(), "b.safetensors", |m| m.intensity.hu_max = 400.0);
+    let series = testdata("dicom_seg/series");
+    let predict = |ckpts: &[&std::path::Path], out: &std::path::Path| {
+        let mut c = kseg();
+        c.arg("predict");
+        for k in ckpts {
+            c.arg("--checkpoint").arg(k);
+        }
+        c.arg("--input").arg(&series).arg("--output").arg(out);
+        c.args(["--device", "cpu"]).output().unwrap()
+    };
+    let (one, two) = (tmp.path().join("one.nii.gz"), tmp.path().join("two.nii.gz"));
+    assert!(predict(&[&a], &one).status.success());
+    let o = predict(&[&a, &a], &two);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l1 = volume::read_labels(&one, LabelSet::Kits19).unwrap();
+    let l2 = volume::read_labels(&two, LabelSet::Kits19).unwrap();
+    assert_eq!(l1.data, l2.data);
+    let bad = tmp.path().join("bad.nii.gz");
+    let o = predict(&[&a, &b], &bad);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("b.safetensors")
+            && err.contains("a.safetensors")
+            && err.contains("intensity window"),
+        "{err}"
+    );
+    assert!(!bad.exists());
 }

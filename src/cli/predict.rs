@@ -11,9 +11,13 @@ use kseg_volume::{self as volume, CaseDir, Volume};
 /// The arguments of `kseg predict` (see `kseg predict --help`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct PredictArgs {
-    /// A model.safetensors or its checkpoint folder.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// A model.safetensors or its checkpoint folder; repeat it for an
+    /// ensemble (e.g. the folds of a cross-validation), whose class
+    /// probabilities are averaged over the models (and mirrors) before
+    /// decoding. Models that disagree on label set, regions, outputs,
+    /// stack, window, in-plane or voxel size are refused.
+    #[arg(long, required = true)]
+    pub checkpoint: Vec<PathBuf>,
     /// An imaging file (NIfTI, in any orientation), a case folder, a
     /// folder of case folders, or a folder of DICOM files (searched
     /// recursively; its CT series, or the one --series names).
@@ -421,7 +425,7 @@ fn counts_text(seg: &Segmenter, out: &Outcome) -> String {
 
 #[allow(clippy::too_many_arguments)]
 fn predict(
-    checkpoint: &Path,
+    checkpoints: &[PathBuf],
     input: &Path,
     series: Option<&str>,
     output: &Path,
@@ -452,9 +456,13 @@ fn predict(
     }
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
-    let mut seg = Segmenter::load(checkpoint, &dev, batch)?;
+    let mut seg = Segmenter::load_ensemble(checkpoints, &dev, batch)?;
     let model_hash = if jobs.iter().any(|(_, d)| is_dicom_seg(d)) {
-        sha256_file(&kseg_infer::model_file(checkpoint))?
+        checkpoints
+            .iter()
+            .map(|c| sha256_file(&kseg_infer::model_file(c)))
+            .collect::<Result<Vec<_>>>()?
+            .join("+")
     } else {
         String::new()
     };

@@ -20,6 +20,8 @@ use crate::report::Quality;
 #[derive(Clone)]
 pub struct Segmenter {
     model: ResUNet,
+    /// Further models of an ensemble (folds), averaged with `model`.
+    others: Vec<ResUNet>,
     meta: ModelMeta,
     device: Device,
     batch: usize,
@@ -30,6 +32,7 @@ impl Segmenter {
     pub fn new(model: ResUNet, meta: ModelMeta, device: Device, batch: usize) -> Segmenter {
         Segmenter {
             model,
+            others: Vec::new(),
             meta,
             device,
             batch: batch.max(1),
@@ -44,6 +47,49 @@ impl Segmenter {
         let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
             .map_err(|e| InferError::checkpoint(&path, candle_text(&e)))?;
         Ok(Segmenter::new(model, meta, device.clone(), batch))
+    }
+
+    /// An ensemble of the model files (or checkpoint folders) `checkpoints`:
+    /// the class probabilities (softmax, or the region sigmoids) of every
+    /// model, and of every mirror image with mirroring, averaged before
+    /// decoding. The first file's clean-up and mirroring apply. Models
+    /// that disagree on what they take or give (label set, regions,
+    /// outputs, stack, intensity window, in-plane size or voxel size, the
+    /// padding multiple) are refused, naming both files.
+    pub fn load_ensemble(
+        checkpoints: &[std::path::PathBuf],
+        device: &Device,
+        batch: usize,
+    ) -> Result<Segmenter> {
+        let Some((first, rest)) = checkpoints.split_first() else {
+            return Err(InferError::Other(
+                "an ensemble needs at least one checkpoint".into(),
+            ));
+        };
+        let mut seg = Segmenter::load(first, device, batch)?;
+        let first_path = model_file(first);
+        for c in rest {
+            let path = model_file(c);
+            let meta = read_meta(&path)?;
+            if let Some(what) = disagreement(&seg.meta, &meta) {
+                return Err(InferError::checkpoint(
+                    &path,
+                    format!(
+                        "cannot join an ensemble with {}: {what}",
+                        first_path.display()
+                    ),
+                ));
+            }
+            let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
+                .map_err(|e| InferError::checkpoint(&path, candle_text(&e)))?;
+            seg.others.push(model);
+        }
+        Ok(seg)
+    }
+
+    /// The number of models averaged (1 without an ensemble).
+    pub fn members(&self) -> usize {
+        1 + self.others.len()
     }
 
     /// The checkpoint's metadata (model, preprocessing, clean-up).
@@ -88,10 +134,33 @@ impl Segmenter {
             return Ok((self.scores(x)?, None));
         }
         crate::runtime::on_cpu_pool(&self.device, || {
-            let logits = self.model.forward_t(x, false)?;
             let w = x.dim(3)?;
             let rev: Vec<u32> = (0..w as u32).rev().collect();
             let rev = Tensor::from_vec(rev, w, x.device())?;
+            if !self.others.is_empty() {
+                // As `scores_here`: Σ over models of (p + q) with
+                // mirroring, Σ p without; and the means of p and of q.
+                let (mut scores, mut ps, mut qs) = (None, None, None);
+                for model in std::iter::once(&self.model).chain(&self.others) {
+                    let p = self.probabilities(&model.forward_t(x, false)?)?;
+                    let mirrored = model.forward_t(&x.index_select(&rev, 3)?, false)?;
+                    let q = self.probabilities(&mirrored)?.index_select(&rev, 3)?;
+                    let term = if self.meta.mirror {
+                        (&p + &q)?
+                    } else {
+                        p.clone()
+                    };
+                    scores = Some(add(scores, term)?);
+                    ps = Some(add(ps, p)?);
+                    qs = Some(add(qs, q)?);
+                }
+                let k = 1.0 / self.members() as f64;
+                let (Some(scores), Some(p), Some(q)) = (scores, ps, qs) else {
+                    unreachable!("at least one model")
+                };
+                return Ok((scores, Some([(p * k)?, (q * k)?])));
+            }
+            let logits = self.model.forward_t(x, false)?;
             let mirrored = self.model.forward_t(&x.index_select(&rev, 3)?, false)?;
             let p = self.probabilities(&logits)?;
             let q = self.probabilities(&mirrored)?.index_select(&rev, 3)?;
@@ -100,8 +169,27 @@ impl Segmenter {
         })
     }
 
-    /// [`Segmenter::scores`] on the calling thread.
+    /// [`Segmenter::scores`] on the calling thread. An ensemble's scores
+    /// are Σ over its models of the probabilities (plus the mirrored
+    /// probabilities with mirroring).
     fn scores_here(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.others.is_empty() {
+            let w = x.dim(3)?;
+            let rev: Vec<u32> = (0..w as u32).rev().collect();
+            let rev = Tensor::from_vec(rev, w, x.device())?;
+            let mut acc = None;
+            for model in std::iter::once(&self.model).chain(&self.others) {
+                let p = self.probabilities(&model.forward_t(x, false)?)?;
+                let term = if self.meta.mirror {
+                    let mirrored = model.forward_t(&x.index_select(&rev, 3)?, false)?;
+                    (p + self.probabilities(&mirrored)?.index_select(&rev, 3)?)?
+                } else {
+                    p
+                };
+                acc = Some(add(acc, term)?);
+            }
+            return acc.ok_or_else(|| InferError::Other("an ensemble without models".into()));
+        }
         let logits = self.model.forward_t(x, false)?;
         if !self.meta.mirror {
             return Ok(logits);
@@ -236,8 +324,11 @@ impl Segmenter {
             if let Some([p, q]) = pq {
                 sums.add(self, &p, &q, (rh, rw))?;
             }
-            if resample || self.meta.regions {
-                let probs = if self.meta.mirror {
+            if resample || self.meta.regions || !self.others.is_empty() {
+                let probs = if !self.others.is_empty() {
+                    let terms = self.members() * if self.meta.mirror { 2 } else { 1 };
+                    (scores * (1.0 / terms as f64))?
+                } else if self.meta.mirror {
                     (scores * 0.5)?
                 } else {
                     self.probabilities(&scores)?
@@ -392,6 +483,57 @@ fn binary_entropy(x: f64) -> f64 {
     h(x) + h(1.0 - x)
 }
 
+/// `acc + t` (`t` alone at first).
+fn add(acc: Option<Tensor>, t: Tensor) -> candle_core::Result<Tensor> {
+    match acc {
+        None => Ok(t),
+        Some(a) => a + t,
+    }
+}
+
+/// What makes two models' predictions not averageable, if anything.
+fn disagreement(a: &ModelMeta, b: &ModelMeta) -> Option<String> {
+    let differ = |what: &str, x: String, y: String| (x != y).then(|| format!("{what} {x} vs {y}"));
+    differ("label set", a.labels.name().into(), b.labels.name().into())
+        .or_else(|| differ("regions", a.regions.to_string(), b.regions.to_string()))
+        .or_else(|| {
+            differ(
+                "outputs",
+                a.model.num_classes.to_string(),
+                b.model.num_classes.to_string(),
+            )
+        })
+        .or_else(|| differ("context", a.context.to_string(), b.context.to_string()))
+        .or_else(|| {
+            differ(
+                "intensity window",
+                format!("{:?}", a.intensity),
+                format!("{:?}", b.intensity),
+            )
+        })
+        .or_else(|| {
+            differ(
+                "in-plane size",
+                format!("{:?}", a.in_plane),
+                format!("{:?}", b.in_plane),
+            )
+        })
+        .or_else(|| {
+            differ(
+                "voxel size",
+                format!("{:?}", a.spacing_mm),
+                format!("{:?}", b.spacing_mm),
+            )
+        })
+        .or_else(|| {
+            differ(
+                "depth",
+                a.model.depth.to_string(),
+                b.model.depth.to_string(),
+            )
+        })
+}
+
 /// Largest side a slice is resampled to (no allocation sized by an
 /// unchecked header's voxel size).
 const MAX_RESAMPLED: usize = 8192;
@@ -479,5 +621,77 @@ mod tests {
             let e = q.mean_foreground_entropy.expect("some foreground");
             assert!((0.0..=1.0).contains(&e), "{e}");
         }
+    }
+
+    /// Two models saved and loaded as an ensemble: its labels are the
+    /// argmax of the mean of the two softmaxes, computed here with the
+    /// models' own forward and candle's softmax; and a model whose
+    /// context differs is refused, naming both files.
+    #[test]
+    fn an_ensemble_averages_the_models_probabilities() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = ResUNetConfig {
+            base_channels: 4,
+            depth: 2,
+            ..Default::default()
+        };
+        let mut files = Vec::new();
+        let mut models = Vec::new();
+        for seed in [3u64, 9] {
+            let (model, vm) = ResUNet::init(&cfg, seed, DType::F32, &Device::Cpu).unwrap();
+            let f = tmp.path().join(format!("m{seed}.safetensors"));
+            crate::save_model(&vm, &ModelMeta::new(cfg), &f).unwrap();
+            files.push(f);
+            models.push(model);
+        }
+        let ens = Segmenter::load_ensemble(&files, &Device::Cpu, 4).unwrap();
+        assert_eq!(ens.members(), 2);
+        let hu = volume();
+        let got = ens.segment_volume(hu.view()).unwrap();
+        let int = ModelMeta::new(cfg).intensity;
+        let (d, h, w) = hu.dim();
+        for k in 0..d {
+            let x = stack_slices(hu.view(), k, 1, &int).unwrap();
+            let x = Tensor::from_vec(
+                x.iter().copied().collect::<Vec<_>>(),
+                (1, 3, h, w),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let p =
+                |m: &ResUNet| candle_nn::ops::softmax(&m.forward_t(&x, false).unwrap(), 1).unwrap();
+            let mean = ((p(&models[0]) + p(&models[1])).unwrap() * 0.5).unwrap();
+            let want = mean
+                .argmax(1)
+                .unwrap()
+                .to_dtype(DType::U8)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u8>()
+                .unwrap();
+            let have: Vec<u8> = got.index_axis(Axis(0), k).iter().copied().collect();
+            assert_eq!(have, want, "slice {k}");
+        }
+        // A model of another context cannot join.
+        let cfg5 = ResUNetConfig {
+            in_channels: 5,
+            ..cfg
+        };
+        let (_, vm) = ResUNet::init(&cfg5, 1, DType::F32, &Device::Cpu).unwrap();
+        let mut meta = ModelMeta::new(cfg5);
+        meta.context = 2;
+        let odd = tmp.path().join("five.safetensors");
+        crate::save_model(&vm, &meta, &odd).unwrap();
+        let e = Segmenter::load_ensemble(&[files[0].clone(), odd], &Device::Cpu, 4)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("five.safetensors")
+                && e.contains("m3.safetensors")
+                && e.contains("context 1 vs 2"),
+            "{e}"
+        );
     }
 }
