@@ -270,3 +270,90 @@ fn an_ensemble_of_checkpoints_predicts_and_refuses_a_mismatch() {
     );
     assert!(!bad.exists());
 }
+
+/// `kseg export` of two checkpoints, then `kseg predict --model`: the
+/// same labels as `--checkpoint A --checkpoint B`; a bundle with one byte
+/// of its weights changed, or cut short, is refused with one line.
+#[test]
+fn a_bundle_predicts_as_its_checkpoints_and_refuses_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = model_with_meta(tmp.path(), "a.safetensors", |_| {});
+    // b: other weights (seed 5) under a's metadata, step 7.
+    let mut meta = kseg::infer::read_meta(&a).unwrap();
+    meta.step = 7;
+    let (_, vm) = kseg::model::ResUNet::init(
+        &meta.model,
+        5,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let b = tmp.path().join("b.safetensors");
+    kseg::infer::save_model(&vm, &meta, &b).unwrap();
+    let bundle = tmp.path().join("model.kseg");
+    let o = kseg()
+        .arg("export")
+        .arg("--checkpoint")
+        .arg(&a)
+        .arg("--checkpoint")
+        .arg(&b)
+        .arg("--out")
+        .arg(&bundle)
+        .args(["--licence", "CC-BY-4.0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let series = testdata("dicom_seg/series");
+    let predict = |args: &[&std::ffi::OsStr], out: &std::path::Path| {
+        kseg()
+            .arg("predict")
+            .args(args)
+            .arg("--input")
+            .arg(&series)
+            .arg("--output")
+            .arg(out)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap()
+    };
+    let (x, y) = (tmp.path().join("x.nii.gz"), tmp.path().join("y.nii.gz"));
+    let o = predict(
+        &[
+            "--checkpoint".as_ref(),
+            a.as_os_str(),
+            "--checkpoint".as_ref(),
+            b.as_os_str(),
+        ],
+        &x,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = predict(&["--model".as_ref(), bundle.as_os_str()], &y);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lx = volume::read_labels(&x, LabelSet::Kits19).unwrap();
+    let ly = volume::read_labels(&y, LabelSet::Kits19).unwrap();
+    assert_eq!(lx.data, ly.data);
+    // The licence and both folds are in the file's metadata.
+    let (meta, _) = kseg::infer::bundle::read_bundle(&bundle).unwrap();
+    assert_eq!((meta.folds.len(), meta.licence.as_str()), (2, "CC-BY-4.0"));
+    assert_eq!(meta.folds[1].step, 7);
+    // One byte of the last tensor flipped; the file cut short.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    let altered = tmp.path().join("altered.kseg");
+    std::fs::write(&altered, &bytes).unwrap();
+    let cut = tmp.path().join("cut.kseg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    for (file, want) in [(&altered, "checksum mismatch"), (&cut, "truncated")] {
+        let out = tmp.path().join("z.nii.gz");
+        let o = predict(&["--model".as_ref(), file.as_os_str()], &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(want) && err.contains(file.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}

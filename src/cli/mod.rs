@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod augment;
 mod evaluate;
+mod export;
 mod info;
 mod predict;
 mod synth;
@@ -16,6 +17,7 @@ mod train;
 
 pub use augment::AugmentArgs;
 pub use evaluate::EvaluateArgs;
+pub use export::ExportArgs;
 pub use info::InfoArgs;
 pub use predict::PredictArgs;
 pub use synth::SynthArgs;
@@ -83,6 +85,12 @@ enum Command {
     /// folder) carries the model configuration and the preprocessing of
     /// training (intensity window, stack depth, in-plane resampling).
     Predict(PredictArgs),
+    /// Write one file holding a model or the folds of an ensemble, with
+    /// their preprocessing, clean-up, label set, provenance (each source's
+    /// SHA-256, its run's configuration and validation scores), a licence
+    /// and a checksum checked on load: `kseg predict --model FILE` gives
+    /// what `kseg predict --checkpoint A --checkpoint B ...` gives.
+    Export(ExportArgs),
     /// Write synthetic KiTS-like cases (int16 HU imaging, uint8 labels) in
     /// KiTS19's layout: OUT/case_00000/{imaging,segmentation}.nii.gz, ...
     Synth(SynthArgs),
@@ -98,6 +106,7 @@ impl Cli {
             Command::Train(a) => train::run_command(&a),
             Command::Predict(a) => a.run(),
             Command::Synth(a) => a.run(),
+            Command::Export(a) => a.run(),
         }
     }
 }

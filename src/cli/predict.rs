@@ -16,8 +16,13 @@ pub struct PredictArgs {
     /// probabilities are averaged over the models (and mirrors) before
     /// decoding. Models that disagree on label set, regions, outputs,
     /// stack, window, in-plane or voxel size are refused.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pub checkpoint: Vec<PathBuf>,
+    /// A model bundle written by `kseg export` (one file: every fold,
+    /// the preprocessing, clean-up and label set), checked whole before
+    /// use.
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
     /// An imaging file (NIfTI, in any orientation), a case folder, a
     /// folder of case folders, or a folder of DICOM files (searched
     /// recursively; its CT series, or the one --series names).
@@ -87,6 +92,7 @@ impl PredictArgs {
     pub fn run(&self) -> Result<()> {
         predict(
             &self.checkpoint,
+            self.model.as_deref(),
             &self.input,
             self.series.as_deref(),
             &self.output,
@@ -426,6 +432,7 @@ fn counts_text(seg: &Segmenter, out: &Outcome) -> String {
 #[allow(clippy::too_many_arguments)]
 fn predict(
     checkpoints: &[PathBuf],
+    bundle: Option<&Path>,
     input: &Path,
     series: Option<&str>,
     output: &Path,
@@ -456,11 +463,16 @@ fn predict(
     }
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
-    let mut seg = Segmenter::load_ensemble(checkpoints, &dev, batch)?;
-    let model_hash = if jobs.iter().any(|(_, d)| is_dicom_seg(d)) {
+    let mut seg = match bundle {
+        Some(b) => Segmenter::load_bundle(b, &dev, batch)?,
+        None => Segmenter::load_ensemble(checkpoints, &dev, batch)?,
+    };
+    let model_hash = if let (Some(b), true) = (bundle, jobs.iter().any(|(_, d)| is_dicom_seg(d))) {
+        kseg_infer::bundle::sha256_file(b)?
+    } else if jobs.iter().any(|(_, d)| is_dicom_seg(d)) {
         checkpoints
             .iter()
-            .map(|c| sha256_file(&kseg_infer::model_file(c)))
+            .map(|c| Ok(kseg_infer::bundle::sha256_file(&kseg_infer::model_file(c))?))
             .collect::<Result<Vec<_>>>()?
             .join("+")
     } else {
@@ -640,26 +652,6 @@ fn write_summary(output: &Path, rows: &[serde_json::Value], wall_s: f64) -> Resu
 fn is_dicom_seg(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
-}
-
-/// The SHA-256 of a file, in hex (the model's identity in a DICOM SEG).
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .with_context(|| format!("{}: cannot read the model file", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: cannot read the model file", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Where the lesion reports go: one file, or a folder of `CASE.json` and

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod bundle;
 mod error;
 pub mod model_file;
 pub mod postprocess;

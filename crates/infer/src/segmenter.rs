@@ -87,6 +87,30 @@ impl Segmenter {
         Ok(seg)
     }
 
+    /// The ensemble of a model bundle (`kseg export`): the file read whole
+    /// and checked ([`crate::bundle::read_bundle`]: format, metadata,
+    /// checksum) before any model is built; the first fold's clean-up and
+    /// mirroring apply.
+    pub fn load_bundle(path: &Path, device: &Device, batch: usize) -> Result<Segmenter> {
+        let (meta, bytes) = crate::bundle::read_bundle(path)?;
+        let vb = candle_nn::VarBuilder::from_slice_safetensors(&bytes, DType::F32, device)
+            .map_err(|e| InferError::checkpoint(path, candle_text(&e)))?;
+        let mut models = Vec::with_capacity(meta.folds.len());
+        for (i, fold) in meta.folds.iter().enumerate() {
+            let model = ResUNet::new(&fold.model, vb.pp(format!("fold{i}"))).map_err(|e| {
+                InferError::checkpoint(path, format!("fold {i}: {}", candle_text(&e)))
+            })?;
+            models.push(model);
+        }
+        let mut models = models.into_iter();
+        let first = models
+            .next()
+            .ok_or_else(|| InferError::checkpoint(path, "a bundle without folds"))?;
+        let mut seg = Segmenter::new(first, meta.folds[0].clone(), device.clone(), batch);
+        seg.others = models.collect();
+        Ok(seg)
+    }
+
     /// The number of models averaged (1 without an ensemble).
     pub fn members(&self) -> usize {
         1 + self.others.len()
@@ -492,7 +516,7 @@ fn add(acc: Option<Tensor>, t: Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// What makes two models' predictions not averageable, if anything.
-fn disagreement(a: &ModelMeta, b: &ModelMeta) -> Option<String> {
+pub(crate) fn disagreement(a: &ModelMeta, b: &ModelMeta) -> Option<String> {
     let differ = |what: &str, x: String, y: String| (x != y).then(|| format!("{what} {x} vs {y}"));
     differ("label set", a.labels.name().into(), b.labels.name().into())
         .or_else(|| differ("regions", a.regions.to_string(), b.regions.to_string()))
