@@ -138,8 +138,33 @@ impl ModelMeta {
                     "in_plane {h}x{w} must be positive multiples of 2^depth = {m}, at most {MAX_IN_PLANE}"
                 ));
             }
+            self.check_forward(1, (h, w)).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Checks the memory a forward pass of `batch` inputs of `(h, w)`
+    /// pixels implies against the limit ([`kseg_volume::limits`]), before
+    /// any input of that size is made.
+    ///
+    /// The estimate is a floor: float32 activations of `4 · base_channels`
+    /// per pixel at full resolution (the first block's output, kept for the
+    /// head, the head's concatenation of twice that and its convolution's
+    /// output), whatever the depth.
+    pub fn check_forward(
+        &self,
+        batch: usize,
+        (h, w): (usize, usize),
+    ) -> std::result::Result<u64, kseg_volume::limits::LimitError> {
+        let per_pixel = 4usize.saturating_mul(self.model.base_channels);
+        kseg_volume::limits::check(
+            &format!(
+                "a forward pass of {batch} slices of {h}x{w} pixels (base_channels {})",
+                self.model.base_channels
+            ),
+            &[batch, h, w, per_pixel],
+            std::mem::size_of::<f32>(),
+        )
     }
 }
 

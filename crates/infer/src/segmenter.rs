@@ -158,6 +158,11 @@ impl Segmenter {
         let resample = (rh, rw) != (h, w);
         // The network's input: padded up to a multiple of 2^depth.
         let (nh, nw) = (rh.div_ceil(m) * m, rw.div_ceil(m) * m);
+        // What one batch implies, checked before any input of that size
+        // exists (the size may come from the model file's spacing_mm).
+        self.meta
+            .check_forward(self.batch.min(depth.max(1)), (nh, nw))
+            .map_err(|e| InferError::Other(format!("segmenting {h}x{w} slices: {e}")))?;
         let c = 2 * self.meta.context + 1;
         let mut out = Array3::<u8>::zeros((depth, h, w));
         let ks: Vec<usize> = (0..depth).collect();

@@ -531,6 +531,37 @@ impl TrainConfig {
                 self.data.foreground_fraction
             ));
         }
+        self.check_memory((h, w))
+    }
+
+    /// Checks the memory the sizes imply against the limit
+    /// ([`kseg_volume::limits`]) before anything of that size exists: the
+    /// batches of `h`×`w` crops the loader holds (`train.prefetch` in its
+    /// channel, one being made, one being trained on) and a forward pass of
+    /// the larger of `train.batch_size` and `val_batch_size`
+    /// ([`kseg_infer::ModelMeta::check_forward`]'s floor).
+    fn check_memory(&self, (h, w): (usize, usize)) -> Result<()> {
+        use kseg_volume::limits;
+        let t = &self.train;
+        let too_large = |e: limits::LimitError| TrainError::Config {
+            path: None,
+            msg: e.to_string(),
+        };
+        let c = self.model.in_channels;
+        let batch = limits::bytes_of(&[t.batch_size, c + 1, h, w], std::mem::size_of::<f32>())
+            .and_then(|b| b.checked_add(std::mem::size_of::<Result<crate::data::Batch>>() as u128));
+        let held = batch.and_then(|b| b.checked_mul(t.prefetch as u128 + 2));
+        limits::check_bytes(
+            &format!(
+                "train.prefetch = {} (with batch_size {} of {c}x{h}x{w} crops)",
+                t.prefetch, t.batch_size
+            ),
+            held,
+        )
+        .map_err(too_large)?;
+        self.model_meta(0)
+            .check_forward(t.batch_size.max(t.val_batch_size), (h, w))
+            .map_err(too_large)?;
         Ok(())
     }
 }

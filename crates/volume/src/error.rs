@@ -92,6 +92,16 @@ pub enum VolumeError {
     /// A prediction and its truth whose scoring failed.
     #[error("metric: {0}")]
     Metric(#[from] kseg_metrics::MetricError),
+    /// A size read from the file (or asked for) implies more memory than
+    /// the limit ([`crate::limits`]) allows.
+    #[error("{}: {source}", path.display())]
+    TooLarge {
+        /// The file (or what was asked for).
+        path: PathBuf,
+        /// The size and the limit.
+        #[source]
+        source: crate::limits::LimitError,
+    },
     /// A caller passed an argument that cannot be honoured.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -119,6 +129,13 @@ impl VolumeError {
         VolumeError::Unsupported {
             path: path.to_path_buf(),
             msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn too_large(path: &Path, source: crate::limits::LimitError) -> Self {
+        VolumeError::TooLarge {
+            path: path.to_path_buf(),
+            source,
         }
     }
 

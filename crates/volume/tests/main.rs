@@ -13,6 +13,9 @@ mod support_dicom;
 mod cache_and_synth;
 /// DICOM series against pydicom's values and series written here.
 mod dicom;
+/// Malformed and hostile headers: sizes against the memory limit,
+/// geometry checked where it is read, DICOM header fuzzing.
+mod hostile;
 /// Real KiTS19 label files (testdata/kits19) against their manifest.
 mod kits19;
 /// The KiTS23 metrics (Dice, surface Dice) against the official code's
