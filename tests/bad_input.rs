@@ -421,8 +421,18 @@ fn model_with_meta(
     name: &str,
     edit: impl FnOnce(&mut kseg::infer::ModelMeta),
 ) -> PathBuf {
+    model_of_base(dir, name, 4, edit)
+}
+
+/// [`model_with_meta`] with `base` channels.
+fn model_of_base(
+    dir: &Path,
+    name: &str,
+    base: usize,
+    edit: impl FnOnce(&mut kseg::infer::ModelMeta),
+) -> PathBuf {
     let mut cfg = kseg::preset("synthetic-cpu").unwrap();
-    cfg.model.base_channels = 4;
+    cfg.model.base_channels = base;
     cfg.model.depth = 2;
     let (_, varmap) = kseg::model::ResUNet::init(
         &cfg.model,
@@ -687,4 +697,284 @@ fn bad_dicom_series_are_refused_by_predict() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("a.dcm") && err.contains("JPEG-LS"), "{err}");
     assert!(!pred.exists());
+}
+
+/// Runs `kseg ARGS` under an address-space cap of `mib` MiB (`ulimit -v`,
+/// as batch schedulers set), with `env` set.
+fn kseg_capped(mib: u64, env: &[(&str, &str)], args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"ulimit -v "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg((mib * 1024).to_string())
+        .arg(env!("CARGO_BIN_EXE_kseg"))
+        .args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env_remove("RUST_BACKTRACE");
+    c.output().unwrap()
+}
+
+/// Exit status 1 with one line naming each of `want` (no abort, no panic).
+fn fails_with(out: &std::process::Output, want: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "status {:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for w in want {
+        assert!(err.contains(w), "want {w:?} in: {err}");
+    }
+}
+
+fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// A NIfTI-1 header of `dims` int16 voxels (the uint8 fixture's identity
+/// sform), vox_offset `vox_offset`, followed by `tail` zero bytes.
+fn int16_header(dims: [i16; 3], vox_offset: f32, tail: usize) -> Vec<u8> {
+    let mut b = std::fs::read(testdata(U8_3X3X3)).unwrap();
+    b.truncate(348);
+    for (i, d) in dims.iter().enumerate() {
+        b[42 + 2 * i..44 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    b[70..72].copy_from_slice(&4i16.to_le_bytes());
+    b[72..74].copy_from_slice(&16i16.to_le_bytes());
+    b[108..112].copy_from_slice(&vox_offset.to_le_bytes());
+    b.resize(348 + tail, 0);
+    b
+}
+
+/// F8a, F8b, F8d: sizes read from a header are checked against the
+/// memory limit (KSEG_MAX_BYTES, default 4 GiB) before anything of that
+/// size exists, so under an address-space cap the command exits 1 with
+/// the file named instead of aborting ("memory allocation of N bytes
+/// failed", SIGABRT). Before the fix each of these aborted under its cap.
+#[test]
+fn header_sizes_exit_1_under_a_memory_cap_not_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A valid file reads under the smallest cap used here.
+    let ok = kseg_capped(768, &[], &[os("info"), testdata(U8_3X3X3).as_os_str()]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // F8a: a 1.3 KB .nii whose vox_offset is 1e9 (the extension block was
+    // allocated whole before the file length was looked at).
+    let p = d.join("voxoffset.nii");
+    std::fs::write(&p, int16_header([3, 3, 3], 1e9, 1000)).unwrap();
+    fails_with(
+        &kseg_capped(768, &[], &[os("info"), p.as_os_str()]),
+        &["voxoffset.nii", "before vox_offset 1000000000"],
+    );
+    // F8d: an honest 1024³ int16 header (6 GiB once decoded to float32),
+    // for predict, under a 3 GiB cap; refused before inflating.
+    let model = model_with_meta(d, "model.safetensors", |_| {});
+    let p = d.join("bomb.nii.gz");
+    std::fs::write(&p, gzip(&int16_header([1024, 1024, 1024], 352.0, 68))).unwrap();
+    let out = kseg_capped(
+        3072,
+        &[],
+        &[
+            os("predict"),
+            os("--checkpoint"),
+            model.as_os_str(),
+            os("--input"),
+            p.as_os_str(),
+            os("--output"),
+            d.join("pred.nii.gz").as_os_str(),
+            os("--device"),
+            os("cpu"),
+        ],
+    );
+    fails_with(
+        &out,
+        &[
+            "bomb.nii.gz",
+            "6442450948 bytes",
+            "memory limit",
+            "KSEG_MAX_BYTES",
+        ],
+    );
+    // F8b: 65 DICOM headers claiming 4096×4096 pixels, no real pixels
+    // (4.4 GB as float32), under a 3 GiB cap.
+    let hu = Array3::<f32>::zeros((65, 2, 2));
+    let series = d.join("huge_dicom");
+    let spec = crate::support_dicom::SeriesSpec {
+        hu: &hu,
+        origin: [0.0, 0.0, 0.0],
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+        pixel_spacing: [0.8, 0.8],
+        step: 2.0,
+        storage: crate::support_dicom::Storage::I16,
+        uid: "1.2.826.0.1.3680043.2.1125.902",
+    };
+    let names: Vec<String> = (0..65).map(|k| format!("IM{k:03}")).collect();
+    let numbers: Vec<u32> = (1..=65).collect();
+    crate::support_dicom::write_series_with(&series, &spec, &names, &numbers, |_, o| {
+        use dicom_core::{DataElement, VR, dicom_value};
+        use dicom_dictionary_std::tags;
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            dicom_value!(U16, [4096]),
+        ));
+        o.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            dicom_value!(U16, [4096]),
+        ));
+    });
+    fails_with(
+        &kseg_capped(3072, &[], &[os("info"), series.as_os_str()]),
+        &["IM000", "4362076160 bytes", "memory limit"],
+    );
+    // The limit is the user's: a lower one refuses a real KiTS19 label
+    // file, naming it; a setting that is no size is an error, not ignored.
+    let seg = testdata("kits19/case_00004/segmentation.nii.gz");
+    fails_with(
+        &kseg_capped(
+            3072,
+            &[("KSEG_MAX_BYTES", "1M")],
+            &[os("info"), seg.as_os_str()],
+        ),
+        &["segmentation.nii.gz", "memory limit of 1048576 bytes"],
+    );
+    fails_with(
+        &kseg_capped(
+            3072,
+            &[("KSEG_MAX_BYTES", "lots")],
+            &[os("info"), seg.as_os_str()],
+        ),
+        &["KSEG_MAX_BYTES=\"lots\" is not a number of bytes"],
+    );
+}
+
+/// F8c: model metadata that passes its field checks but implies a forward
+/// pass beyond the memory limit (in_plane 4096×4096, or spacing_mm 0.05
+/// on 32 pixels of about 10 mm: 6000-odd pixels a side) exits 1 under a
+/// 3 GiB cap; before the fix predict aborted.
+#[test]
+fn model_metadata_sizes_exit_1_under_a_memory_cap_not_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let input = case.join("imaging.nii.gz");
+    let pred = tmp.path().join("pred.nii.gz");
+    let run = |model: &Path| {
+        kseg_capped(
+            3072,
+            &[],
+            &[
+                os("predict"),
+                os("--checkpoint"),
+                model.as_os_str(),
+                os("--input"),
+                input.as_os_str(),
+                os("--output"),
+                pred.as_os_str(),
+                os("--device"),
+                os("cpu"),
+            ],
+        )
+    };
+    // A forward pass at 4096×4096 with base 32: 4096² · 128 floats.
+    let plane = model_of_base(tmp.path(), "plane.safetensors", 32, |m| {
+        m.in_plane = Some((4096, 4096))
+    });
+    fails_with(
+        &run(&plane),
+        &[
+            "plane.safetensors",
+            "4096x4096",
+            "8589934592 bytes",
+            "memory limit",
+        ],
+    );
+    let fine = model_of_base(tmp.path(), "fine.safetensors", 32, |m| {
+        m.spacing_mm = Some(0.05)
+    });
+    fails_with(
+        &run(&fine),
+        &["slices of", "memory limit", "KSEG_MAX_BYTES"],
+    );
+    assert!(!pred.exists());
+}
+
+/// F9: absurd sizes on the command line or in a configuration exit 1
+/// naming the setting, checked against the memory limit before anything
+/// of that size exists (a 112 GB channel, 4096² training crops, a
+/// billion synthetic cases, 50000² or ten million augmentation tiles all
+/// aborted before the fix).
+#[test]
+fn cli_and_config_sizes_exit_1_under_a_memory_cap_not_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let run = d.join("run");
+    let train = |set: &str| {
+        kseg_capped(
+            3072,
+            &[],
+            &[
+                os("train"),
+                os("--out"),
+                run.as_os_str(),
+                os("--steps"),
+                os("2"),
+                os("--set"),
+                os(set),
+            ],
+        )
+    };
+    fails_with(
+        &train("train.prefetch=1000000000"),
+        &["train.prefetch = 1000000000", "memory limit"],
+    );
+    fails_with(
+        &train("augment.out_size=[4096,4096]"),
+        &["4096x4096", "memory limit"],
+    );
+    let synth = d.join("synth");
+    fails_with(
+        &kseg_capped(
+            3072,
+            &[],
+            &[
+                os("synth"),
+                os("--cases"),
+                os("1000000000"),
+                os("--out"),
+                synth.as_os_str(),
+            ],
+        ),
+        &["1000000000 synthetic cases", "memory limit"],
+    );
+    assert!(!synth.exists());
+    let case = one_case(d);
+    let png = d.join("grid.png");
+    let augment = |extra: &[&str]| {
+        let mut args = vec![
+            os("augment"),
+            os("--case"),
+            case.as_os_str(),
+            os("--slice"),
+            os("1"),
+            os("--out"),
+            png.as_os_str(),
+        ];
+        args.extend(extra.iter().map(os));
+        kseg_capped(3072, &[], &args)
+    };
+    fails_with(
+        &augment(&["--size", "50000", "50000"]),
+        &["9 tiles of 50000x50000", "memory limit"],
+    );
+    fails_with(
+        &augment(&["--n", "10000000"]),
+        &["10000001 tiles of 32x32", "memory limit"],
+    );
+    assert!(!png.exists());
 }
