@@ -100,7 +100,7 @@ pub enum VolumeError {
         path: PathBuf,
         /// The size and the limit.
         #[source]
-        source: crate::limits::LimitError,
+        source: Box<crate::limits::LimitError>,
     },
     /// A caller passed an argument that cannot be honoured.
     #[error("invalid argument: {0}")]
@@ -135,7 +135,7 @@ impl VolumeError {
     pub(crate) fn too_large(path: &Path, source: crate::limits::LimitError) -> Self {
         VolumeError::TooLarge {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         }
     }
 

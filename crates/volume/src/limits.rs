@@ -32,7 +32,7 @@ pub enum LimitError {
     /// `what` would need `bytes` bytes (`None`: more than 2^128).
     #[error(
         "{what} would need {}, more than the memory limit of {} ({MAX_BYTES_ENV}=<bytes> raises it)",
-        bytes.map_or("more than 2^128 bytes".to_string(), |b| human(b)),
+        bytes.map_or("more than 2^128 bytes".to_string(), human),
         human(u128::from(*limit))
     )]
     TooLarge {
