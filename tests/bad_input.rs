@@ -503,6 +503,19 @@ fn model_metadata_is_checked_before_anything_is_built() {
     // A stack that the first convolution cannot take.
     let ctx = model_with_meta(tmp.path(), "ctx.safetensors", |m| m.context = 2);
     predict_fails(&ctx, &input, &pred, &["ctx.safetensors", "context = 2"]);
+    // Found by random_model_metadata_never_panics: 2·context + 1
+    // overflowed (a panic) for a context near usize::MAX.
+    let ctx = model_with_meta(tmp.path(), "ctxmax.safetensors", |m| m.context = usize::MAX);
+    predict_fails(
+        &ctx,
+        &input,
+        &pred,
+        &[
+            "ctxmax.safetensors",
+            "context = 18446744073709551615",
+            "more than usize::MAX",
+        ],
+    );
     let plane = model_with_meta(tmp.path(), "plane.safetensors", |m| {
         m.in_plane = Some((1 << 20, 32))
     });
@@ -977,4 +990,114 @@ fn cli_and_config_sizes_exit_1_under_a_memory_cap_not_abort() {
         &["10000001 tiles of 32x32", "memory limit"],
     );
     assert!(!png.exists());
+}
+
+/// Every leaf of a JSON value, as a mutable reference, in document order.
+fn json_leaves(v: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
+    use serde_json::Value;
+    let nested = match v {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
+    };
+    if !nested {
+        return vec![v];
+    }
+    match v {
+        Value::Object(m) => m.values_mut().flat_map(json_leaves).collect(),
+        Value::Array(a) => a.iter_mut().flat_map(json_leaves).collect(),
+        _ => unreachable!("nested"),
+    }
+}
+
+/// Seeded fuzzing of a model file's kseg metadata: random values (zero,
+/// huge, negative, fractional, other types, null) in random fields, or a
+/// damaged byte of the JSON, must give an error or a working segmenter,
+/// never a panic or an allocation beyond the memory limit (a segmenter
+/// that loads segments a 3×16×16 volume). `KSEG_FUZZ_CASES` (here divided
+/// by 10) and `KSEG_FUZZ_SEED` as for the NIfTI headers.
+#[test]
+fn random_model_metadata_never_panics() {
+    use rand::{Rng, SeedableRng};
+    use serde_json::{Value, json};
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let cases = env("KSEG_FUZZ_CASES", 1500) / 10;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env("KSEG_FUZZ_SEED", 2024));
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_meta(tmp.path(), "base.safetensors", |m| {
+        m.spacing_mm = Some(1.0);
+        m.keep_largest = Some(2);
+    });
+    let bytes = std::fs::read(&model).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta: Value =
+        serde_json::from_str(header["__metadata__"]["kseg"].as_str().unwrap()).unwrap();
+    let data = &bytes[8 + n..];
+    let hu = Array3::from_shape_fn((3, 16, 16), |(k, r, c)| ((k * 7 + r * 5 + c) % 300) as f32);
+    let p = tmp.path().join("fuzz.safetensors");
+    let values = [
+        json!(0),
+        json!(1),
+        json!(-1),
+        json!(3),
+        json!(0.05),
+        json!(1e308),
+        json!(-1e308),
+        json!(4096),
+        json!(1u64 << 20),
+        json!(1u64 << 40),
+        json!(u64::MAX),
+        json!([64, 64]),
+        json!([3, 5]),
+        json!([1048576, 8]),
+        json!(null),
+        json!("x"),
+        json!(true),
+        json!("kits23"),
+    ];
+    for case in 0..cases {
+        let mut m = meta.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let mut leaves = json_leaves(&mut m);
+            let i = rng.random_range(0..leaves.len());
+            let v = if rng.random_bool(0.3) {
+                json!(rng.random_range(-1e4..1e4))
+            } else {
+                values[rng.random_range(0..values.len())].clone()
+            };
+            *leaves[i] = v;
+        }
+        let mut text = serde_json::to_string(&m).unwrap();
+        if rng.random_bool(0.2) {
+            let mut b = text.into_bytes();
+            let at = rng.random_range(0..b.len());
+            b[at] = rng.random_range(b' '..=b'~');
+            text = String::from_utf8(b).unwrap();
+        }
+        let mut h = header.clone();
+        h["__metadata__"]["kseg"] = Value::String(text.clone());
+        let mut hb = serde_json::to_vec(&h).unwrap();
+        while hb.len() % 8 != 0 {
+            hb.push(b' ');
+        }
+        let mut file = (hb.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&hb);
+        file.extend_from_slice(data);
+        std::fs::write(&p, &file).unwrap();
+        let got = std::panic::catch_unwind(|| {
+            let Ok(seg) = kseg::infer::Segmenter::load(&p, &candle_core::Device::Cpu, 2) else {
+                return;
+            };
+            if let Ok(labels) = seg.segment_volume_at(hu.view(), Some((1.0, 1.0))) {
+                assert_eq!(labels.dim(), (3, 16, 16), "{text}");
+            }
+        });
+        assert!(got.is_ok(), "case {case} panicked: {text}");
+    }
 }

@@ -105,12 +105,14 @@ impl ModelMeta {
     /// allocate at an absurd size or predict nonsense.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.model.validate().map_err(|e| candle_text(&e))?;
-        if self.model.in_channels != 2 * self.context + 1 {
+        // Checked: a context near usize::MAX must not overflow.
+        let stack = self.context.checked_mul(2).and_then(|n| n.checked_add(1));
+        if stack != Some(self.model.in_channels) {
             return Err(format!(
                 "model.in_channels = {} but context = {} gives {}-slice stacks",
                 self.model.in_channels,
                 self.context,
-                2 * self.context + 1
+                stack.map_or("more than usize::MAX".to_string(), |n| n.to_string())
             ));
         }
         self.intensity.validate().map_err(|e| e.to_string())?;

@@ -445,12 +445,14 @@ impl TrainConfig {
         self.augment.validate()?;
         self.data.intensity.validate()?;
         self.data.synthetic.generator.validate()?;
-        if self.model.in_channels != 2 * self.data.context + 1 {
+        // Checked: a context near usize::MAX must not overflow.
+        let stack = (self.data.context.checked_mul(2)).and_then(|n| n.checked_add(1));
+        if stack != Some(self.model.in_channels) {
             return bad(format!(
                 "model.in_channels = {} but data.context = {} gives {}-slice stacks",
                 self.model.in_channels,
                 self.data.context,
-                2 * self.data.context + 1
+                stack.map_or("more than usize::MAX".to_string(), |n| n.to_string())
             ));
         }
         let labels = self.data.labels;
