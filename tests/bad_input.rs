@@ -1101,3 +1101,139 @@ fn random_model_metadata_never_panics() {
         assert!(got.is_ok(), "case {case} panicked: {text}");
     }
 }
+
+/// A copy of the model file `src` as `dst` with `f(name, values)`
+/// changing the float32 values of the tensors it picks.
+fn edit_weights(src: &Path, dst: &Path, f: impl Fn(&str, &mut [f32])) {
+    let mut bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(t["dtype"], "F32");
+        let (a, b) = (
+            8 + n + t["data_offsets"][0].as_u64().unwrap() as usize,
+            8 + n + t["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        let mut v: Vec<f32> = bytes[a..b]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        f(name, &mut v);
+        for (i, x) in v.iter().enumerate() {
+            bytes[a + 4 * i..a + 4 * i + 4].copy_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(dst, bytes).unwrap();
+}
+
+/// F11, F12, F29: model files that would predict nonsense or cannot be a
+/// model are refused naming the file and the reason: one NaN weight, a
+/// negative BatchNorm running variance or 1e38 weights (all-background
+/// predictions before, exit 0), `keep_largest = 0` (every prediction
+/// erased) in a model file or a configuration, and a folder named
+/// `model.safetensors` ("No such device" before).
+#[test]
+fn model_files_that_would_predict_nonsense_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let input = case.join("imaging.nii.gz");
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let pred = out.join("pred.nii.gz");
+    let good = model_with_meta(tmp.path(), "good.safetensors", |_| {});
+    let nan = tmp.path().join("nan.safetensors");
+    edit_weights(&good, &nan, |name, v| {
+        if name == "conv0.conv.weight" {
+            v[5] = f32::NAN;
+        }
+    });
+    predict_fails(
+        &nan,
+        &input,
+        &pred,
+        &[
+            "nan.safetensors",
+            "tensor conv0.conv.weight holds NaN at index 5 (1 such values)",
+        ],
+    );
+    let var = tmp.path().join("var.safetensors");
+    edit_weights(&good, &var, |name, v| {
+        if name.ends_with("running_var") {
+            v[0] = -1.0;
+        }
+    });
+    predict_fails(
+        &var,
+        &input,
+        &pred,
+        &["var.safetensors", "running_var holds -1", "not negative"],
+    );
+    let huge = tmp.path().join("huge.safetensors");
+    edit_weights(&good, &huge, |name, v| {
+        if name.ends_with(".weight") {
+            v.fill(1e38);
+        }
+    });
+    predict_fails(
+        &huge,
+        &input,
+        &pred,
+        &["huge.safetensors", "holds 1e38", "at most 1e8"],
+    );
+    let zero = model_with_meta(tmp.path(), "zero.safetensors", |m| m.keep_largest = Some(0));
+    predict_fails(
+        &zero,
+        &input,
+        &pred,
+        &[
+            "zero.safetensors",
+            "keep_largest = 0",
+            "erase every prediction",
+        ],
+    );
+    // The untouched file predicts (and --lcc 0 still means "off").
+    let ok = kseg()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&good)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&pred)
+        .args(["--device", "cpu", "--lcc", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::remove_file(&pred).unwrap();
+    let folder = tmp.path().join("ckpt");
+    std::fs::create_dir_all(folder.join("model.safetensors")).unwrap();
+    predict_fails(
+        &folder,
+        &input,
+        &pred,
+        &["ckpt/model.safetensors", "not a file (a folder?)"],
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    // The configuration's keep_largest = 0.
+    let run = tmp.path().join("run");
+    let o = kseg()
+        .arg("train")
+        .arg("--out")
+        .arg(&run)
+        .args(["--steps", "2", "--set", "postprocess.keep_largest=0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("postprocess.keep_largest = 0 would keep no component"),
+        "{err}"
+    );
+}

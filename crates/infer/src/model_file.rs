@@ -116,6 +116,9 @@ impl ModelMeta {
             ));
         }
         self.intensity.validate().map_err(|e| e.to_string())?;
+        if self.keep_largest == Some(0) {
+            return Err(KEEP_ZERO.to_string());
+        }
         if let Some(t) = self.spacing_mm
             && !(t.is_finite() && t > 0.0 && t <= 20.0)
         {
@@ -170,6 +173,9 @@ impl ModelMeta {
     }
 }
 
+/// Why `keep_largest = 0` is refused (model files and configurations).
+pub const KEEP_ZERO: &str = "keep_largest = 0 would keep no component and erase every prediction; leave it out (null) for no clean-up";
+
 /// Largest in-plane size a model file may ask inputs to be resampled to.
 pub const MAX_IN_PLANE: usize = 4096;
 
@@ -219,6 +225,16 @@ pub fn read_meta(path: &Path) -> Result<ModelMeta> {
             InferError::io(path, e)
         }
     })?;
+    if !file
+        .metadata()
+        .map_err(|e| InferError::io(path, e))?
+        .is_file()
+    {
+        return Err(InferError::checkpoint(
+            path,
+            "not a file (a folder?): a checkpoint is a model.safetensors file or a checkpoint folder holding one",
+        ));
+    }
     // SAFETY: the file is only read; checkpoints are replaced by rename,
     // never rewritten in place.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| InferError::io(path, e))?;

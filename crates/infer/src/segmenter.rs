@@ -40,8 +40,9 @@ impl Segmenter {
     pub fn load(checkpoint: &Path, device: &Device, batch: usize) -> Result<Segmenter> {
         let path = model_file(checkpoint);
         let meta = read_meta(&path)?;
-        let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
+        let (model, varmap) = ResUNet::load(&meta.model, &path, DType::F32, device)
             .map_err(|e| InferError::checkpoint(&path, candle_text(&e)))?;
+        check_weights(&varmap).map_err(|e| InferError::checkpoint(&path, e))?;
         Ok(Segmenter::new(model, meta, device.clone(), batch))
     }
 
@@ -236,6 +237,44 @@ impl Segmenter {
         }
         Ok(out)
     }
+}
+
+/// Largest magnitude a weight or statistic of a model file may have: no
+/// trained Res-U-Net comes near it, while a corrupt or edited file (1e38)
+/// would turn every activation into inf and every prediction into
+/// background.
+pub const MAX_WEIGHT: f32 = 1e8;
+
+/// Checks a loaded model's variables: every value finite and at most
+/// [`MAX_WEIGHT`] in magnitude (step counters aside), and BatchNorm's
+/// `running_var` not negative (its square root would be NaN). A NaN weight
+/// predicted all background without a word.
+fn check_weights(varmap: &candle_nn::VarMap) -> std::result::Result<(), String> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let values = data[name]
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("{name}: {}", candle_text(&e)))?;
+        let counter = name.ends_with("num_batches_tracked");
+        let bad = |v: f32| {
+            !v.is_finite()
+                || (!counter && v.abs() > MAX_WEIGHT)
+                || (name.ends_with("running_var") && v < 0.0)
+        };
+        if let Some(i) = values.iter().position(|&v| bad(v)) {
+            let n = values.iter().filter(|&&v| bad(v)).count();
+            return Err(format!(
+                "tensor {name} holds {:?} at index {i} ({n} such values): weights must be finite, at most {MAX_WEIGHT:e} in magnitude, running variances not negative",
+                values[i]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Largest side a slice is resampled to (no allocation sized by an

@@ -445,6 +445,9 @@ impl TrainConfig {
         self.augment.validate()?;
         self.data.intensity.validate()?;
         self.data.synthetic.generator.validate()?;
+        if self.postprocess.keep_largest == Some(0) {
+            return bad(format!("postprocess.{}", kseg_infer::model_file::KEEP_ZERO));
+        }
         // Checked: a context near usize::MAX must not overflow.
         let stack = (self.data.context.checked_mul(2)).and_then(|n| n.checked_add(1));
         if stack != Some(self.model.in_channels) {

@@ -532,3 +532,173 @@ fn random_dicom_header_fields_never_panic() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A case folder `dir/id` with 4×6×5 imaging on `img` and labels (a
+/// kidney block) on `seg`; the labels are written as `seg_name`.
+fn write_case(
+    dir: &Path,
+    id: &str,
+    img: &kseg_volume::Header,
+    seg: &kseg_volume::Header,
+    seg_name: &str,
+) -> PathBuf {
+    let case = dir.join(id);
+    std::fs::create_dir_all(&case).unwrap();
+    let hu = ndarray::Array3::<i16>::from_elem((4, 6, 5), -100);
+    kseg_volume::write_volume(case.join("imaging.nii.gz"), hu.view(), img).unwrap();
+    let mut lab = ndarray::Array3::<u8>::zeros((4, 6, 5));
+    lab.slice_mut(ndarray::s![1..3, 2..5, 1..4]).fill(1);
+    let gz = case.join("labels.tmp.nii.gz");
+    kseg_volume::write_volume(&gz, lab.view(), seg).unwrap();
+    let bytes = std::fs::read(&gz).unwrap();
+    std::fs::remove_file(&gz).unwrap();
+    let bytes = if seg_name.ends_with(".gz") {
+        bytes
+    } else {
+        // Gunzipped here (the plain file as any other writer makes it).
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain)
+            .unwrap();
+        plain
+    };
+    std::fs::write(case.join(seg_name), bytes).unwrap();
+    case
+}
+
+fn kits(spacing: [f32; 3]) -> kseg_volume::Header {
+    kseg_volume::Header::kits_like([4, 6, 5], spacing, kseg_volume::DType::I16).unwrap()
+}
+
+/// `h` with its sform's offset moved by `dx` mm along x.
+fn shifted(h: &kseg_volume::Header, dx: f32) -> kseg_volume::Header {
+    let mut raw = h.nifti().clone();
+    raw.srow_x[3] += dx;
+    raw.qform_code = 0;
+    kseg_volume::Header::from_nifti(raw).unwrap()
+}
+
+/// F17: labels on another voxel grid than their imaging (shifted 80 mm,
+/// or twice the voxel size; same shape and axis codes) are refused by the
+/// case loader training uses, as `kseg evaluate` refuses them.
+#[test]
+fn labels_on_another_grid_than_their_imaging_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = kits([2.0, 0.8, 0.8]);
+    let same = write_case(
+        tmp.path(),
+        "case_00000",
+        &base,
+        &base,
+        "segmentation.nii.gz",
+    );
+    let loaded = kseg_volume::CaseDir::open(&same)
+        .unwrap()
+        .load(LabelSet::Kits19)
+        .unwrap();
+    assert_eq!(
+        loaded
+            .labels
+            .unwrap()
+            .data
+            .iter()
+            .filter(|&&v| v == 1)
+            .count(),
+        2 * 3 * 3
+    );
+    for (id, seg, want) in [
+        ("case_00001", shifted(&base, 80.0), "80.000 mm apart"),
+        ("case_00002", kits([4.0, 1.6, 1.6]), "mm apart"),
+    ] {
+        let case = write_case(tmp.path(), id, &base, &seg, "segmentation.nii.gz");
+        let e = kseg_volume::CaseDir::open(&case)
+            .unwrap()
+            .load(LabelSet::Kits19)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(id)
+                && e.contains("segmentation.nii.gz")
+                && e.contains("voxel grid")
+                && e.contains(want),
+            "{e}"
+        );
+    }
+}
+
+/// F19 and F18: a truth case stored as `segmentation.nii` (which a case
+/// folder may hold) counts as a truth case, so a missing prediction for
+/// it is named; a truth whose pixdim is 0 or NaN (distances in mm from
+/// it) is refused, not scored 0.966 or NaN.
+#[test]
+fn truth_cases_in_plain_nii_count_and_truth_pixdim_is_checked() {
+    use kseg_volume::evaluate_folder;
+    let tmp = tempfile::tempdir().unwrap();
+    let truth = tmp.path().join("truth");
+    let pred = tmp.path().join("pred");
+    std::fs::create_dir_all(&pred).unwrap();
+    let base = kits([2.0, 0.8, 0.8]);
+    write_case(&truth, "case_00000", &base, &base, "segmentation.nii.gz");
+    let plain = write_case(&truth, "case_00001", &base, &base, "segmentation.nii");
+    std::fs::copy(
+        truth.join("case_00000/segmentation.nii.gz"),
+        pred.join("case_00000.nii.gz"),
+    )
+    .unwrap();
+    let e = evaluate_folder(&pred, &truth, LabelSet::Kits19, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no prediction for 1") && e.contains("case_00001"),
+        "{e}"
+    );
+    let subset = evaluate_folder(&pred, &truth, LabelSet::Kits19, true).unwrap();
+    assert_eq!(subset.missing, vec!["case_00001".to_string()]);
+    // Its prediction is scored against segmentation.nii: a perfect one.
+    std::fs::copy(
+        plain.join("segmentation.nii"),
+        pred.join("case_00001.nii.gz"),
+    )
+    .unwrap();
+    let all = evaluate_folder(&pred, &truth, LabelSet::Kits23, false).unwrap();
+    assert!(all.missing.is_empty());
+    // Truth pixdim 0 and NaN (the sform still places the voxels).
+    for (id, v) in [("case_00002", 0.0f32), ("case_00003", f32::NAN)] {
+        let mut raw = base.nifti().clone();
+        raw.pixdim[2] = v;
+        let bad = kseg_volume::Header::from_nifti(raw).unwrap();
+        write_case(&truth, id, &bad, &bad, "segmentation.nii.gz");
+        std::fs::copy(
+            truth.join(id).join("segmentation.nii.gz"),
+            pred.join(format!("{id}.nii.gz")),
+        )
+        .unwrap();
+        let e = evaluate_folder(&pred, &truth, LabelSet::Kits23, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(id) && e.contains("is not a voxel size"), "{e}");
+        std::fs::remove_file(pred.join(format!("{id}.nii.gz"))).unwrap();
+        std::fs::remove_dir_all(truth.join(id)).unwrap();
+    }
+}
+
+/// F25: an input that is a symbolic link loop is named as one (ELOOP),
+/// not reported as a missing file; a missing file still is.
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_input_is_named_as_a_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.nii.gz");
+    let b = tmp.path().join("b.nii.gz");
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let e = read_volume(&a).unwrap_err().to_string();
+    assert!(
+        e.contains("a.nii.gz") && e.contains("symbolic links"),
+        "{e}"
+    );
+    assert!(!e.contains("missing"), "{e}");
+    let e = read_volume(tmp.path().join("none.nii.gz"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing: no such file"), "{e}");
+}

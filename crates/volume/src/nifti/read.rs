@@ -110,8 +110,14 @@ fn file_pair(path: &Path) -> Result<(PathBuf, PathBuf, bool)> {
             return Ok((hdr, path.to_path_buf(), true));
         }
     }
-    if !path.exists() {
-        return Err(VolumeError::missing(path, "no such file"));
+    // metadata, not exists(): a symbolic link loop or a folder that
+    // cannot be searched is named as what it is, not as a missing file.
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(VolumeError::missing(path, "no such file"));
+        }
+        Err(e) => return Err(VolumeError::io(path, e)),
     }
     Ok((path.to_path_buf(), path.to_path_buf(), false))
 }
