@@ -1083,7 +1083,7 @@ fn random_model_metadata_never_panics() {
         let mut h = header.clone();
         h["__metadata__"]["kseg"] = Value::String(text.clone());
         let mut hb = serde_json::to_vec(&h).unwrap();
-        while hb.len() % 8 != 0 {
+        while !hb.len().is_multiple_of(8) {
             hb.push(b' ');
         }
         let mut file = (hb.len() as u64).to_le_bytes().to_vec();
