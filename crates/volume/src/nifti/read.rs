@@ -363,6 +363,25 @@ impl DataStream {
             ));
         };
         let vox_offset = raw.vox_offset as usize;
+        let size_mismatch = |path: &Path, have: usize| {
+            VolumeError::format(
+                path,
+                format!(
+                    "file holds {have} bytes of voxel data, but dims {shape:?} of {} need {nbytes}",
+                    dtype.name()
+                ),
+            )
+        };
+        // A plain single file's length tells at once whether the header
+        // describes it (before the memory limit, which a lying header
+        // would also fail, is asked).
+        if !pair
+            && let Some(len) = plain_len
+            && len as usize >= vox_offset
+            && len as usize - vox_offset != nbytes
+        {
+            return Err(size_mismatch(&hdr_path, len as usize - vox_offset));
+        }
         let ext_len = if pair { 0 } else { vox_offset - HEADER_SIZE };
         let voxels: usize = shape.iter().product();
         let implied = crate::limits::bytes_of(&[voxels], decoded)
@@ -425,13 +444,7 @@ impl DataStream {
         if let Some(len) = plain_len {
             let have = (len as usize).saturating_sub(vox_offset);
             if have != nbytes {
-                return Err(VolumeError::format(
-                    &data_path,
-                    format!(
-                        "file holds {have} bytes of voxel data, but dims {shape:?} of {} need {nbytes}",
-                        dtype.name()
-                    ),
-                ));
+                return Err(size_mismatch(&data_path, have));
             }
         }
         Ok(DataStream {
