@@ -1247,3 +1247,44 @@ fn model_files_that_would_predict_nonsense_are_refused() {
         "{err}"
     );
 }
+
+/// F13 through the binary: a folder whose slices are all symbolic links,
+/// given through a symbolic link to it, is a DICOM series of all its
+/// slices ("missing imaging.nii.gz: not a case folder" before).
+#[cfg(unix)]
+#[test]
+fn a_linked_folder_of_linked_dicom_slices_is_a_series() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let hu = Array3::from_shape_fn((5, 4, 3), |(k, r, c)| (k * 10 + r * 3 + c) as f32);
+    let store = tmp.path().join("store");
+    let names: Vec<String> = (0..5).map(|k| format!("IM{k}")).collect();
+    let spec = crate::support_dicom::SeriesSpec {
+        hu: &hu,
+        origin: [0.0, 0.0, 0.0],
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+        pixel_spacing: [0.8, 0.8],
+        step: 2.0,
+        storage: crate::support_dicom::Storage::I16,
+        uid: "1.2.826.0.1.3680043.2.1125.903",
+    };
+    crate::support_dicom::write_series(&store, &spec, &names, &[1, 2, 3, 4, 5]);
+    let links = tmp.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    for n in &names {
+        symlink(store.join(n), links.join(n)).unwrap();
+    }
+    let via = tmp.path().join("via");
+    symlink(&links, &via).unwrap();
+    let out = kseg().arg("info").arg(&via).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["series"][0]["files"], 5, "{text}");
+    assert_eq!(v["volume"]["shape"], serde_json::json!([5, 4, 3]), "{text}");
+}
