@@ -159,7 +159,13 @@ fn dims_that_do_not_match_the_data() {
     let bytes = std::fs::read(&huge).unwrap();
     let gz = dir.path().join("huge.nii.gz");
     std::fs::write(&gz, gzip(&bytes)).unwrap();
-    lib_fails(read_image(&gz).unwrap_err(), &gz, "truncated");
+    // Inside gzip the size is unknown until the end: the memory limit
+    // refuses the header's 27 TB before anything is inflated.
+    lib_fails(
+        read_image(&gz).unwrap_err(),
+        &gz,
+        "more than the memory limit",
+    );
 }
 
 /// The header fuzzing the readers survived (11,671 mutated headers and
@@ -421,8 +427,18 @@ pub(crate) fn model_with_meta(
     name: &str,
     edit: impl FnOnce(&mut kseg::infer::ModelMeta),
 ) -> PathBuf {
+    model_of_base(dir, name, 4, edit)
+}
+
+/// [`model_with_meta`] with `base` channels.
+fn model_of_base(
+    dir: &Path,
+    name: &str,
+    base: usize,
+    edit: impl FnOnce(&mut kseg::infer::ModelMeta),
+) -> PathBuf {
     let mut cfg = kseg::preset("synthetic-cpu").unwrap();
-    cfg.model.base_channels = 4;
+    cfg.model.base_channels = base;
     cfg.model.depth = 2;
     let (_, varmap) = kseg::model::ResUNet::init(
         &cfg.model,
@@ -493,6 +509,19 @@ fn model_metadata_is_checked_before_anything_is_built() {
     // A stack that the first convolution cannot take.
     let ctx = model_with_meta(tmp.path(), "ctx.safetensors", |m| m.context = 2);
     predict_fails(&ctx, &input, &pred, &["ctx.safetensors", "context = 2"]);
+    // Found by random_model_metadata_never_panics: 2·context + 1
+    // overflowed (a panic) for a context near usize::MAX.
+    let ctx = model_with_meta(tmp.path(), "ctxmax.safetensors", |m| m.context = usize::MAX);
+    predict_fails(
+        &ctx,
+        &input,
+        &pred,
+        &[
+            "ctxmax.safetensors",
+            "context = 18446744073709551615",
+            "more than usize::MAX",
+        ],
+    );
     let plane = model_with_meta(tmp.path(), "plane.safetensors", |m| {
         m.in_plane = Some((1 << 20, 32))
     });
@@ -816,4 +845,575 @@ fn cases_with_non_utf8_names_get_their_own_outputs() {
         names,
         [b"case_\xfe.nii.gz".to_vec(), b"case_\xff.nii.gz".to_vec()]
     );
+}
+
+/// Runs `kseg ARGS` under an address-space cap of `mib` MiB (`ulimit -v`,
+/// as batch schedulers set), with `env` set.
+fn kseg_capped(mib: u64, env: &[(&str, &str)], args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"ulimit -v "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg((mib * 1024).to_string())
+        .arg(env!("CARGO_BIN_EXE_kseg"))
+        .args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env_remove("RUST_BACKTRACE");
+    c.output().unwrap()
+}
+
+/// Exit status 1 with one line naming each of `want` (no abort, no panic).
+fn fails_with(out: &std::process::Output, want: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "status {:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for w in want {
+        assert!(err.contains(w), "want {w:?} in: {err}");
+    }
+}
+
+fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// A NIfTI-1 header of `dims` int16 voxels (the uint8 fixture's identity
+/// sform), vox_offset `vox_offset`, followed by `tail` zero bytes.
+fn int16_header(dims: [i16; 3], vox_offset: f32, tail: usize) -> Vec<u8> {
+    let mut b = std::fs::read(testdata(U8_3X3X3)).unwrap();
+    b.truncate(348);
+    for (i, d) in dims.iter().enumerate() {
+        b[42 + 2 * i..44 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    b[70..72].copy_from_slice(&4i16.to_le_bytes());
+    b[72..74].copy_from_slice(&16i16.to_le_bytes());
+    b[108..112].copy_from_slice(&vox_offset.to_le_bytes());
+    b.resize(348 + tail, 0);
+    b
+}
+
+/// F8a, F8b, F8d: sizes read from a header are checked against the
+/// memory limit (KSEG_MAX_BYTES, default 4 GiB) before anything of that
+/// size exists, so under an address-space cap the command exits 1 with
+/// the file named instead of aborting ("memory allocation of N bytes
+/// failed", SIGABRT). Before the fix each of these aborted under its cap.
+#[test]
+fn header_sizes_exit_1_under_a_memory_cap_not_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A valid file reads under the smallest cap used here.
+    let ok = kseg_capped(768, &[], &[os("info"), testdata(U8_3X3X3).as_os_str()]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // F8a: a 1.3 KB .nii whose vox_offset is 1e9 (the extension block was
+    // allocated whole before the file length was looked at).
+    let p = d.join("voxoffset.nii");
+    std::fs::write(&p, int16_header([3, 3, 3], 1e9, 1000)).unwrap();
+    fails_with(
+        &kseg_capped(768, &[], &[os("info"), p.as_os_str()]),
+        &["voxoffset.nii", "before vox_offset 1000000000"],
+    );
+    // F8d: an honest 1024³ int16 header (6 GiB once decoded to float32),
+    // for predict, under a 3 GiB cap; refused before inflating.
+    let model = model_with_meta(d, "model.safetensors", |_| {});
+    let p = d.join("bomb.nii.gz");
+    std::fs::write(&p, gzip(&int16_header([1024, 1024, 1024], 352.0, 68))).unwrap();
+    let out = kseg_capped(
+        3072,
+        &[],
+        &[
+            os("predict"),
+            os("--checkpoint"),
+            model.as_os_str(),
+            os("--input"),
+            p.as_os_str(),
+            os("--output"),
+            d.join("pred.nii.gz").as_os_str(),
+            os("--device"),
+            os("cpu"),
+        ],
+    );
+    fails_with(
+        &out,
+        &[
+            "bomb.nii.gz",
+            "6442450948 bytes",
+            "memory limit",
+            "KSEG_MAX_BYTES",
+        ],
+    );
+    // F8b: 65 DICOM headers claiming 4096×4096 pixels, no real pixels
+    // (4.4 GB as float32), under a 3 GiB cap.
+    let hu = Array3::<f32>::zeros((65, 2, 2));
+    let series = d.join("huge_dicom");
+    let spec = crate::support_dicom::SeriesSpec {
+        hu: &hu,
+        origin: [0.0, 0.0, 0.0],
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+        pixel_spacing: [0.8, 0.8],
+        step: 2.0,
+        storage: crate::support_dicom::Storage::I16,
+        uid: "1.2.826.0.1.3680043.2.1125.902",
+    };
+    let names: Vec<String> = (0..65).map(|k| format!("IM{k:03}")).collect();
+    let numbers: Vec<u32> = (1..=65).collect();
+    crate::support_dicom::write_series_with(&series, &spec, &names, &numbers, |_, o| {
+        use dicom_core::{DataElement, VR, dicom_value};
+        use dicom_dictionary_std::tags;
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            dicom_value!(U16, [4096]),
+        ));
+        o.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            dicom_value!(U16, [4096]),
+        ));
+    });
+    fails_with(
+        &kseg_capped(3072, &[], &[os("info"), series.as_os_str()]),
+        &["IM000", "4362076160 bytes", "memory limit"],
+    );
+    // The limit is the user's: a lower one refuses a real KiTS19 label
+    // file, naming it; a setting that is no size is an error, not ignored.
+    let seg = testdata("kits19/case_00004/segmentation.nii.gz");
+    fails_with(
+        &kseg_capped(
+            3072,
+            &[("KSEG_MAX_BYTES", "1M")],
+            &[os("info"), seg.as_os_str()],
+        ),
+        &["segmentation.nii.gz", "memory limit of 1048576 bytes"],
+    );
+    fails_with(
+        &kseg_capped(
+            3072,
+            &[("KSEG_MAX_BYTES", "lots")],
+            &[os("info"), seg.as_os_str()],
+        ),
+        &["KSEG_MAX_BYTES=\"lots\" is not a number of bytes"],
+    );
+}
+
+/// F8c: model metadata that passes its field checks but implies a forward
+/// pass beyond the memory limit (in_plane 4096×4096, or spacing_mm 0.05
+/// on 32 pixels of about 10 mm: 6000-odd pixels a side) exits 1 under a
+/// 3 GiB cap; before the fix predict aborted.
+#[test]
+fn model_metadata_sizes_exit_1_under_a_memory_cap_not_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let input = case.join("imaging.nii.gz");
+    let pred = tmp.path().join("pred.nii.gz");
+    let run = |model: &Path| {
+        kseg_capped(
+            3072,
+            &[],
+            &[
+                os("predict"),
+                os("--checkpoint"),
+                model.as_os_str(),
+                os("--input"),
+                input.as_os_str(),
+                os("--output"),
+                pred.as_os_str(),
+                os("--device"),
+                os("cpu"),
+            ],
+        )
+    };
+    // A forward pass at 4096×4096 with base 32: 4096² · 128 floats.
+    let plane = model_of_base(tmp.path(), "plane.safetensors", 32, |m| {
+        m.in_plane = Some((4096, 4096))
+    });
+    fails_with(
+        &run(&plane),
+        &[
+            "plane.safetensors",
+            "4096x4096",
+            "8589934592 bytes",
+            "memory limit",
+        ],
+    );
+    let fine = model_of_base(tmp.path(), "fine.safetensors", 32, |m| {
+        m.spacing_mm = Some(0.05)
+    });
+    fails_with(
+        &run(&fine),
+        &["slices of", "memory limit", "KSEG_MAX_BYTES"],
+    );
+    assert!(!pred.exists());
+}
+
+/// F9: absurd sizes on the command line or in a configuration exit 1
+/// naming the setting, checked against the memory limit before anything
+/// of that size exists (a 112 GB channel, 4096² training crops, a
+/// billion synthetic cases, 50000² or ten million augmentation tiles all
+/// aborted before the fix).
+#[test]
+fn cli_and_config_sizes_exit_1_under_a_memory_cap_not_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let run = d.join("run");
+    let train = |set: &str| {
+        kseg_capped(
+            3072,
+            &[],
+            &[
+                os("train"),
+                os("--out"),
+                run.as_os_str(),
+                os("--steps"),
+                os("2"),
+                os("--set"),
+                os(set),
+            ],
+        )
+    };
+    fails_with(
+        &train("train.prefetch=1000000000"),
+        &["train.prefetch = 1000000000", "memory limit"],
+    );
+    fails_with(
+        &train("augment.out_size=[4096,4096]"),
+        &["4096x4096", "memory limit"],
+    );
+    let synth = d.join("synth");
+    fails_with(
+        &kseg_capped(
+            3072,
+            &[],
+            &[
+                os("synth"),
+                os("--cases"),
+                os("1000000000"),
+                os("--out"),
+                synth.as_os_str(),
+            ],
+        ),
+        &["1000000000 synthetic cases", "memory limit"],
+    );
+    assert!(!synth.exists());
+    let case = one_case(d);
+    let png = d.join("grid.png");
+    let augment = |extra: &[&str]| {
+        let mut args = vec![
+            os("augment"),
+            os("--case"),
+            case.as_os_str(),
+            os("--slice"),
+            os("1"),
+            os("--out"),
+            png.as_os_str(),
+        ];
+        args.extend(extra.iter().map(os));
+        kseg_capped(3072, &[], &args)
+    };
+    fails_with(
+        &augment(&["--size", "50000", "50000"]),
+        &["9 tiles of 50000x50000", "memory limit"],
+    );
+    fails_with(
+        &augment(&["--n", "10000000"]),
+        &["10000001 tiles of 32x32", "memory limit"],
+    );
+    assert!(!png.exists());
+}
+
+/// Every leaf of a JSON value, as a mutable reference, in document order.
+fn json_leaves(v: &mut serde_json::Value) -> Vec<&mut serde_json::Value> {
+    use serde_json::Value;
+    let nested = match v {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
+    };
+    if !nested {
+        return vec![v];
+    }
+    match v {
+        Value::Object(m) => m.values_mut().flat_map(json_leaves).collect(),
+        Value::Array(a) => a.iter_mut().flat_map(json_leaves).collect(),
+        _ => unreachable!("nested"),
+    }
+}
+
+/// Seeded fuzzing of a model file's kseg metadata: random values (zero,
+/// huge, negative, fractional, other types, null) in random fields, or a
+/// damaged byte of the JSON, must give an error or a working segmenter,
+/// never a panic or an allocation beyond the memory limit (a segmenter
+/// that loads segments a 3×16×16 volume). `KSEG_FUZZ_CASES` (here divided
+/// by 10) and `KSEG_FUZZ_SEED` as for the NIfTI headers.
+#[test]
+fn random_model_metadata_never_panics() {
+    use rand::{Rng, SeedableRng};
+    use serde_json::{Value, json};
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let cases = env("KSEG_FUZZ_CASES", 1500) / 10;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(env("KSEG_FUZZ_SEED", 2024));
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_meta(tmp.path(), "base.safetensors", |m| {
+        m.spacing_mm = Some(1.0);
+        m.keep_largest = Some(2);
+    });
+    let bytes = std::fs::read(&model).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta: Value =
+        serde_json::from_str(header["__metadata__"]["kseg"].as_str().unwrap()).unwrap();
+    let data = &bytes[8 + n..];
+    let hu = Array3::from_shape_fn((3, 16, 16), |(k, r, c)| ((k * 7 + r * 5 + c) % 300) as f32);
+    let p = tmp.path().join("fuzz.safetensors");
+    let values = [
+        json!(0),
+        json!(1),
+        json!(-1),
+        json!(3),
+        json!(0.05),
+        json!(1e308),
+        json!(-1e308),
+        json!(4096),
+        json!(1u64 << 20),
+        json!(1u64 << 40),
+        json!(u64::MAX),
+        json!([64, 64]),
+        json!([3, 5]),
+        json!([1048576, 8]),
+        json!(null),
+        json!("x"),
+        json!(true),
+        json!("kits23"),
+    ];
+    for case in 0..cases {
+        let mut m = meta.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let mut leaves = json_leaves(&mut m);
+            let i = rng.random_range(0..leaves.len());
+            let v = if rng.random_bool(0.3) {
+                json!(rng.random_range(-1e4..1e4))
+            } else {
+                values[rng.random_range(0..values.len())].clone()
+            };
+            *leaves[i] = v;
+        }
+        let mut text = serde_json::to_string(&m).unwrap();
+        if rng.random_bool(0.2) {
+            let mut b = text.into_bytes();
+            let at = rng.random_range(0..b.len());
+            b[at] = rng.random_range(b' '..=b'~');
+            text = String::from_utf8(b).unwrap();
+        }
+        let mut h = header.clone();
+        h["__metadata__"]["kseg"] = Value::String(text.clone());
+        let mut hb = serde_json::to_vec(&h).unwrap();
+        while !hb.len().is_multiple_of(8) {
+            hb.push(b' ');
+        }
+        let mut file = (hb.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&hb);
+        file.extend_from_slice(data);
+        std::fs::write(&p, &file).unwrap();
+        let got = std::panic::catch_unwind(|| {
+            let Ok(seg) = kseg::infer::Segmenter::load(&p, &candle_core::Device::Cpu, 2) else {
+                return;
+            };
+            if let Ok(labels) = seg.segment_volume_at(hu.view(), Some((1.0, 1.0))) {
+                assert_eq!(labels.dim(), (3, 16, 16), "{text}");
+            }
+        });
+        assert!(got.is_ok(), "case {case} panicked: {text}");
+    }
+}
+
+/// A copy of the model file `src` as `dst` with `f(name, values)`
+/// changing the float32 values of the tensors it picks.
+fn edit_weights(src: &Path, dst: &Path, f: impl Fn(&str, &mut [f32])) {
+    let mut bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for (name, t) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(t["dtype"], "F32");
+        let (a, b) = (
+            8 + n + t["data_offsets"][0].as_u64().unwrap() as usize,
+            8 + n + t["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        let mut v: Vec<f32> = bytes[a..b]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        f(name, &mut v);
+        for (i, x) in v.iter().enumerate() {
+            bytes[a + 4 * i..a + 4 * i + 4].copy_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(dst, bytes).unwrap();
+}
+
+/// F11, F12, F29: model files that would predict nonsense or cannot be a
+/// model are refused naming the file and the reason: one NaN weight, a
+/// negative BatchNorm running variance or 1e38 weights (all-background
+/// predictions before, exit 0), `keep_largest = 0` (every prediction
+/// erased) in a model file or a configuration, and a folder named
+/// `model.safetensors` ("No such device" before).
+#[test]
+fn model_files_that_would_predict_nonsense_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let input = case.join("imaging.nii.gz");
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let pred = out.join("pred.nii.gz");
+    let good = model_with_meta(tmp.path(), "good.safetensors", |_| {});
+    let nan = tmp.path().join("nan.safetensors");
+    edit_weights(&good, &nan, |name, v| {
+        if name == "conv0.conv.weight" {
+            v[5] = f32::NAN;
+        }
+    });
+    predict_fails(
+        &nan,
+        &input,
+        &pred,
+        &[
+            "nan.safetensors",
+            "tensor conv0.conv.weight holds NaN at index 5 (1 such values)",
+        ],
+    );
+    let var = tmp.path().join("var.safetensors");
+    edit_weights(&good, &var, |name, v| {
+        if name.ends_with("running_var") {
+            v[0] = -1.0;
+        }
+    });
+    predict_fails(
+        &var,
+        &input,
+        &pred,
+        &["var.safetensors", "running_var holds -1", "not negative"],
+    );
+    let huge = tmp.path().join("huge.safetensors");
+    edit_weights(&good, &huge, |name, v| {
+        if name.ends_with(".weight") {
+            v.fill(1e38);
+        }
+    });
+    predict_fails(
+        &huge,
+        &input,
+        &pred,
+        &[
+            "huge.safetensors",
+            "outputs for slices 0..=3 are not finite numbers",
+            "weights are unusable",
+        ],
+    );
+    let zero = model_with_meta(tmp.path(), "zero.safetensors", |m| m.keep_largest = Some(0));
+    predict_fails(
+        &zero,
+        &input,
+        &pred,
+        &[
+            "zero.safetensors",
+            "keep_largest = 0",
+            "erase every prediction",
+        ],
+    );
+    // The untouched file predicts (and --lcc 0 still means "off").
+    let ok = kseg()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&good)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&pred)
+        .args(["--device", "cpu", "--lcc", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::remove_file(&pred).unwrap();
+    let folder = tmp.path().join("ckpt");
+    std::fs::create_dir_all(folder.join("model.safetensors")).unwrap();
+    predict_fails(
+        &folder,
+        &input,
+        &pred,
+        &["ckpt/model.safetensors", "not a file (a folder?)"],
+    );
+    assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+    // The configuration's keep_largest = 0.
+    let run = tmp.path().join("run");
+    let o = kseg()
+        .arg("train")
+        .arg("--out")
+        .arg(&run)
+        .args(["--steps", "2", "--set", "postprocess.keep_largest=0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("postprocess.keep_largest = 0 would keep no component"),
+        "{err}"
+    );
+}
+
+/// F13 through the binary: a folder whose slices are all symbolic links,
+/// given through a symbolic link to it, is a DICOM series of all its
+/// slices ("missing imaging.nii.gz: not a case folder" before).
+#[cfg(unix)]
+#[test]
+fn a_linked_folder_of_linked_dicom_slices_is_a_series() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let hu = Array3::from_shape_fn((5, 4, 3), |(k, r, c)| (k * 10 + r * 3 + c) as f32);
+    let store = tmp.path().join("store");
+    let names: Vec<String> = (0..5).map(|k| format!("IM{k}")).collect();
+    let spec = crate::support_dicom::SeriesSpec {
+        hu: &hu,
+        origin: [0.0, 0.0, 0.0],
+        row_dir: [1.0, 0.0, 0.0],
+        col_dir: [0.0, 1.0, 0.0],
+        pixel_spacing: [0.8, 0.8],
+        step: 2.0,
+        storage: crate::support_dicom::Storage::I16,
+        uid: "1.2.826.0.1.3680043.2.1125.903",
+    };
+    crate::support_dicom::write_series(&store, &spec, &names, &[1, 2, 3, 4, 5]);
+    let links = tmp.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    for n in &names {
+        symlink(store.join(n), links.join(n)).unwrap();
+    }
+    let via = tmp.path().join("via");
+    symlink(&links, &via).unwrap();
+    let out = kseg().arg("info").arg(&via).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["series"][0]["files"], 5, "{text}");
+    assert_eq!(v["volume"]["shape"], serde_json::json!([5, 4, 3]), "{text}");
 }

@@ -81,6 +81,14 @@ fn augment_grid(
         Some([oh, ow]) => (*oh, *ow),
         _ => (h, w),
     };
+    // The tiles (image stack and label) and the grid image they make,
+    // checked against the memory limit before any is drawn.
+    let (c, (th, tw)) = (x.dim().0, out_size);
+    kseg_volume::limits::check(
+        &format!("{} tiles of {th}x{tw} (--n, --size)", n.saturating_add(1)),
+        &[n.saturating_add(1), th, tw],
+        c * std::mem::size_of::<f32>() + 1 + 3,
+    )?;
     let cfg = AugmentConfig {
         out_size: Some(out_size),
         ..AugmentConfig::default()
@@ -108,7 +116,6 @@ fn augment_grid(
             kseg_train::plots::overlay_rgb(mid, yi.view(), (lo, hi))
         })
         .collect();
-    let (th, tw) = out_size;
     kseg_train::plots::write_png(out, &kseg_train::plots::grid(&images, cols))?;
     eprintln!(
         "wrote {} ({} samples of {th}x{tw} + the original)",

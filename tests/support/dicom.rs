@@ -34,13 +34,25 @@ pub struct SeriesSpec<'a> {
     pub uid: &'a str,
 }
 
-fn ds(v: &[f64]) -> PrimitiveValue {
+pub fn ds(v: &[f64]) -> PrimitiveValue {
     PrimitiveValue::Strs(v.iter().map(|x| format!("{x:.6}")).collect())
 }
 
 /// Writes every slice of `spec` into `dir`, under the file name
 /// `names[k]` and with InstanceNumber `numbers[k]`.
 pub fn write_series(dir: &Path, spec: &SeriesSpec, names: &[String], numbers: &[u32]) {
+    write_series_with(dir, spec, names, numbers, |_, _| {});
+}
+
+/// [`write_series`], with `edit(k, slice)` changing each slice's elements
+/// (a malformed or hostile header) before it is written.
+pub fn write_series_with(
+    dir: &Path,
+    spec: &SeriesSpec,
+    names: &[String],
+    numbers: &[u32],
+    edit: impl Fn(usize, &mut InMemDicomObject),
+) {
     std::fs::create_dir_all(dir).unwrap();
     let (n, rows, cols) = spec.hu.dim();
     let normal = [
@@ -120,6 +132,7 @@ pub fn write_series(dir: &Path, spec: &SeriesSpec, names: &[String], numbers: &[
             })
             .collect();
         put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(words.into()));
+        edit(k, &mut obj);
         let file = obj
             .with_meta(
                 FileMetaTableBuilder::new()

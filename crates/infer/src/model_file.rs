@@ -105,15 +105,20 @@ impl ModelMeta {
     /// allocate at an absurd size or predict nonsense.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.model.validate().map_err(|e| candle_text(&e))?;
-        if self.model.in_channels != 2 * self.context + 1 {
+        // Checked: a context near usize::MAX must not overflow.
+        let stack = self.context.checked_mul(2).and_then(|n| n.checked_add(1));
+        if stack != Some(self.model.in_channels) {
             return Err(format!(
                 "model.in_channels = {} but context = {} gives {}-slice stacks",
                 self.model.in_channels,
                 self.context,
-                2 * self.context + 1
+                stack.map_or("more than usize::MAX".to_string(), |n| n.to_string())
             ));
         }
         self.intensity.validate().map_err(|e| e.to_string())?;
+        if self.keep_largest == Some(0) {
+            return Err(KEEP_ZERO.to_string());
+        }
         if let Some(t) = self.spacing_mm
             && !(t.is_finite() && t > 0.0 && t <= 20.0)
         {
@@ -138,10 +143,38 @@ impl ModelMeta {
                     "in_plane {h}x{w} must be positive multiples of 2^depth = {m}, at most {MAX_IN_PLANE}"
                 ));
             }
+            self.check_forward(1, (h, w)).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
+
+    /// Checks the memory a forward pass of `batch` inputs of `(h, w)`
+    /// pixels implies against the limit ([`kseg_volume::limits`]), before
+    /// any input of that size is made.
+    ///
+    /// The estimate is a floor: float32 activations of `4 · base_channels`
+    /// per pixel at full resolution (the first block's output, kept for the
+    /// head, the head's concatenation of twice that and its convolution's
+    /// output), whatever the depth.
+    pub fn check_forward(
+        &self,
+        batch: usize,
+        (h, w): (usize, usize),
+    ) -> std::result::Result<u64, kseg_volume::limits::LimitError> {
+        let per_pixel = 4usize.saturating_mul(self.model.base_channels);
+        kseg_volume::limits::check(
+            &format!(
+                "a forward pass of {batch} slices of {h}x{w} pixels (base_channels {})",
+                self.model.base_channels
+            ),
+            &[batch, h, w, per_pixel],
+            std::mem::size_of::<f32>(),
+        )
+    }
 }
+
+/// Why `keep_largest = 0` is refused (model files and configurations).
+pub const KEEP_ZERO: &str = "keep_largest = 0 would keep no component and erase every prediction; leave it out (null) for no clean-up";
 
 /// Largest in-plane size a model file may ask inputs to be resampled to.
 pub const MAX_IN_PLANE: usize = 4096;
@@ -192,6 +225,16 @@ pub fn read_meta(path: &Path) -> Result<ModelMeta> {
             InferError::io(path, e)
         }
     })?;
+    if !file
+        .metadata()
+        .map_err(|e| InferError::io(path, e))?
+        .is_file()
+    {
+        return Err(InferError::checkpoint(
+            path,
+            "not a file (a folder?): a checkpoint is a model.safetensors file or a checkpoint folder holding one",
+        ));
+    }
     // SAFETY: the file is only read; checkpoints are replaced by rename,
     // never rewritten in place.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| InferError::io(path, e))?;

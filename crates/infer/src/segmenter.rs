@@ -25,6 +25,8 @@ pub struct Segmenter {
     meta: ModelMeta,
     device: Device,
     batch: usize,
+    /// The model file it was loaded from (named in errors).
+    source: Option<std::path::PathBuf>,
 }
 
 impl Segmenter {
@@ -36,6 +38,7 @@ impl Segmenter {
             meta,
             device,
             batch: batch.max(1),
+            source: None,
         }
     }
 
@@ -44,9 +47,12 @@ impl Segmenter {
     pub fn load(checkpoint: &Path, device: &Device, batch: usize) -> Result<Segmenter> {
         let path = model_file(checkpoint);
         let meta = read_meta(&path)?;
-        let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
+        let (model, varmap) = ResUNet::load(&meta.model, &path, DType::F32, device)
             .map_err(|e| InferError::checkpoint(&path, candle_text(&e)))?;
-        Ok(Segmenter::new(model, meta, device.clone(), batch))
+        check_weights(&varmap).map_err(|e| InferError::checkpoint(&path, e))?;
+        let mut seg = Segmenter::new(model, meta, device.clone(), batch);
+        seg.source = Some(path);
+        Ok(seg)
     }
 
     /// An ensemble of the model files (or checkpoint folders) `checkpoints`:
@@ -80,8 +86,9 @@ impl Segmenter {
                     ),
                 ));
             }
-            let (model, _) = ResUNet::load(&meta.model, &path, DType::F32, device)
+            let (model, varmap) = ResUNet::load(&meta.model, &path, DType::F32, device)
                 .map_err(|e| InferError::checkpoint(&path, candle_text(&e)))?;
+            check_weights(&varmap).map_err(|e| InferError::checkpoint(&path, e))?;
             seg.others.push(model);
         }
         Ok(seg)
@@ -108,6 +115,7 @@ impl Segmenter {
             .ok_or_else(|| InferError::checkpoint(path, "a bundle without folds"))?;
         let mut seg = Segmenter::new(first, meta.folds[0].clone(), device.clone(), batch);
         seg.others = models.collect();
+        seg.source = Some(path.to_path_buf());
         Ok(seg)
     }
 
@@ -326,6 +334,11 @@ impl Segmenter {
         let resample = (rh, rw) != (h, w);
         // The network's input: padded up to a multiple of 2^depth.
         let (nh, nw) = (rh.div_ceil(m) * m, rw.div_ceil(m) * m);
+        // What one batch implies, checked before any input of that size
+        // exists (the size may come from the model file's spacing_mm).
+        self.meta
+            .check_forward(self.batch.min(depth.max(1)), (nh, nw))
+            .map_err(|e| InferError::Other(format!("segmenting {h}x{w} slices: {e}")))?;
         let c = 2 * self.meta.context + 1;
         let mut out = Array3::<u8>::zeros((depth, h, w));
         let ks: Vec<usize> = (0..depth).collect();
@@ -345,6 +358,20 @@ impl Segmenter {
             let flat: Vec<f32> = inputs.iter().flat_map(|a| a.iter().copied()).collect();
             let x = Tensor::from_vec(flat, (chunk.len(), c, nh, nw), &self.device)?;
             let (scores, pq) = self.scores_quality(&x, quality)?;
+            // Weights that are finite but absurd (1e38) give inf and NaN
+            // scores, which would decode to all background without a word.
+            let total = scores.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !total.is_finite() {
+                let msg = format!(
+                    "the network's outputs for slices {}..={} are not finite numbers (sum {total}): the model's weights are unusable",
+                    chunk[0],
+                    chunk[chunk.len() - 1]
+                );
+                return Err(match &self.source {
+                    Some(p) => InferError::checkpoint(p, msg),
+                    None => InferError::Other(msg),
+                });
+            }
             if let Some([p, q]) = pq {
                 sums.add(self, &p, &q, (rh, rw))?;
             }
@@ -556,6 +583,33 @@ pub(crate) fn disagreement(a: &ModelMeta, b: &ModelMeta) -> Option<String> {
                 b.model.depth.to_string(),
             )
         })
+}
+
+/// Checks a loaded model's variables: every value finite, and BatchNorm's
+/// `running_var` not negative (its square root would be NaN). A NaN weight
+/// predicted all background without a word. (Finite but absurd weights
+/// are caught by their outputs, in [`Segmenter::segment_with`].)
+fn check_weights(varmap: &candle_nn::VarMap) -> std::result::Result<(), String> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let values = data[name]
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("{name}: {}", candle_text(&e)))?;
+        let bad = |v: f32| !v.is_finite() || (name.ends_with("running_var") && v < 0.0);
+        if let Some(i) = values.iter().position(|&v| bad(v)) {
+            let n = values.iter().filter(|&&v| bad(v)).count();
+            return Err(format!(
+                "tensor {name} holds {:?} at index {i} ({n} such values): weights must be finite, running variances not negative",
+                values[i]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Largest side a slice is resampled to (no allocation sized by an

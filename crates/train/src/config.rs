@@ -501,12 +501,17 @@ impl TrainConfig {
         self.augment.validate()?;
         self.data.intensity.validate()?;
         self.data.synthetic.generator.validate()?;
-        if self.model.in_channels != 2 * self.data.context + 1 {
+        if self.postprocess.keep_largest == Some(0) {
+            return bad(format!("postprocess.{}", kseg_infer::model_file::KEEP_ZERO));
+        }
+        // Checked: a context near usize::MAX must not overflow.
+        let stack = (self.data.context.checked_mul(2)).and_then(|n| n.checked_add(1));
+        if stack != Some(self.model.in_channels) {
             return bad(format!(
                 "model.in_channels = {} but data.context = {} gives {}-slice stacks",
                 self.model.in_channels,
                 self.data.context,
-                2 * self.data.context + 1
+                stack.map_or("more than usize::MAX".to_string(), |n| n.to_string())
             ));
         }
         let labels = self.data.labels;
@@ -597,6 +602,37 @@ impl TrainConfig {
                 self.data.foreground_fraction
             ));
         }
+        self.check_memory((h, w))
+    }
+
+    /// Checks the memory the sizes imply against the limit
+    /// ([`kseg_volume::limits`]) before anything of that size exists: the
+    /// batches of `h`×`w` crops the loader holds (`train.prefetch` in its
+    /// channel, one being made, one being trained on) and a forward pass of
+    /// the larger of `train.batch_size` and `val_batch_size`
+    /// ([`kseg_infer::ModelMeta::check_forward`]'s floor).
+    fn check_memory(&self, (h, w): (usize, usize)) -> Result<()> {
+        use kseg_volume::limits;
+        let t = &self.train;
+        let too_large = |e: limits::LimitError| TrainError::Config {
+            path: None,
+            msg: e.to_string(),
+        };
+        let c = self.model.in_channels;
+        let batch = limits::bytes_of(&[t.batch_size, c + 1, h, w], std::mem::size_of::<f32>())
+            .and_then(|b| b.checked_add(std::mem::size_of::<Result<crate::data::Batch>>() as u128));
+        let held = batch.and_then(|b| b.checked_mul(t.prefetch as u128 + 2));
+        limits::check_bytes(
+            &format!(
+                "train.prefetch = {} (with batch_size {} of {c}x{h}x{w} crops)",
+                t.prefetch, t.batch_size
+            ),
+            held,
+        )
+        .map_err(too_large)?;
+        self.model_meta(0)
+            .check_forward(t.batch_size.max(t.val_batch_size), (h, w))
+            .map_err(too_large)?;
         Ok(())
     }
 }

@@ -93,6 +93,15 @@ impl CaseDir {
                         ),
                     ));
                 }
+                if let Some(why) = l.header.grid_mismatch(&imaging.header) {
+                    return Err(VolumeError::format(
+                        p,
+                        format!(
+                            "not on the voxel grid of the imaging {}: {why}; the two must share a voxel grid",
+                            self.imaging.display()
+                        ),
+                    ));
+                }
                 Some(l)
             }
             _ => None,
@@ -108,7 +117,7 @@ impl CaseDir {
 
 /// `dir/name` (`name` ending in `.nii.gz`), or the same without `.gz`,
 /// whichever is a file.
-fn find_in(dir: &Path, name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in(dir: &Path, name: &str) -> Option<PathBuf> {
     let gz = dir.join(name);
     let plain = dir.join(name.trim_end_matches(".gz"));
     if gz.is_file() {

@@ -48,15 +48,41 @@ pub fn is_dicom_file(path: &Path) -> bool {
         && &head[128..] == b"DICM"
 }
 
-/// Every file under `dir`, recursively, sorted.
+/// Every file under `dir`, recursively, symbolic links followed (a link to
+/// a slice is that slice; a broken link or a link loop is an error naming
+/// it, never a slice silently left out).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    walk_in(dir, out, &mut seen)
+}
+
+fn walk_in(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| VolumeError::io(dir, e))?;
+    if !seen.insert(real.clone()) {
+        return Err(VolumeError::format(
+            dir,
+            format!(
+                "a symbolic link loop: this folder is {}, already searched",
+                real.display()
+            ),
+        ));
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| VolumeError::io(dir, e))?;
     for e in entries {
         let e = e.map_err(|e| VolumeError::io(dir, e))?;
         let path = e.path();
-        let kind = e.file_type().map_err(|e| VolumeError::io(&path, e))?;
+        let mut kind = e.file_type().map_err(|e| VolumeError::io(&path, e))?;
+        if kind.is_symlink() {
+            kind = std::fs::metadata(&path)
+                .map_err(|e| VolumeError::io(&path, e))?
+                .file_type();
+        }
         if kind.is_dir() {
-            walk(&path, out)?;
+            walk_in(&path, out, seen)?;
         } else if kind.is_file() {
             out.push(path);
         }
@@ -192,6 +218,10 @@ struct Slice {
     thickness: Option<f64>,
 }
 
+/// How far from 1 a direction cosine's length, and from 0 the cosine
+/// between the two, may be (DS values carry about six digits).
+const IOP_TOLERANCE: f64 = 1e-3;
+
 pub(crate) fn floats(
     obj: &DefaultDicomObject,
     path: &Path,
@@ -273,6 +303,52 @@ fn read_slice_header(path: &Path) -> Result<Slice> {
             format!("PixelSpacing {spacing:?} must be positive"),
         ));
     }
+    // Direction cosines: two unit vectors at right angles, else the
+    // affine's voxel sizes and axes would not be PixelSpacing's.
+    let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    let (lr, lc, cos) = (dot(r, r).sqrt(), dot(c, c).sqrt(), dot(r, c));
+    if (lr - 1.0).abs() > IOP_TOLERANCE
+        || (lc - 1.0).abs() > IOP_TOLERANCE
+        || cos.abs() > IOP_TOLERANCE
+    {
+        return Err(VolumeError::format(
+            path,
+            format!(
+                "ImageOrientationPatient {iop:?} is not two unit vectors at right angles (lengths {lr:.4} and {lc:.4}, cosine {cos:.4})"
+            ),
+        ));
+    }
+    // RescaleSlope and RescaleIntercept turn stored values into HU: type 1
+    // in the CT image IOD, so a CT slice without them is refused, not read
+    // as slope 1, intercept 0. Other modalities may leave them out.
+    let ct = text(&obj, tags::MODALITY) == "CT";
+    let rescale = |tag, name: &str, default: f64| -> Result<f64> {
+        match obj.element_opt(tag).ok().flatten() {
+            None if !ct => Ok(default),
+            None => Err(VolumeError::format(
+                path,
+                format!("no {name}: a CT slice needs RescaleSlope and RescaleIntercept to give HU"),
+            )),
+            Some(e) => match e.to_float64() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(VolumeError::format(
+                    path,
+                    format!(
+                        "{name} {:?} is not a finite number",
+                        e.to_str().unwrap_or_default()
+                    ),
+                )),
+            },
+        }
+    };
+    let slope = rescale(tags::RESCALE_SLOPE, "RescaleSlope", 1.0)?;
+    if slope == 0.0 {
+        return Err(VolumeError::format(
+            path,
+            "RescaleSlope 0 maps every pixel to one value",
+        ));
+    }
+    let intercept = rescale(tags::RESCALE_INTERCEPT, "RescaleIntercept", 0.0)?;
     Ok(Slice {
         path: path.to_path_buf(),
         iop: iop.try_into().expect("6 values"),
@@ -280,8 +356,8 @@ fn read_slice_header(path: &Path) -> Result<Slice> {
         spacing: spacing.try_into().expect("2 values"),
         rows: size(tags::ROWS, "Rows")?,
         cols: size(tags::COLUMNS, "Columns")?,
-        slope: optional_float(&obj, tags::RESCALE_SLOPE).unwrap_or(1.0),
-        intercept: optional_float(&obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
+        slope,
+        intercept,
         thickness: optional_float(&obj, tags::SLICE_THICKNESS).filter(|t| *t > 0.0),
     })
 }
@@ -426,6 +502,27 @@ pub fn read_series(series: &Series) -> Result<Volume<f32>> {
         g[g.len() / 2]
     };
     let tol = (0.01 * step).max(0.01);
+    // Each step from a slice to the next must run along the normal: a step
+    // that also moves within the slice plane is a gantry tilt (or a
+    // sheared series), which a grid of `normal × step` would misplace.
+    for (i, w) in slices.windows(2).enumerate() {
+        let d = [0, 1, 2].map(|a| w[1].ipp[a] - w[0].ipp[a]);
+        let along = dot(d, normal);
+        let inplane = [0, 1, 2].map(|a| d[a] - along * normal[a]);
+        let shift = dot(inplane, inplane).sqrt();
+        if shift > tol {
+            return Err(VolumeError::unsupported(
+                &slices[i + 1].path,
+                format!(
+                    "slice positions step {:.3} mm within the slice plane per {:.3} mm along the normal (gantry tilt or shear, {:.2} degrees, from {}): kseg reads slices stacked along the normal; correct the tilt first (e.g. dcm2niix does)",
+                    shift,
+                    along,
+                    shift.atan2(along.abs()).to_degrees(),
+                    w[0].path.display()
+                ),
+            ));
+        }
+    }
     for (i, g) in gaps.iter().enumerate() {
         if *g < tol {
             return Err(VolumeError::format(
@@ -451,6 +548,12 @@ pub fn read_series(series: &Series) -> Result<Volume<f32>> {
         }
     }
     let (nk, nr, nc) = (slices.len(), slices[0].rows, slices[0].cols);
+    crate::limits::check(
+        &format!("a volume of {nk} slices of {nr} x {nc} pixels (float32)"),
+        &[nk, nr, nc],
+        std::mem::size_of::<f32>(),
+    )
+    .map_err(|e| VolumeError::too_large(&slices[0].path, e))?;
     // Each slice decoded straight into its plane of the volume (no second
     // copy of the whole volume).
     let mut data = vec![0f32; nk * nr * nc];

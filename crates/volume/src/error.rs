@@ -117,6 +117,16 @@ pub enum VolumeError {
         /// What went wrong, the output named.
         msg: String,
     },
+    /// A size read from the file (or asked for) implies more memory than
+    /// the limit ([`crate::limits`]) allows.
+    #[error("{}: {source}", path.display())]
+    TooLarge {
+        /// The file (or what was asked for).
+        path: PathBuf,
+        /// The size and the limit.
+        #[source]
+        source: Box<crate::limits::LimitError>,
+    },
     /// A caller passed an argument that cannot be honoured.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -144,6 +154,13 @@ impl VolumeError {
         VolumeError::Unsupported {
             path: path.to_path_buf(),
             msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn too_large(path: &Path, source: crate::limits::LimitError) -> Self {
+        VolumeError::TooLarge {
+            path: path.to_path_buf(),
+            source: Box::new(source),
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use kseg_metrics::{Evaluation, LabelGrid, LabelSet, Metric};
 
-use crate::case::{CASE_PREFIX, SEGMENTATION, find_predictions, some_ids};
+use crate::case::{CASE_PREFIX, SEGMENTATION, find_in, find_predictions, some_ids};
 use crate::error::{Result, VolumeError};
 use crate::nifti::{Volume, read_labels};
 
@@ -32,7 +32,8 @@ pub fn truth_cases(truth: &Path) -> Result<Vec<String>> {
     for e in entries {
         let e = e.map_err(|e| VolumeError::io(truth, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(CASE_PREFIX) && e.path().join(SEGMENTATION).is_file() {
+        // segmentation.nii.gz or segmentation.nii, as a case folder has it.
+        if name.starts_with(CASE_PREFIX) && find_in(&e.path(), SEGMENTATION).is_some() {
             ids.push(name);
         }
     }
@@ -70,8 +71,8 @@ pub fn evaluate_folder(
     }
     let mut metric = labels.metric();
     for (id, pred_path) in predictions {
-        let truth_path = truth.join(&id).join(SEGMENTATION);
-        if !truth_path.is_file() {
+        let Some(truth_path) = find_in(&truth.join(&id), SEGMENTATION) else {
+            let truth_path = truth.join(&id).join(SEGMENTATION);
             return Err(VolumeError::Evaluation {
                 path: truth.to_path_buf(),
                 msg: format!(
@@ -80,7 +81,7 @@ pub fn evaluate_folder(
                     truth_path.display()
                 ),
             });
-        }
+        };
         let (p, t) = (
             read_labels(&pred_path, labels)?,
             read_labels(&truth_path, labels)?,
@@ -118,8 +119,16 @@ fn score_pair(
         });
     }
     // Distances in mm from the truth's voxel size, as the official code
-    // does.
+    // does: a size of 0 or NaN would make every distance 0 or NaN.
     let spacing = t.header.spacing3();
+    if spacing.iter().any(|s| !(s.is_finite() && *s != 0.0)) {
+        return Err(VolumeError::format(
+            truth_path,
+            format!(
+                "pixdim[1..=3] {spacing:?} is not a voxel size (finite, not 0): distances in mm need it"
+            ),
+        ));
+    }
     Ok(metric.update(id, grid(p, spacing), grid(t, spacing))?)
 }
 

@@ -32,6 +32,7 @@ pub mod evaluate;
 pub mod fs;
 pub mod intensity;
 mod layout;
+pub mod limits;
 pub mod nifti;
 pub mod orient;
 mod rng;

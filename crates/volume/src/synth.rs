@@ -595,6 +595,32 @@ const STAMP_WRITING: &str = "{\"kseg_synth\": \"writing\"}\n";
 pub fn write_dataset(out: impl AsRef<Path>, n: usize, cfg: &SynthConfig) -> Result<Vec<CaseDir>> {
     let out = out.as_ref();
     cfg.validate()?;
+    // The memory the sizes imply, before any of it exists: the list of
+    // cases, and one case (float32 HU and uint8 labels) per thread.
+    let too_large = |e| VolumeError::too_large(out, e);
+    crate::limits::check(
+        &format!("{n} synthetic cases"),
+        &[n],
+        std::mem::size_of::<Result<CaseDir>>(),
+    )
+    .map_err(too_large)?;
+    crate::limits::check(
+        &format!(
+            "{} synthetic cases at once of up to {} slices of {}x{}",
+            rayon::current_num_threads(),
+            cfg.max_slices,
+            cfg.height,
+            cfg.width
+        ),
+        &[
+            rayon::current_num_threads().min(n.max(1)),
+            cfg.max_slices,
+            cfg.height,
+            cfg.width,
+        ],
+        std::mem::size_of::<f32>() + 1,
+    )
+    .map_err(too_large)?;
     std::fs::create_dir_all(out).map_err(|e| VolumeError::io(out, e))?;
     let stamp = out.join(STAMP);
     if !stamp.is_file() {

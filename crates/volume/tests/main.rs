@@ -15,6 +15,9 @@ mod cache_and_synth;
 mod dicom;
 /// DICOM Segmentation output against highdicom's for the same series.
 mod dicom_seg;
+/// Malformed and hostile headers: sizes against the memory limit,
+/// geometry checked where it is read, DICOM header fuzzing.
+mod hostile;
 /// Real KiTS19 label files (testdata/kits19) against their manifest.
 mod kits19;
 /// The KiTS23 metrics (Dice, surface Dice) against the official code's

@@ -130,12 +130,64 @@ impl Header {
     /// validated.
     pub fn from_nifti(raw: NiftiHeader) -> Result<Header> {
         let (dtype, shape) = validate_fields(Path::new("<header>"), &raw, false)?;
-        Ok(Header {
+        let h = Header {
             raw,
             dtype,
             shape,
             extension_codes: Vec::new(),
-        })
+        };
+        h.check_affine(Path::new("<header>"))?;
+        Ok(h)
+    }
+
+    /// Which field [`Header::affine`] comes from, in words.
+    fn affine_source(&self) -> String {
+        if self.raw.sform_code > 0 {
+            format!("the sform (sform_code {})", self.raw.sform_code)
+        } else if self.raw.qform_code > 0 {
+            format!(
+                "the qform (qform_code {}, quatern_b/c/d and pixdim)",
+                self.raw.qform_code
+            )
+        } else {
+            "pixdim (no sform or qform)".to_string()
+        }
+    }
+
+    /// Checks the affine every reader places the voxels by
+    /// ([`Header::affine`]): finite, and its three axes of non-zero length
+    /// and not (nearly) in one plane, so that the axes and the voxel size
+    /// can be told. The one check of a NIfTI geometry, made where a header
+    /// is read.
+    pub(super) fn check_affine(&self, path: &Path) -> Result<()> {
+        let m = self.affine();
+        let bad = |what: String| {
+            Err(VolumeError::format(
+                path,
+                format!(
+                    "{what} in the affine from {}: the voxels have no position in space",
+                    self.affine_source()
+                ),
+            ))
+        };
+        if m.iter().take(3).flatten().any(|v| !v.is_finite()) {
+            return bad("a value that is not a finite number".to_string());
+        }
+        let col = |c: usize| [m[0][c], m[1][c], m[2][c]];
+        let norm = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        let norms = [0, 1, 2].map(|c| norm(col(c)));
+        if let Some(axis) = norms.iter().position(|&n| n == 0.0) {
+            return bad(format!("a voxel size of 0 along axis {axis}"));
+        }
+        let (a, b, c) = (col(0), col(1), col(2));
+        let det = a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+            + a[2] * (b[0] * c[1] - b[1] * c[0]);
+        // |det| / (|a||b||c|) is the sine-like volume of the unit axes: 1
+        // for right angles, 0 when they lie in one plane.
+        if (det / (norms[0] * norms[1] * norms[2])).abs() < 1e-6 {
+            return bad("axes in one plane (a singular matrix)".to_string());
+        }
+        Ok(())
     }
 
     /// A header laid out like KiTS19's files: dims `[slices, H, W]`, voxel

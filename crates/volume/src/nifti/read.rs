@@ -110,8 +110,14 @@ fn file_pair(path: &Path) -> Result<(PathBuf, PathBuf, bool)> {
             return Ok((hdr, path.to_path_buf(), true));
         }
     }
-    if !path.exists() {
-        return Err(VolumeError::missing(path, "no such file"));
+    // metadata, not exists(): a symbolic link loop or a folder that
+    // cannot be searched is named as what it is, not as a missing file.
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(VolumeError::missing(path, "no such file"));
+        }
+        Err(e) => return Err(VolumeError::io(path, e)),
     }
     Ok((path.to_path_buf(), path.to_path_buf(), false))
 }
@@ -179,7 +185,14 @@ fn parse_header(
     let raw = NiftiHeader::from_reader(&buf[..])
         .map_err(|e| VolumeError::format(path, format!("bad header: {e}")))?;
     let (dtype, shape) = validate_fields(path, &raw, pair)?;
-    Ok((raw, dtype, shape))
+    let header = Header {
+        raw,
+        dtype,
+        shape,
+        extension_codes: Vec::new(),
+    };
+    header.check_affine(path)?;
+    Ok((header.raw, header.dtype, header.shape))
 }
 
 /// Checks the fields a reader relies on: dims, datatype, bitpix, vox_offset.
@@ -228,6 +241,32 @@ pub(super) fn validate_fields(
         return Err(VolumeError::format(
             path,
             format!("vox_offset {vo} points inside the 348-byte header"),
+        ));
+    }
+    // The transform codes are 0 (unknown) to 4 (MNI-152); another value
+    // is no NIfTI-1 code (nibabel drops such a transform), and using it
+    // anyway would place the voxels by a guess.
+    for (name, code) in [
+        ("qform_code", raw.qform_code),
+        ("sform_code", raw.sform_code),
+    ] {
+        if !(0..=4).contains(&code) {
+            return Err(VolumeError::format(
+                path,
+                format!("{name} {code} is not a NIfTI-1 transform code (0 to 4)"),
+            ));
+        }
+    }
+    // A slope that asks for scaling needs a finite intercept (nibabel
+    // refuses the file too); a slope of 0 or a non-finite one means "no
+    // scaling" (NIfTI-1, nibabel).
+    let (slope, inter) = (raw.scl_slope, raw.scl_inter);
+    if slope != 0.0 && slope.is_finite() && !inter.is_finite() {
+        return Err(VolumeError::format(
+            path,
+            format!(
+                "scl_slope {slope} with scl_inter {inter}: the intercept must be a finite number"
+            ),
         ));
     }
     Ok((dtype, shape))
@@ -302,7 +341,11 @@ struct DataStream {
 }
 
 impl DataStream {
-    fn open(path: &Path) -> Result<DataStream> {
+    /// Opens `path` for a reader that decodes every voxel into `decoded`
+    /// bytes (0: none): the memory that implies (the extension block, the
+    /// stored voxels and their decoded copy) is checked against the limit
+    /// ([`crate::limits`]) before anything is read past the header.
+    fn open(path: &Path, decoded: usize) -> Result<DataStream> {
         let (hdr_path, img_path, pair) = file_pair(path)?;
         let (mut r, mut plain_len) = open_maybe_gz(&hdr_path)?;
         let (raw, dtype, shape) = parse_header(&hdr_path, &mut r, pair)?;
@@ -320,6 +363,37 @@ impl DataStream {
             ));
         };
         let vox_offset = raw.vox_offset as usize;
+        let size_mismatch = |path: &Path, have: usize| {
+            VolumeError::format(
+                path,
+                format!(
+                    "file holds {have} bytes of voxel data, but dims {shape:?} of {} need {nbytes}",
+                    dtype.name()
+                ),
+            )
+        };
+        // A plain single file's length tells at once whether the header
+        // describes it (before the memory limit, which a lying header
+        // would also fail, is asked).
+        if !pair
+            && let Some(len) = plain_len
+            && len as usize >= vox_offset
+            && len as usize - vox_offset != nbytes
+        {
+            return Err(size_mismatch(&hdr_path, len as usize - vox_offset));
+        }
+        let ext_len = if pair { 0 } else { vox_offset - HEADER_SIZE };
+        let voxels: usize = shape.iter().product();
+        let implied = crate::limits::bytes_of(&[voxels], decoded)
+            .and_then(|d| d.checked_add(nbytes as u128 + ext_len as u128));
+        crate::limits::check_bytes(
+            &format!(
+                "reading dims {shape:?} of {} (and vox_offset {vox_offset})",
+                dtype.name()
+            ),
+            implied,
+        )
+        .map_err(|e| VolumeError::too_large(&hdr_path, e))?;
         let mut extension_codes = Vec::new();
         let data_path;
         if pair {
@@ -337,17 +411,32 @@ impl DataStream {
             }
         } else {
             data_path = hdr_path.clone();
-            let mut ext = vec![0u8; vox_offset - HEADER_SIZE];
-            let n =
-                read_full(&mut r, &mut ext).map_err(|e| read_error(&hdr_path, e, "extensions"))?;
-            if n < ext.len() {
-                return Err(VolumeError::format(
+            let ends_at = |n: usize| {
+                VolumeError::format(
                     &hdr_path,
                     format!(
                         "file ends at byte {}, before vox_offset {vox_offset}",
                         HEADER_SIZE + n
                     ),
-                ));
+                )
+            };
+            // A plain file shorter than vox_offset: refused before the
+            // extension block is read (or memory for it taken).
+            if let Some(len) = plain_len
+                && (len as usize) < vox_offset
+            {
+                return Err(ends_at((len as usize).saturating_sub(HEADER_SIZE)));
+            }
+            // The block grows only as data arrives (a gzip stream may end
+            // early), and never past vox_offset.
+            let mut ext = Vec::new();
+            (&mut r)
+                .take(ext_len as u64)
+                .read_to_end(&mut ext)
+                .map_err(|e| read_error(&hdr_path, e, "extensions"))?;
+            let n = ext.len();
+            if n < ext_len {
+                return Err(ends_at(n));
             }
             extension_codes = parse_extensions(&hdr_path, &ext, big)?;
         }
@@ -355,13 +444,7 @@ impl DataStream {
         if let Some(len) = plain_len {
             let have = (len as usize).saturating_sub(vox_offset);
             if have != nbytes {
-                return Err(VolumeError::format(
-                    &data_path,
-                    format!(
-                        "file holds {have} bytes of voxel data, but dims {shape:?} of {} need {nbytes}",
-                        dtype.name()
-                    ),
-                ));
+                return Err(size_mismatch(&data_path, have));
             }
         }
         Ok(DataStream {
@@ -410,14 +493,17 @@ impl DataStream {
     }
 }
 
-pub(crate) fn read_raw(path: &Path) -> Result<Raw> {
-    let mut s = DataStream::open(path)?;
+/// The stored voxels of `path`, for a reader that then decodes each voxel
+/// into `decoded` bytes (checked with the voxels against the memory limit).
+pub(crate) fn read_raw(path: &Path, decoded: usize) -> Result<Raw> {
+    let mut s = DataStream::open(path, decoded)?;
     let nbytes = s.nbytes;
     let mut bytes = Vec::new();
-    // Reserve at most 1 GiB up front: a lying header cannot make us commit
-    // memory, the Vec grows only as data arrives.
+    // Within the limit (checked by `open`): reserved whole, so the read
+    // never grows the buffer (an address-space cap gives this error, not
+    // an abort), and reading stops at what the header describes.
     bytes
-        .try_reserve_exact(nbytes.min(1 << 30))
+        .try_reserve_exact(nbytes)
         .map_err(|_| VolumeError::format(&s.path, format!("cannot allocate {nbytes} bytes")))?;
     (&mut s.reader)
         .take(nbytes as u64)
@@ -552,7 +638,7 @@ where
 /// `data.shape() == header.shape()`, in NIfTI order, Fortran layout.
 pub fn read_image(path: impl AsRef<Path>) -> Result<NiftiImage> {
     let path = path.as_ref();
-    let raw = read_raw(path)?;
+    let raw = read_raw(path, std::mem::size_of::<f64>())?;
     let n: usize = raw.header.shape.iter().product();
     let mut data = vec![0f64; n];
     decode(
@@ -613,7 +699,7 @@ pub fn read_volume_canonical(path: impl AsRef<Path>) -> Result<(Volume<f32>, Ori
 }
 
 fn read_volume_in(path: &Path, canonical: bool) -> Result<(Volume<f32>, Orientation)> {
-    let raw = read_raw(path)?;
+    let raw = read_raw(path, std::mem::size_of::<f32>())?;
     let shape = shape3(path, &raw.header)?;
     let (o, layout) = layout_of(&raw.header, canonical);
     let data = match raw.header.scaling() {
@@ -703,7 +789,7 @@ fn read_labels_in(
 ) -> Result<(Volume<u8>, Orientation)> {
     const BAD: u8 = u8::MAX;
     let max_label = labels.max_label();
-    let raw = read_raw(path)?;
+    let raw = read_raw(path, 1)?;
     let shape = shape3(path, &raw.header)?;
     let (o, layout) = layout_of(&raw.header, canonical);
     let (slope, inter) = raw.header.scaling().unwrap_or((1.0, 0.0));
@@ -718,20 +804,30 @@ fn read_labels_in(
         })
     };
     if data.iter().any(|&v| v > max_label) {
-        // Rare path: find the first bad voxel in file order and its value.
-        let mut vals = vec![0f64; data.len()];
-        decode(
-            &raw.bytes,
-            raw.header.dtype,
-            raw.header.is_big_endian(),
-            raw.header.scaling(),
-            &mut vals,
-        );
-        let i = vals
-            .iter()
-            .position(|&v| !ok(v))
-            .expect("a bad voxel exists");
-        let count = vals.iter().filter(|&&v| !ok(v)).count();
+        // Rare path: find the first bad voxel in file order and its value,
+        // decoding a chunk at a time (no f64 copy of the volume).
+        const CHUNK: usize = 1 << 20;
+        let size = raw.header.dtype.size();
+        let mut first = None;
+        let mut count = 0;
+        let mut vals = vec![0f64; CHUNK.min(data.len())];
+        for start in (0..data.len()).step_by(CHUNK) {
+            let len = CHUNK.min(data.len() - start);
+            decode(
+                &raw.bytes[start * size..(start + len) * size],
+                raw.header.dtype,
+                raw.header.is_big_endian(),
+                raw.header.scaling(),
+                &mut vals[..len],
+            );
+            for (j, &v) in vals[..len].iter().enumerate() {
+                if !ok(v) {
+                    count += 1;
+                    first.get_or_insert((start + j, v));
+                }
+            }
+        }
+        let (i, value) = first.expect("a bad voxel exists");
         let voxel = [
             i % shape[0],
             (i / shape[0]) % shape[1],
@@ -739,7 +835,7 @@ fn read_labels_in(
         ];
         return Err(VolumeError::BadLabel {
             path: path.to_path_buf(),
-            value: vals[i],
+            value,
             voxel,
             max_label,
             count,

@@ -123,7 +123,7 @@ where
 /// file), naming it.
 pub fn read_stats(path: impl AsRef<Path>, labels: bool) -> Result<(Header, VoxelStats)> {
     let path = path.as_ref();
-    let raw = read_raw(path)?;
+    let raw = read_raw(path, 0)?;
     let count: usize = raw.header.shape().iter().product();
     let (slope, inter) = raw.header.scaling().unwrap_or((1.0, 0.0));
     let map = move |v: f64| v * slope + inter;
