@@ -82,6 +82,21 @@ pub fn evaluate_folder(
                 ),
             });
         };
+        // The truth file itself as its own prediction (--pred and --truth
+        // the same folder, or a link to it) would score 1 without a word.
+        if let (Ok(a), Ok(b)) = (
+            std::fs::canonicalize(&pred_path),
+            std::fs::canonicalize(&truth_path),
+        ) && a == b
+        {
+            return Err(VolumeError::Evaluation {
+                path: pred_path.clone(),
+                msg: format!(
+                    "the prediction is the ground truth file {} itself (are --pred and --truth the same folder?); nothing is scored against itself",
+                    truth_path.display()
+                ),
+            });
+        }
         let (p, t) = (
             read_labels(&pred_path, labels)?,
             read_labels(&truth_path, labels)?,

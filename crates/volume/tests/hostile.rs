@@ -702,3 +702,30 @@ fn a_symlink_loop_input_is_named_as_a_loop() {
         .to_string();
     assert!(e.contains("missing: no such file"), "{e}");
 }
+
+/// F24: the truth folder as its own prediction folder (the predictions
+/// found are the truth files themselves) used to score Dice 1 without a
+/// word; it is refused, naming the file. Truth cases that hold their own
+/// predictions (`case_X/prediction.nii.gz`) are still scored.
+#[test]
+fn a_truth_folder_is_not_scored_against_itself() {
+    use kseg_volume::evaluate_folder;
+    let tmp = tempfile::tempdir().unwrap();
+    let truth = tmp.path().join("truth");
+    let base = kits([2.0, 0.8, 0.8]);
+    write_case(&truth, "case_00000", &base, &base, "segmentation.nii.gz");
+    let e = evaluate_folder(&truth, &truth, LabelSet::Kits19, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("case_00000") && e.contains("is the ground truth file") && e.contains("itself"),
+        "{e}"
+    );
+    std::fs::copy(
+        truth.join("case_00000/segmentation.nii.gz"),
+        truth.join("case_00000/prediction.nii.gz"),
+    )
+    .unwrap();
+    let ok = evaluate_folder(&truth, &truth, LabelSet::Kits19, false).unwrap();
+    assert!(ok.missing.is_empty());
+}
