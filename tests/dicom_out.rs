@@ -145,6 +145,23 @@ fn predict_writes_a_dicom_segmentation_of_the_series() {
         frames.len() >= 2,
         "the test model predicted (almost) nothing"
     );
+    // A source slice as the output: refused, the slice untouched.
+    let slice = std::fs::read_dir(&series)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let copy = tmp.path().join("study");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&series).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let target = copy.join(slice.file_name().unwrap());
+    let before = std::fs::read(&target).unwrap();
+    predict_fails(&model, &copy, &target, &["the output is the input image"]);
+    assert_eq!(std::fs::read(&target).unwrap(), before);
     // A NIfTI input has no series to reference: refused.
     let img = tmp.path().join("ct.nii.gz");
     volume::write_volume(&img, labels.data.mapv(f32::from).view(), &labels.header).unwrap();
@@ -218,8 +235,26 @@ fn a_folder_batch_skips_a_bad_case_and_summarises_every_case() {
     assert!(results[0]["error"].as_str().unwrap().contains("notes"));
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
-    // NIfTI outputs of the same studies: the same voxel counts per label.
+    // The output folder inside the input folder is no case: a rerun into
+    // it succeeds.
     std::fs::remove_dir_all(input.join("notes")).unwrap();
+    let inner = input.join("out");
+    for _ in 0..2 {
+        let o = kseg()
+            .arg("predict")
+            .arg("--checkpoint")
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&inner)
+            .args(["--folder", "--device", "cpu"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::fs::remove_dir_all(&inner).unwrap();
+    // NIfTI outputs of the same studies: the same voxel counts per label.
     let o = run("nifti");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let labels = volume::read_labels(out.join("study_a.nii.gz"), LabelSet::Kits19).unwrap();
@@ -336,6 +371,37 @@ fn a_bundle_predicts_as_its_checkpoints_and_refuses_damage() {
     let (meta, _) = kseg::infer::bundle::read_bundle(&bundle).unwrap();
     assert_eq!((meta.folds.len(), meta.licence.as_str()), (2, "CC-BY-4.0"));
     assert_eq!(meta.folds[1].step, 7);
+    // The bundle over one of its sources (through another spelling of
+    // its path): refused, the checkpoint untouched.
+    let before = std::fs::read(&a).unwrap();
+    let o = kseg()
+        .arg("export")
+        .arg("--checkpoint")
+        .arg(&a)
+        .arg("--out")
+        .arg(tmp.path().join(".").join("a.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+    // The metadata edited in place (every fold's window, same length).
+    let mut edited = std::fs::read(&bundle).unwrap();
+    let pat = b"hu_max\\\":304.0";
+    let hits: Vec<usize> = (0..edited.len() - pat.len())
+        .filter(|&i| &edited[i..i + pat.len()] == pat)
+        .collect();
+    assert_eq!(hits.len(), 2, "both folds' windows in the metadata");
+    for at in hits {
+        // After `hu_max\":`.
+        edited[at + 9..at + 14].copy_from_slice(b"305.0");
+    }
+    let meta_edit = tmp.path().join("edited.kseg");
+    std::fs::write(&meta_edit, &edited).unwrap();
     // One byte of the last tensor flipped; the file cut short.
     let mut bytes = std::fs::read(&bundle).unwrap();
     let last = bytes.len() - 3;
@@ -344,7 +410,11 @@ fn a_bundle_predicts_as_its_checkpoints_and_refuses_damage() {
     std::fs::write(&altered, &bytes).unwrap();
     let cut = tmp.path().join("cut.kseg");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    for (file, want) in [(&altered, "checksum mismatch"), (&cut, "truncated")] {
+    for (file, want) in [
+        (&altered, "checksum mismatch"),
+        (&cut, "truncated"),
+        (&meta_edit, "checksum mismatch"),
+    ] {
         let out = tmp.path().join("z.nii.gz");
         let o = predict(&["--model".as_ref(), file.as_os_str()], &out);
         let err = String::from_utf8_lossy(&o.stderr);

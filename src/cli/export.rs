@@ -24,15 +24,12 @@ pub struct ExportArgs {
 impl ExportArgs {
     /// Writes the bundle and says what is in it.
     pub fn run(&self) -> Result<()> {
-        kseg_volume::fs::check_not_input(&self.out)?;
+        // The sources are inputs: the bundle never replaces one (under any
+        // name or link; `write_bundle` writes through the one writer).
         for c in &self.checkpoint {
-            if kseg_infer::model_file(c) == self.out {
-                anyhow::bail!(
-                    "{}: the bundle would overwrite a checkpoint; choose another --out",
-                    self.out.display()
-                );
-            }
+            kseg_volume::fs::protect(&kseg_infer::model_file(c), "checkpoint");
         }
+        kseg_volume::fs::check_not_input(&self.out)?;
         let meta = kseg_infer::bundle::write_bundle(&self.checkpoint, &self.out, &self.licence)?;
         eprintln!(
             "{}: {} fold(s), label set {}, sha256 {}",

@@ -170,7 +170,12 @@ fn format_ext(format: Format) -> &'static str {
 
 /// The entries of a `--folder` batch: each subfolder (a case folder or a
 /// DICOM study) and each NIfTI file, by name, with its output name.
-fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(Source, PathBuf)>> {
+fn folder_entries(
+    input: &Path,
+    output: &Path,
+    report: Option<&Path>,
+    format: Format,
+) -> Result<Vec<(Source, PathBuf)>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
         .with_context(|| format!("{}: cannot list the folder", input.display()))?
         .map(|e| e.map(|e| e.path()))
@@ -178,12 +183,20 @@ fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(So
         .with_context(|| format!("{}: cannot list the folder", input.display()))?;
     entries.sort();
     let mut jobs = Vec::new();
+    // The output folder (and a report folder) inside the input is no case.
+    let not_cases: Vec<PathBuf> = [Some(output), report]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
     for path in entries {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name.starts_with('.') {
+        if name.starts_with('.')
+            || std::fs::canonicalize(&path).is_ok_and(|c| not_cases.contains(&c))
+        {
             continue;
         }
         let lower = name.to_ascii_lowercase();
@@ -224,6 +237,7 @@ fn folder_entries(input: &Path, output: &Path, format: Format) -> Result<Vec<(So
 fn jobs(
     input: &Path,
     output: &Path,
+    report: Option<&Path>,
     folder: bool,
     format: Format,
 ) -> Result<(Vec<(Source, PathBuf)>, bool)> {
@@ -240,7 +254,7 @@ fn jobs(
         );
     }
     let jobs: Vec<(Source, PathBuf)> = if folder {
-        folder_entries(input, output, format)?
+        folder_entries(input, output, report, format)?
     } else if folder_of_cases {
         let cases = volume::list_cases(input)?;
         cases.iter().for_each(protect_case);
@@ -276,8 +290,26 @@ fn jobs(
         vec![(Source::Nifti(input.to_path_buf()), output.to_path_buf())]
     };
     let mut seen = std::collections::HashSet::new();
+    // A DICOM input's files are inputs too: no output may replace one.
+    for (src, _) in &jobs {
+        if let Source::Dicom(dir) = src
+            && let Ok(all) = volume::dicom::list_series(dir)
+        {
+            for f in all.iter().flat_map(|s| &s.files) {
+                volume::fs::protect(f, "input image");
+            }
+        }
+    }
     for (src, dst) in &jobs {
         if is_dicom_seg(dst) {
+            if !seen.insert(dst) {
+                anyhow::bail!(
+                    "{}: two inputs would be predicted to this one file (the second is {})",
+                    dst.display(),
+                    src.path().display()
+                );
+            }
+            volume::fs::check_not_input(dst)?;
             if !matches!(src, Source::Dicom(_)) {
                 if into_folder {
                     // A batch reports it for that case and goes on.
@@ -444,7 +476,7 @@ fn predict(
     folder: bool,
     format: Format,
 ) -> Result<()> {
-    let (jobs, into_folder) = jobs(input, output, folder, format)?;
+    let (jobs, into_folder) = jobs(input, output, report, folder, format)?;
     if let Some(r) = report {
         for (src, dst) in &jobs {
             if r == dst.as_path() {
@@ -690,18 +722,20 @@ impl Reports {
     /// Writes one case's report (atomically) and keeps its table row.
     fn write(&self, src: &Path, dst: &Path, rep: &LesionReport) -> Result<()> {
         let file = if self.folder {
-            let stem = dst.file_name().map_or_else(
-                || "case".to_string(),
-                |n| {
-                    let n = n.to_string_lossy();
-                    [".nii.gz", ".nii", ".dcm"]
-                        .iter()
-                        .find_map(|e| n.strip_suffix(e))
-                        .unwrap_or(&n)
-                        .to_string()
-                },
-            );
-            self.path.join(format!("{stem}.json"))
+            // The output's own name, bytes and all (outputs are distinct),
+            // without .nii.gz / .nii / .dcm.
+            let mut stem = dst
+                .file_stem()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
+            if Path::new(&stem).extension().is_some_and(|e| e == "nii") {
+                stem = Path::new(&stem)
+                    .file_stem()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+            }
+            stem.push(".json");
+            self.path.join(stem)
         } else {
             self.path.clone()
         };

@@ -51,8 +51,10 @@ pub struct BundleMeta {
     pub provenance: Vec<Provenance>,
     /// The licence the weights are given under.
     pub licence: String,
-    /// SHA-256 over every tensor (sorted by name): name, a 0 byte, shape
-    /// as little-endian u64s, the f32 bytes.
+    /// SHA-256 over this metadata (every field but this one, as compact
+    /// JSON) and every tensor (sorted by name: name, a 0 byte, shape as
+    /// little-endian u64s, the f32 bytes): any edit to the weights, the
+    /// preprocessing, the clean-up or the provenance is refused on load.
     pub sha256: String,
 }
 
@@ -76,11 +78,21 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(h.finalize()))
 }
 
-/// The tensors' checksum (see [`BundleMeta::sha256`]).
-fn tensors_sha256<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
+/// The bundle's checksum (see [`BundleMeta::sha256`]) of `meta` (its own
+/// `sha256` left out) and the tensors.
+fn bundle_sha256<'a>(
+    meta: &BundleMeta,
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+) -> String {
     let mut sorted: Vec<_> = tensors.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = Sha256::new();
+    let unsummed = BundleMeta {
+        sha256: String::new(),
+        ..meta.clone()
+    };
+    h.update(serde_json::to_string(&unsummed).expect("bundle metadata serialises"));
+    h.update([0u8]);
     for (name, shape, data) in sorted {
         h.update(name.as_bytes());
         h.update([0u8]);
@@ -156,18 +168,20 @@ pub fn write_bundle(checkpoints: &[PathBuf], out: &Path, licence: &str) -> Resul
         });
         folds.push(meta);
     }
-    let meta = BundleMeta {
+    let mut meta = BundleMeta {
         format: BUNDLE_FORMAT,
         kseg_version: env!("CARGO_PKG_VERSION").to_string(),
         folds,
         provenance,
         licence: licence.to_string(),
-        sha256: tensors_sha256(
-            owned
-                .iter()
-                .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
-        ),
+        sha256: String::new(),
     };
+    meta.sha256 = bundle_sha256(
+        &meta,
+        owned
+            .iter()
+            .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())),
+    );
     let views = owned
         .iter()
         .map(|(n, s, d)| {
@@ -188,6 +202,15 @@ pub fn write_bundle(checkpoints: &[PathBuf], out: &Path, licence: &str) -> Resul
 /// (format, every fold's metadata validated, one tensor set per fold) and
 /// the checksum of its tensors. Returns the metadata and the file's bytes.
 pub fn read_bundle(path: &Path) -> Result<(BundleMeta, Vec<u8>)> {
+    let md = std::fs::metadata(path).map_err(|e| InferError::io(path, e))?;
+    if !md.is_file() {
+        return Err(InferError::checkpoint(
+            path,
+            "not a file (a model bundle is one file)",
+        ));
+    }
+    kseg_volume::limits::check_bytes("a model bundle", Some(u128::from(md.len())))
+        .map_err(|e| InferError::checkpoint(path, e.to_string()))?;
     let bytes = std::fs::read(path).map_err(|e| InferError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         InferError::checkpoint(
@@ -229,7 +252,8 @@ pub fn read_bundle(path: &Path) -> Result<(BundleMeta, Vec<u8>)> {
         }
     }
     let tensors = st.tensors();
-    let sum = tensors_sha256(
+    let sum = bundle_sha256(
+        &meta,
         tensors
             .iter()
             .map(|(n, v)| (n.as_str(), v.shape(), v.data())),
@@ -237,8 +261,31 @@ pub fn read_bundle(path: &Path) -> Result<(BundleMeta, Vec<u8>)> {
     if sum != meta.sha256 {
         return Err(InferError::checkpoint(
             path,
-            "checksum mismatch: the weights were altered or damaged",
+            "checksum mismatch: the weights or the metadata were altered or damaged",
         ));
+    }
+    // Weights that would predict nonsense (as a model file's are checked).
+    for (name, view) in &tensors {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(InferError::checkpoint(
+                path,
+                format!("tensor {name} is {:?}, not f32", view.dtype()),
+            ));
+        }
+        let bad = |v: f32| !v.is_finite() || (name.ends_with("running_var") && v < 0.0);
+        if let Some(i) = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .position(bad)
+        {
+            return Err(InferError::checkpoint(
+                path,
+                format!(
+                    "tensor {name} holds a non-finite value (or a negative running variance) at index {i}"
+                ),
+            ));
+        }
     }
     for (name, _) in &tensors {
         let fold = name

@@ -2,7 +2,7 @@
 //! each kidney with its side and volume, each tumour and cyst (a
 //! 6-connected component of its label) with its volume, longest axial
 //! diameter, kidney, side and centroid, and quality flags with a `review`
-//! flag and its reasons. Every definition is in docs/METHOD.md §7.
+//! flag and its reasons. Every definition is in docs/METHOD.md §5c.
 //!
 //! Everything is measured in patient space through the volume's affine
 //! (voxel indices → RAS+ millimetres, NIfTI's world), on the labels as
@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::postprocess::components;
 
-/// The report's thresholds (docs/METHOD.md §7).
+/// The report's thresholds (docs/METHOD.md §5c).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReportRules {
     /// Foreground components below this volume (mL) are not kidneys: they
@@ -495,7 +495,7 @@ fn body_centroid(image: ArrayView3<f32>, hu: f32) -> Option<[f64; 3]> {
     (n > 0).then(|| sum.map(|s| s / n as f64))
 }
 
-/// Why a case should be reviewed (docs/METHOD.md §7).
+/// Why a case should be reviewed (docs/METHOD.md §5c).
 fn review_reasons(
     kidneys: &[Kidney],
     tumours: &[Lesion],

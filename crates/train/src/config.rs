@@ -103,7 +103,17 @@ pub struct DataConfig {
     /// created on first use.
     pub split_file: Option<PathBuf>,
     /// Validation cases of a new split (the reference method: 30 of 210).
+    /// Unused with `folds`.
     pub n_val: usize,
+    /// k-fold cross-validation: `k` (nnU-Net: 5) folds of the labelled
+    /// cases, this run validating on fold `fold` and training on the rest
+    /// (`kseg_volume::Split::kfold`, seeded by `split_seed`); 0 (default):
+    /// one random split of `n_val` validation cases.
+    #[serde(skip_serializing_if = "is_default")]
+    pub folds: usize,
+    /// The fold validated on (0 to `folds` − 1).
+    #[serde(skip_serializing_if = "is_default")]
+    pub fold: usize,
     /// RNG seed of the train/validation split.
     pub split_seed: u64,
     /// Neighbours on each side of the slice: 1 gives the reference method's 3-slice
@@ -148,6 +158,8 @@ impl Default for DataConfig {
             cache_dir: None,
             split_file: None,
             n_val: 30,
+            folds: 0,
+            fold: 0,
             split_seed: 0,
             context: 1,
             in_plane: None,
@@ -551,6 +563,18 @@ impl TrainConfig {
         self.optim.validate()?;
         if let Some(msg) = schedule_problem(&self.schedule, lr) {
             return bad(msg);
+        }
+        if self.data.folds == 1 || (self.data.folds > 1 && self.data.fold >= self.data.folds) {
+            return bad(format!(
+                "data.fold {} of data.folds {}: cross-validation needs at least 2 folds, numbered 0 to folds - 1 (data.folds = 0: no cross-validation)",
+                self.data.fold, self.data.folds
+            ));
+        }
+        if self.data.folds == 0 && self.data.fold != 0 {
+            return bad(format!(
+                "data.fold {} without data.folds: set data.folds (e.g. 5) for cross-validation",
+                self.data.fold
+            ));
         }
         if self.data.n_val == 0 || self.data.max_val_cases == Some(0) {
             return bad(format!(

@@ -66,10 +66,14 @@ impl Dataset {
         // cases added to (or removed from) the folder make a new split
         // instead of being left out of training by an old one.
         let split_file = cfg.split_file.clone().unwrap_or_else(|| {
+            let which = if cfg.folds > 0 {
+                format!("k{}-fold{}", cfg.folds, cfg.fold)
+            } else {
+                format!("val{}", cfg.n_val)
+            };
             cache_dir.join(format!(
-                "split-seed{}-val{}-{}cases-{:016x}.json",
+                "split-seed{}-{which}-{}cases-{:016x}.json",
                 cfg.split_seed,
-                cfg.n_val,
                 ids.len(),
                 case_set_hash(&ids)
             ))
@@ -85,7 +89,17 @@ impl Dataset {
                 ),
             ),
         })?;
-        let mut split = Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?;
+        let mut split = if cfg.folds > 0 {
+            if split_file.exists() {
+                Split::load(&split_file)?
+            } else {
+                let s = Split::kfold(&ids, cfg.folds, cfg.fold, cfg.split_seed)?;
+                s.save(&split_file)?;
+                s
+            }
+        } else {
+            Split::load_or_create(&split_file, &ids, cfg.n_val, cfg.split_seed)?
+        };
         split.unlabelled = cases
             .iter()
             .filter(|c| c.segmentation.is_none())

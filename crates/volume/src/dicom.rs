@@ -66,7 +66,7 @@ fn walk_in(
         return Err(VolumeError::format(
             dir,
             format!(
-                "a symbolic link loop: this folder is {}, already searched",
+                "reached twice through symbolic links (a loop, or two links to one folder): this folder is {}, already searched",
                 real.display()
             ),
         ));

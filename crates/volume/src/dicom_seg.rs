@@ -164,13 +164,17 @@ fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> 
 }
 
 fn ds(v: f64) -> String {
-    // DS holds at most 16 characters.
+    // DS holds at most 16 characters: the shortest exact form, else as
+    // many digits as fit.
     let s = format!("{v}");
     if s.len() <= 16 {
-        s
-    } else {
-        format!("{v:.10e}")
+        return s;
     }
+    (0..=12)
+        .rev()
+        .map(|p| format!("{v:.p$e}"))
+        .find(|s| s.len() <= 16)
+        .unwrap_or_else(|| format!("{v:.0e}"))
 }
 
 fn ds_multi(v: &[f64]) -> PrimitiveValue {
@@ -218,9 +222,10 @@ pub fn write_segmentation(
 ) -> Result<SegSummary> {
     let (nk, nr, nc) = labels.dim();
     if segments.is_empty() {
-        return Err(VolumeError::InvalidArgument(
-            "a segmentation needs at least one segment".into(),
-        ));
+        return Err(VolumeError::InvalidArgument(format!(
+            "{}: a segmentation needs at least one segment",
+            path.display()
+        )));
     }
     let heads: Vec<_> = series
         .files
@@ -229,7 +234,8 @@ pub fn write_segmentation(
         .collect::<Result<_>>()?;
     let Some((first_path, first)) = heads.first() else {
         return Err(VolumeError::InvalidArgument(format!(
-            "series {} has no files",
+            "{}: series {} has no files",
+            path.display(),
             series.uid
         )));
     };
@@ -280,7 +286,8 @@ pub fn write_segmentation(
     let (rows, cols) = (size(tags::ROWS, "Rows")?, size(tags::COLUMNS, "Columns")?);
     if (sources.len(), rows, cols) != (nk, nr, nc) {
         return Err(VolumeError::InvalidArgument(format!(
-            "the labels are {nk} x {nr} x {nc} voxels, series {} is {} slices of {rows} x {cols}",
+            "{}: the labels are {nk} x {nr} x {nc} voxels, series {} is {} slices of {rows} x {cols}",
+            path.display(),
             series.uid,
             sources.len()
         )));
@@ -756,13 +763,43 @@ pub fn write_segmentation(
                         .collect::<String>(),
                 ),
         )
-        .map_err(|e| VolumeError::InvalidArgument(format!("DICOM file meta: {e}")))?;
+        .map_err(|e| {
+            VolumeError::InvalidArgument(format!("{}: DICOM file meta: {e}", path.display()))
+        })?;
     let mut bytes = Vec::new();
-    file.write_all(&mut bytes)
-        .map_err(|e| VolumeError::InvalidArgument(format!("encoding the segmentation: {e}")))?;
+    file.write_all(&mut bytes).map_err(|e| {
+        VolumeError::InvalidArgument(format!(
+            "{}: encoding the segmentation: {e}",
+            path.display()
+        ))
+    })?;
     crate::fs::write_bytes_atomic(path, &bytes)?;
     Ok(SegSummary {
         frames: frames.len(),
         voxels,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ds;
+
+    /// DS values fit in 16 characters and keep what precision fits.
+    #[test]
+    fn decimal_strings_fit_sixteen_characters() {
+        for v in [
+            0.0,
+            5.343622,
+            -1.2345678901234e-10,
+            -123456789.123456789,
+            1e300,
+            -0.1 / 3.0,
+        ] {
+            let s = ds(v);
+            assert!(s.len() <= 16, "{v}: {s:?}");
+            let back: f64 = s.parse().unwrap();
+            assert!((back - v).abs() <= 1e-6 * v.abs().max(1e-300), "{v}: {s}");
+        }
+        assert_eq!(ds(5.343622), "5.343622");
+    }
 }

@@ -35,6 +35,13 @@ pub struct Split {
     /// segmentation): named so that nothing is left out without a word.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unlabelled: Vec<String>,
+    /// With k-fold cross-validation ([`Split::kfold`]): every fold's
+    /// validation cases, so that each fold's run records all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<Vec<String>>,
+    /// The fold this split validates on (its `val`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<usize>,
 }
 
 impl Split {
@@ -62,6 +69,66 @@ impl Split {
             train,
             val,
             unlabelled: Vec::new(),
+            folds: Vec::new(),
+            fold: None,
+        })
+    }
+
+    /// Fold `fold` of a seeded `k`-fold case-level split (nnU-Net's
+    /// cross-validation): the (sorted, de-duplicated) ids shuffled with
+    /// ChaCha8 seeded by `seed`, position `i` going to fold `i mod k`;
+    /// `val` is that fold's cases, `train` all others, and `folds` lists
+    /// every fold (each sorted). Every case is validated in exactly one
+    /// fold; the folds' sizes differ by at most one.
+    ///
+    /// ```
+    /// use kseg_volume::Split;
+    /// let ids: Vec<String> = (0..11).map(|i| format!("case_{i:05}")).collect();
+    /// let s = Split::kfold(&ids, 5, 2, 7).unwrap();
+    /// assert_eq!((s.folds.len(), s.val, s.fold), (5, s.folds[2].clone(), Some(2)));
+    /// assert_eq!(s.train.len() + s.val.len(), 11);
+    /// ```
+    pub fn kfold(ids: &[String], k: usize, fold: usize, seed: u64) -> Result<Split> {
+        let mut ids: Vec<String> = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        if k < 2 || k > ids.len() {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{k} folds of {} cases: cross-validation needs 2 to {} folds",
+                ids.len(),
+                ids.len()
+            )));
+        }
+        if fold >= k {
+            return Err(VolumeError::InvalidArgument(format!(
+                "fold {fold} of {k}: folds are numbered 0 to {}",
+                k - 1
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        ids.shuffle(&mut rng);
+        let mut folds = vec![Vec::new(); k];
+        for (i, id) in ids.into_iter().enumerate() {
+            folds[i % k].push(id);
+        }
+        for f in &mut folds {
+            f.sort();
+        }
+        let val = folds[fold].clone();
+        let mut train: Vec<String> = folds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != fold)
+            .flat_map(|(_, f)| f.iter().cloned())
+            .collect();
+        train.sort();
+        Ok(Split {
+            seed,
+            train,
+            val,
+            unlabelled: Vec::new(),
+            folds,
+            fold: Some(fold),
         })
     }
 
@@ -127,6 +194,37 @@ mod tests {
         rev.reverse();
         assert_eq!(Split::random(&rev, 30, 7).unwrap(), a);
         assert!(Split::random(&ids(3), 4, 0).is_err());
+    }
+
+    /// Over all folds every case is validated once, never trained on in
+    /// its own fold; seeded; sizes within one; bad k or fold refused.
+    #[test]
+    fn kfold_partitions_the_cases() {
+        let all = ids(23);
+        let mut seen = Vec::new();
+        for f in 0..5 {
+            let s = Split::kfold(&all, 5, f, 3).unwrap();
+            assert!(s.val.iter().all(|v| !s.train.contains(v)));
+            assert_eq!(s.train.len() + s.val.len(), 23);
+            assert!(s.val.len() == 4 || s.val.len() == 5, "{}", s.val.len());
+            assert_eq!(s.val, s.folds[f]);
+            assert_eq!(s, Split::kfold(&all, 5, f, 3).unwrap());
+            seen.extend(s.val.clone());
+        }
+        seen.sort();
+        assert_eq!(seen, all);
+        assert_ne!(
+            Split::kfold(&all, 5, 0, 4).unwrap().val,
+            Split::kfold(&all, 5, 0, 3).unwrap().val
+        );
+        assert!(
+            Split::kfold(&all, 5, 5, 3)
+                .unwrap_err()
+                .to_string()
+                .contains("fold 5 of 5")
+        );
+        assert!(Split::kfold(&all, 1, 0, 3).is_err());
+        assert!(Split::kfold(&ids(3), 4, 0, 3).is_err());
     }
 
     #[test]
