@@ -1566,3 +1566,74 @@ fn a_dataset_without_labels_says_so() {
         "{e}"
     );
 }
+
+/// `kseg cv --folds 2`: one run per fold, every case validated by exactly
+/// one fold, the pooled out-of-fold scores equal to what each fold's own
+/// final validation measured on its cases (the trainer's cached path
+/// against predict-and-evaluate), and a second call finds both folds
+/// finished and writes the same pool.
+#[test]
+fn cross_validation_pools_the_out_of_fold_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(&tmp.path().join("data"), 10);
+    let cfg_file = tmp.path().join("tiny.json");
+    std::fs::write(&cfg_file, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let out = tmp.path().join("cv");
+    let run = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_kseg"))
+            .arg("cv")
+            .arg("--config")
+            .arg(&cfg_file)
+            .arg("--out")
+            .arg(&out)
+            .args(["--folds", "2"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    run();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cv_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["cases"], 6);
+    let mut all_val = Vec::new();
+    let mut want: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for k in 0..2 {
+        let split: volume::Split =
+            volume::Split::load(out.join(format!("fold_{k}/split.json"))).unwrap();
+        assert_eq!((split.fold, split.folds.len()), (Some(k), 2));
+        assert!(split.val.iter().all(|v| !split.train.contains(v)));
+        all_val.extend(split.val.clone());
+        for c in summary["folds"][k]["validation"]["cases"]
+            .as_array()
+            .unwrap()
+        {
+            want.insert(
+                c["case"].as_str().unwrap().to_string(),
+                (c["kidney"].as_f64().unwrap(), c["tumour"].as_f64().unwrap()),
+            );
+        }
+    }
+    all_val.sort();
+    all_val.dedup();
+    assert_eq!(all_val.len(), 6, "every case validated once");
+    let pooled = summary["pooled"]["cases"].as_array().unwrap();
+    assert_eq!(pooled.len(), 6);
+    for c in pooled {
+        let id = c["case"].as_str().unwrap();
+        let (k, t) = want[id];
+        assert!((c["kidney"].as_f64().unwrap() - k).abs() < 1e-12, "{id}");
+        assert!((c["tumour"].as_f64().unwrap() - t).abs() < 1e-12, "{id}");
+    }
+    let again = run();
+    assert!(
+        again.contains("fold 0: finished already") && again.contains("fold 1: finished already"),
+        "{again}"
+    );
+    let summary2: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cv_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary2["pooled"], summary["pooled"]);
+}

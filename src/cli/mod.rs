@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod augment;
+mod cv;
 mod evaluate;
 mod export;
 mod info;
@@ -16,6 +17,7 @@ mod synth;
 mod train;
 
 pub use augment::AugmentArgs;
+pub use cv::CvArgs;
 pub use evaluate::EvaluateArgs;
 pub use export::ExportArgs;
 pub use info::InfoArgs;
@@ -75,6 +77,13 @@ enum Command {
     /// config.json, split.json, metrics.jsonl, plots/, checkpoints/ and, at
     /// the end, summary.json.
     Train(TrainArgs),
+    /// k-fold cross-validation (nnU-Net's): one run per fold in
+    /// OUT/fold_K (a seeded case-level split, every fold recorded in each
+    /// run's split.json; a finished fold is skipped, an interrupted one
+    /// resumed), then every case predicted by the fold that validated it
+    /// (OUT/oof/) and the pooled out-of-fold predictions scored with the
+    /// run's protocol: OUT/cv_summary.json with each fold and the pool.
+    Cv(CvArgs),
     /// Segment whole volumes with a trained checkpoint: a uint8 label
     /// volume (0 background, 1 kidney, 2 tumour) with the input's geometry.
     ///
@@ -104,6 +113,7 @@ impl Cli {
             Command::Augment(a) => a.run(),
             Command::Evaluate(a) => a.run(),
             Command::Train(a) => train::run_command(&a),
+            Command::Cv(a) => a.run(),
             Command::Predict(a) => a.run(),
             Command::Synth(a) => a.run(),
             Command::Export(a) => a.run(),

@@ -34,6 +34,15 @@ pub struct Dataset {
     sampler: SliceSampler,
 }
 
+/// The folder of cases a data configuration trains on: `data_dir`, or the
+/// synthetic cases (made where missing).
+pub fn data_dir(cfg: &DataConfig) -> Result<PathBuf> {
+    match &cfg.data_dir {
+        Some(d) => Ok(d.clone()),
+        None => ensure_synthetic(cfg),
+    }
+}
+
 impl Dataset {
     /// Finds or makes the cases, opens (building where needed) their caches
     /// and loads or creates the split.
@@ -41,10 +50,7 @@ impl Dataset {
     /// Errors name the folder or file: a missing data folder, a case of the
     /// split that is not in the data, a case without labels in the split.
     pub fn prepare(cfg: &DataConfig) -> Result<Dataset> {
-        let data_dir = match &cfg.data_dir {
-            Some(d) => d.clone(),
-            None => ensure_synthetic(cfg)?,
-        };
+        let data_dir = data_dir(cfg)?;
         let cases = list_cases(&data_dir)?;
         let labelled: Vec<&CaseDir> = cases.iter().filter(|c| c.segmentation.is_some()).collect();
         if labelled.is_empty() {
