@@ -32,6 +32,7 @@
 pub mod bundle;
 mod error;
 pub mod model_file;
+pub mod onnx;
 pub mod postprocess;
 pub mod report;
 pub mod resample;
