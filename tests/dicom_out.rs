@@ -427,3 +427,58 @@ fn a_bundle_predicts_as_its_checkpoints_and_refuses_damage() {
         assert!(!out.exists());
     }
 }
+
+/// `--save-probabilities`: a 4D float32 NIfTI with the input's first three
+/// dimensions and the classes fourth (read here from its bytes), whose
+/// values are probabilities (each voxel's sum is 1) whose argmax is the
+/// written label.
+#[test]
+fn saved_probabilities_are_the_labels_distribution() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_with_meta(tmp.path(), "model.safetensors", |_| {});
+    let series = testdata("dicom_seg/series");
+    let (labels_path, probs_path) = (tmp.path().join("l.nii.gz"), tmp.path().join("p.nii.gz"));
+    let o = kseg()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&model)
+        .arg("--input")
+        .arg(&series)
+        .arg("--output")
+        .arg(&labels_path)
+        .arg("--save-probabilities")
+        .arg(&probs_path)
+        .args(["--lcc", "0", "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let labels = volume::read_labels(&labels_path, LabelSet::Kits19).unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&probs_path).unwrap())
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let i16_at = |o: usize| i16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    let dims: Vec<i16> = (0..5).map(|k| i16_at(40 + 2 * k)).collect();
+    let (d, h, w) = labels.data.dim();
+    assert_eq!(dims, [4, d as i16, h as i16, w as i16, 3]);
+    assert_eq!(i16_at(70), 16, "float32");
+    let off = f32::from_le_bytes(bytes[108..112].try_into().unwrap()) as usize;
+    let vals: Vec<f32> = bytes[off..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(vals.len(), d * h * w * 3);
+    // Fortran order: i fastest, the class slowest.
+    let at = |i: usize, j: usize, k: usize, c: usize| vals[((c * w + k) * h + j) * d + i];
+    for i in 0..d {
+        for j in 0..h {
+            for k in 0..w {
+                let p = [at(i, j, k, 0), at(i, j, k, 1), at(i, j, k, 2)];
+                assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
+                let arg = (0..3).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap() as u8;
+                assert_eq!(arg, labels.data[[i, j, k]], "at {i},{j},{k}: {p:?}");
+            }
+        }
+    }
+}

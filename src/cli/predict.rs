@@ -63,6 +63,13 @@ pub struct PredictArgs {
     /// per slice without mirroring.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Also write the class probabilities the labels are decoded from
+    /// (softmax, or the region sigmoids; averaged over mirrors and the
+    /// models of an ensemble; before the clean-up) as a 4D float32 NIfTI
+    /// (FILE.nii.gz: the input's geometry, the classes along the 4th axis).
+    /// One volume only (not a folder of cases).
+    #[arg(long, value_name = "FILE.nii.gz")]
+    pub save_probabilities: Option<PathBuf>,
     /// Treat every entry of the --input folder as one case: each
     /// subfolder a DICOM study or a case folder, each NIfTI file a
     /// volume; predicted into the --output folder. (A folder of case_*
@@ -103,6 +110,7 @@ impl PredictArgs {
             self.report.as_deref(),
             self.folder,
             self.format,
+            self.save_probabilities.as_deref(),
         )
     }
 }
@@ -354,6 +362,7 @@ fn jobs(
 /// What a prediction needs besides its input and output.
 struct Ctx<'a> {
     seg: &'a Segmenter,
+    save_probabilities: Option<&'a Path>,
     series: Option<&'a str>,
     model_hash: &'a str,
     reports: Option<&'a Reports>,
@@ -398,9 +407,22 @@ fn predict_one(
         let get = |i: usize| s.get(i).map_or(1.0, |v| v.abs());
         [get(0), get(1), get(2)]
     });
+    let mut probs = None;
     let (labels, quality) = if ctx.reports.is_some() {
         let (l, q) = seg.segment_volume_quality(vol.data.view(), Some((sp[1], sp[2])))?;
+        if ctx.save_probabilities.is_some() {
+            // The report's labels are the plain path's: the probabilities
+            // of the same prediction.
+            probs = Some(
+                seg.segment_volume_probs(vol.data.view(), Some((sp[1], sp[2])))?
+                    .1,
+            );
+        }
         (l, Some(q))
+    } else if ctx.save_probabilities.is_some() {
+        let (l, p) = seg.segment_volume_probs(vol.data.view(), Some((sp[1], sp[2])))?;
+        probs = Some(p);
+        (l, None)
     } else {
         (
             seg.segment_volume_at(vol.data.view(), Some((sp[1], sp[2])))?,
@@ -422,6 +444,18 @@ fn predict_one(
         volume::dicom_seg::write_segmentation(dst, &series_info, labels.view(), &segs, &algo)?;
     } else {
         volume::write_volume(dst, labels.view(), &vol.header)?;
+    }
+    if let (Some(path), Some(p)) = (ctx.save_probabilities, probs) {
+        // [C, slices, H, W] (internal layout) → [i, j, k, C] (the file's).
+        let chans: Vec<ndarray::Array3<f32>> =
+            p.outer_iter().map(|c| o.into_file(c.to_owned())).collect();
+        let views: Vec<_> = chans
+            .iter()
+            .map(|c| c.view().insert_axis(ndarray::Axis(3)))
+            .collect();
+        let stacked = ndarray::concatenate(ndarray::Axis(3), &views)
+            .context("stacking the class probabilities")?;
+        volume::write_channels(path, stacked.view(), &vol.header)?;
     }
     let mut review = None;
     if let (Some(r), Some(q)) = (ctx.reports, quality) {
@@ -475,8 +509,25 @@ fn predict(
     report: Option<&Path>,
     folder: bool,
     format: Format,
+    save_probabilities: Option<&Path>,
 ) -> Result<()> {
     let (jobs, into_folder) = jobs(input, output, report, folder, format)?;
+    if let Some(p) = save_probabilities {
+        if into_folder {
+            anyhow::bail!(
+                "{}: --save-probabilities takes one volume, not a folder of cases",
+                p.display()
+            );
+        }
+        volume::check_output_path(p)?;
+        volume::fs::check_not_input(p)?;
+        if jobs.iter().any(|(_, d)| d == p) {
+            anyhow::bail!(
+                "{}: the probabilities would overwrite the labels",
+                p.display()
+            );
+        }
+    }
     if let Some(r) = report {
         for (src, dst) in &jobs {
             if r == dst.as_path() {
@@ -522,6 +573,7 @@ fn predict(
         .unwrap_or_default();
     let ctx = Ctx {
         seg: &seg,
+        save_probabilities,
         series,
         model_hash: &model_hash,
         reports: reports.as_ref(),

@@ -278,6 +278,34 @@ impl Segmenter {
         Ok((labels, q.finish()))
     }
 
+    /// [`Segmenter::segment_volume_at`] with the class probabilities the
+    /// labels are decoded from (softmax, or the region sigmoids; averaged
+    /// over mirrors and models), `[C, slices, H, W]` on the volume's grid
+    /// (before the clean-up); the labels are those of
+    /// [`Segmenter::segment_volume_at`]. Memory: C floats per voxel, checked
+    /// against the memory limit first.
+    pub fn segment_volume_probs(
+        &self,
+        hu: ArrayView3<f32>,
+        spacing: Option<(f64, f64)>,
+    ) -> Result<(Array3<u8>, ndarray::Array4<f32>)> {
+        let (d, h, w) = hu.dim();
+        let c = self.meta.model.num_classes;
+        kseg_volume::limits::check("class probabilities", &[c, d, h, w], 4)
+            .map_err(|e| InferError::Other(e.to_string()))?;
+        let mut probs = ndarray::Array4::<f32>::zeros((c, d, h, w));
+        let (n, int) = (self.meta.context, self.meta.intensity);
+        let (labels, _) = self.run_collect(
+            d,
+            (h, w),
+            spacing,
+            false,
+            |k| Ok(stack_slices(hu, k, n, &int)?),
+            Some(&mut probs),
+        )?;
+        Ok((labels, probs))
+    }
+
     /// Segments a cached case (the validation path).
     pub fn segment_cached(&self, case: &CachedCase) -> Result<Array3<u8>> {
         let [d, h, w] = case.shape();
@@ -310,6 +338,21 @@ impl Segmenter {
         spacing: Option<(f64, f64)>,
         quality: bool,
         stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
+    ) -> Result<(Array3<u8>, QualitySums)> {
+        self.run_collect(depth, (h, w), spacing, quality, stack, None)
+    }
+
+    /// [`Segmenter::run`], writing each slice's class probabilities (on
+    /// the volume's grid, before the clean-up) into `probs` `[C, slices, H,
+    /// W]` when given.
+    fn run_collect(
+        &self,
+        depth: usize,
+        (h, w): (usize, usize),
+        spacing: Option<(f64, f64)>,
+        quality: bool,
+        stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
+        mut probs_out: Option<&mut ndarray::Array4<f32>>,
     ) -> Result<(Array3<u8>, QualitySums)> {
         let mut sums = QualitySums::default();
         let m = 1usize << self.meta.model.depth;
@@ -390,7 +433,8 @@ impl Segmenter {
                     .to_vec1::<f32>()?;
                 let classes = self.meta.model.num_classes;
                 let per = classes * nh * nw;
-                let labels: Vec<Array2<u8>> = (0..chunk.len())
+                let keep = probs_out.is_some();
+                let labels: Vec<(Array2<u8>, Option<Array3<f32>>)> = (0..chunk.len())
                     .into_par_iter()
                     .map(|i| {
                         let p = Array3::from_shape_vec(
@@ -404,11 +448,15 @@ impl Segmenter {
                         } else {
                             p
                         };
-                        Ok(self.meta.labels.decode(p.view(), self.meta.regions))
+                        let lab = self.meta.labels.decode(p.view(), self.meta.regions);
+                        Ok((lab, keep.then_some(p)))
                     })
                     .collect::<Result<_>>()?;
-                for (&k, lab) in chunk.iter().zip(labels) {
+                for (&k, (lab, p)) in chunk.iter().zip(labels) {
                     out.index_axis_mut(Axis(0), k).assign(&lab);
+                    if let (Some(dst), Some(p)) = (probs_out.as_deref_mut(), p) {
+                        dst.slice_mut(s![.., k, .., ..]).assign(&p);
+                    }
                 }
             } else {
                 let pred = scores
@@ -424,6 +472,31 @@ impl Segmenter {
                     let v = &pred[i * plane..(i + 1) * plane];
                     out.index_axis_mut(Axis(0), k)
                         .assign(&ndarray::ArrayView2::from_shape((h, w), v).expect("sizes agree"));
+                }
+                if let Some(dst) = probs_out.as_deref_mut() {
+                    // The labels stay the logits' argmax; the probabilities
+                    // as the decoding branch computes them.
+                    let p = if self.meta.mirror {
+                        (&scores * 0.5)?
+                    } else {
+                        self.probabilities(&scores)?
+                    };
+                    let p = p
+                        .narrow(2, 0, h)?
+                        .narrow(3, 0, w)?
+                        .to_device(&Device::Cpu)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    let classes = self.meta.model.num_classes;
+                    let per = classes * h * w;
+                    for (i, &k) in chunk.iter().enumerate() {
+                        let v = ndarray::ArrayView3::from_shape(
+                            (classes, h, w),
+                            &p[i * per..(i + 1) * per],
+                        )
+                        .expect("sizes agree");
+                        dst.slice_mut(s![.., k, .., ..]).assign(&v);
+                    }
                 }
             }
         }

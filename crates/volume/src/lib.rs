@@ -44,7 +44,7 @@ pub mod synth;
 pub use self::nifti::stats;
 pub use self::nifti::{
     DType, Header, NiftiImage, Volume, check_output_path, read_header, read_image, read_labels,
-    read_labels_canonical, read_volume, read_volume_canonical, write_volume,
+    read_labels_canonical, read_volume, read_volume_canonical, write_channels, write_volume,
 };
 pub use cache::{CacheStatus, CachedCase};
 pub use case::{Case, CaseDir, find_predictions, list_cases};

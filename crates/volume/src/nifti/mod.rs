@@ -52,7 +52,7 @@ pub use read::{
     read_volume_canonical,
 };
 pub(crate) use read::{Voxel, read_raw, with_voxel};
-pub use write::{Storable, check_output_path, write_volume};
+pub use write::{Storable, check_output_path, write_channels, write_volume};
 
 /// An N-dimensional image as stored in a file, values scaled.
 ///

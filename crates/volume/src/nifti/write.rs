@@ -103,3 +103,60 @@ pub fn write_volume<T: Storable>(
             .map_err(|e| VolumeError::format(path, format!("cannot write: {e}")))
     })
 }
+
+/// Writes `data` `[i, j, k, c]` (float32) as a 4D NIfTI whose first three
+/// axes have the geometry of `reference` (its affine, units, description)
+/// and whose fourth holds `c` channels (class probabilities: the fourth
+/// dimension, pixdim 1), through the one writer like [`write_volume`].
+pub fn write_channels(
+    path: impl AsRef<Path>,
+    data: ndarray::ArrayView4<f32>,
+    reference: &Header,
+) -> Result<()> {
+    let path = path.as_ref();
+    check_output_path(path)?;
+    let want = data.shape();
+    let ref_shape = reference.shape();
+    let get = |i: usize| ref_shape.get(i).copied().unwrap_or(1);
+    if want[..3] != [get(0), get(1), get(2)] {
+        return Err(VolumeError::ShapeMismatch {
+            path: path.to_path_buf(),
+            got: want.to_vec(),
+            other: PathBuf::from("<reference header>"),
+            expected: ref_shape.to_vec(),
+        });
+    }
+    for (d, &n) in want.iter().enumerate() {
+        if n > i16::MAX as usize {
+            return Err(VolumeError::InvalidArgument(format!(
+                "dimension {d} of size {n} does not fit a NIfTI-1 header"
+            )));
+        }
+    }
+    let mut header = reference.raw.clone();
+    header.dim = [
+        4,
+        want[0] as u16,
+        want[1] as u16,
+        want[2] as u16,
+        want[3] as u16,
+        1,
+        1,
+        1,
+    ];
+    header.pixdim[4] = 1.0;
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
+    header.cal_min = 0.0;
+    header.cal_max = 1.0;
+    header.endianness = nifti::Endianness::Little;
+    header.sizeof_hdr = 348;
+    crate::fs::write_atomic(path, |tmp| {
+        let gz = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
+        nifti::writer::WriterOptions::new(tmp)
+            .reference_header(&header)
+            .compress(gz)
+            .write_nifti(&data)
+            .map_err(|e| VolumeError::format(path, format!("cannot write: {e}")))
+    })
+}
