@@ -85,7 +85,7 @@ impl Split {
     /// use kseg_volume::Split;
     /// let ids: Vec<String> = (0..11).map(|i| format!("case_{i:05}")).collect();
     /// let s = Split::kfold(&ids, 5, 2, 7).unwrap();
-    /// assert_eq!((s.folds.len(), s.val, s.fold), (5, s.folds[2].clone(), Some(2)));
+    /// assert_eq!((s.folds.len(), &s.val, s.fold), (5, &s.folds[2], Some(2)));
     /// assert_eq!(s.train.len() + s.val.len(), 11);
     /// ```
     pub fn kfold(ids: &[String], k: usize, fold: usize, seed: u64) -> Result<Split> {
