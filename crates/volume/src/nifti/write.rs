@@ -83,15 +83,32 @@ pub fn write_volume<T: Storable>(
         1,
         1,
     ];
-    for (d, &n) in want.iter().enumerate() {
+    header.cal_min = 0.0;
+    header.cal_max = 0.0;
+    write_with(path, &data, header)
+}
+
+/// Checks that every dimension of `data` fits a NIfTI-1 header, then
+/// writes it with `header` (little-endian, `.gz` compressed by name)
+/// through the one writer: what [`write_volume`] and [`write_channels`]
+/// share.
+fn write_with<A, S, D>(
+    path: &Path,
+    data: &ndarray::ArrayBase<S, D>,
+    mut header: nifti::NiftiHeader,
+) -> Result<()>
+where
+    S: ndarray::Data<Elem = A>,
+    A: nifti::DataElement + bytemuck::Pod,
+    D: ndarray::Dimension + ndarray::RemoveAxis,
+{
+    for (d, &n) in data.shape().iter().enumerate() {
         if n > i16::MAX as usize {
             return Err(VolumeError::InvalidArgument(format!(
                 "dimension {d} of size {n} does not fit a NIfTI-1 header"
             )));
         }
     }
-    header.cal_min = 0.0;
-    header.cal_max = 0.0;
     header.endianness = nifti::Endianness::Little;
     header.sizeof_hdr = 348;
     crate::fs::write_atomic(path, |tmp| {
@@ -99,7 +116,7 @@ pub fn write_volume<T: Storable>(
         nifti::writer::WriterOptions::new(tmp)
             .reference_header(&header)
             .compress(gz)
-            .write_nifti(&data)
+            .write_nifti(data)
             .map_err(|e| VolumeError::format(path, format!("cannot write: {e}")))
     })
 }
@@ -126,13 +143,6 @@ pub fn write_channels(
             expected: ref_shape.to_vec(),
         });
     }
-    for (d, &n) in want.iter().enumerate() {
-        if n > i16::MAX as usize {
-            return Err(VolumeError::InvalidArgument(format!(
-                "dimension {d} of size {n} does not fit a NIfTI-1 header"
-            )));
-        }
-    }
     let mut header = reference.raw.clone();
     header.dim = [
         4,
@@ -149,14 +159,5 @@ pub fn write_channels(
     header.scl_inter = 0.0;
     header.cal_min = 0.0;
     header.cal_max = 1.0;
-    header.endianness = nifti::Endianness::Little;
-    header.sizeof_hdr = 348;
-    crate::fs::write_atomic(path, |tmp| {
-        let gz = path.to_string_lossy().to_ascii_lowercase().ends_with(".gz");
-        nifti::writer::WriterOptions::new(tmp)
-            .reference_header(&header)
-            .compress(gz)
-            .write_nifti(&data)
-            .map_err(|e| VolumeError::format(path, format!("cannot write: {e}")))
-    })
+    write_with(path, &data, header)
 }
