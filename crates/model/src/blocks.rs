@@ -32,10 +32,10 @@ fn conv3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv>
 /// C(3, stride) without bias, `bn`, LeakyReLU: what `conv0` and a
 /// shortcut [`Connector`] both are.
 #[derive(Debug, Clone)]
-struct ConvBnAct {
-    conv: Conv,
-    bn: BatchNorm2d,
-    slope: f64,
+pub(crate) struct ConvBnAct {
+    pub(crate) conv: Conv,
+    pub(crate) bn: BatchNorm2d,
+    pub(crate) slope: f64,
 }
 
 impl ConvBnAct {
@@ -58,7 +58,7 @@ impl ConvBnAct {
 /// # Shapes
 /// `(B, in, H, W)` → `(B, c, H, W)`.
 #[derive(Debug, Clone)]
-pub struct Conv0(ConvBnAct);
+pub struct Conv0(pub(crate) ConvBnAct);
 
 impl Conv0 {
     /// `cin` → `cout` channels at stride 1; `slope`: LeakyReLU's negative slope.
@@ -78,7 +78,7 @@ impl ModuleT for Conv0 {
 /// # Shapes
 /// `(B, c, H, W)` → `(B, 2c, H/2, W/2)`.
 #[derive(Debug, Clone)]
-pub struct Connector(ConvBnAct);
+pub struct Connector(pub(crate) ConvBnAct);
 
 impl Connector {
     /// `cin` → `cout` channels at stride 2; `slope`: LeakyReLU's negative slope.
@@ -100,12 +100,12 @@ impl ModuleT for Connector {
 /// `(B, c, H, W)` → `(B, 2c, H/2, W/2)`.
 #[derive(Debug, Clone)]
 pub struct ResDownSample {
-    conv1: Conv,
-    bn1: BatchNorm2d,
-    conv2: Conv,
-    bn2: BatchNorm2d,
-    shortcut: Connector,
-    slope: f64,
+    pub(crate) conv1: Conv,
+    pub(crate) bn1: BatchNorm2d,
+    pub(crate) conv2: Conv,
+    pub(crate) bn2: BatchNorm2d,
+    pub(crate) shortcut: Connector,
+    pub(crate) slope: f64,
 }
 
 impl ResDownSample {
@@ -151,12 +151,12 @@ impl Module for UpSample {
 /// `x`: `(B, c, H, W)`, `skip`: `(B, s, 2H, 2W)` → `(B, m, 2H, 2W)`.
 #[derive(Debug, Clone)]
 pub struct CatResBlock {
-    skip: Conv,
-    conv1: Conv,
-    bn1: BatchNorm2d,
-    conv2: Conv,
-    bn2: BatchNorm2d,
-    slope: f64,
+    pub(crate) skip: Conv,
+    pub(crate) conv1: Conv,
+    pub(crate) bn1: BatchNorm2d,
+    pub(crate) conv2: Conv,
+    pub(crate) bn2: BatchNorm2d,
+    pub(crate) slope: f64,
 }
 
 impl CatResBlock {
@@ -192,10 +192,10 @@ impl CatResBlock {
 /// `x`: `(B, c, H/2, W/2)`, `first`: `(B, base, H, W)` → `(B, classes, H, W)`.
 #[derive(Debug, Clone)]
 pub struct CatConv {
-    conv: Conv,
-    bn: BatchNorm2d,
-    classifier: Conv,
-    slope: f64,
+    pub(crate) conv: Conv,
+    pub(crate) bn: BatchNorm2d,
+    pub(crate) classifier: Conv,
+    pub(crate) slope: f64,
 }
 
 impl CatConv {

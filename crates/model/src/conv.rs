@@ -26,6 +26,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 #[allow(unsafe_code)] // kernel launches: see the crate's unsafe rule (lib.rs)
 mod cuda;
+pub(crate) mod fused;
 mod im2col;
 mod op;
 mod plan;
@@ -49,6 +50,18 @@ impl Conv {
 
     fn cfg(&self) -> &Conv2dConfig {
         self.inner.config()
+    }
+
+    /// The weight `(o, c, k, k)`, the bias, the stride and the padding
+    /// (what [`crate::frozen`] folds).
+    pub(crate) fn parts(&self) -> (&Tensor, Option<&Tensor>, usize, usize) {
+        let cfg = self.cfg();
+        (
+            self.inner.weight(),
+            self.inner.bias(),
+            cfg.stride,
+            cfg.padding,
+        )
     }
 }
 

@@ -121,6 +121,8 @@ pub(crate) struct SharedOut<'a> {
     ptr: *mut f32,
     rows: usize,
     cols: usize,
+    /// Values from one sample's first row to the next's.
+    sample_stride: usize,
     /// Per sample, the column ranges taken so far (start → end).
     taken: Vec<Mutex<BTreeMap<usize, usize>>>,
     _out: PhantomData<&'a mut [f32]>,
@@ -146,6 +148,31 @@ impl<'a> SharedOut<'a> {
             ptr: d.as_mut_ptr(),
             rows,
             cols,
+            sample_stride: rows * cols,
+            taken: (0..samples).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            _out: PhantomData,
+        }
+    }
+
+    /// Rows `within` of `d` taken as `samples × total × cols` values: the
+    /// blocks are those rows of each sample only (a convolution writing
+    /// its channels into part of a concatenation's buffer).
+    pub(crate) fn rows_of(
+        d: &'a mut [f32],
+        (samples, total, cols): (usize, usize, usize),
+        within: Range<usize>,
+    ) -> SharedOut<'a> {
+        assert!(
+            d.len() == samples * total * cols && within.start <= within.end && within.end <= total,
+            "SharedOut: rows {within:?} of {samples}x{total}x{cols} in {}",
+            d.len()
+        );
+        SharedOut {
+            // SAFETY: within.start·cols ≤ total·cols ≤ the length (checked above).
+            ptr: unsafe { d.as_mut_ptr().add(within.start * cols) },
+            rows: within.len(),
+            cols,
+            sample_stride: total * cols,
             taken: (0..samples).map(|_| Mutex::new(BTreeMap::new())).collect(),
             _out: PhantomData,
         }
@@ -172,9 +199,10 @@ impl<'a> SharedOut<'a> {
             taken.insert(cs.start, cs.end);
         }
         DstMat {
-            // SAFETY: in bounds (checked above): the block's last element is
-            // at sample·rows·cols + (rows-1)·cols + cs.end - 1 < the length.
-            ptr: unsafe { self.ptr.add(sample * self.rows * self.cols + cs.start) },
+            // SAFETY: in bounds (checked above, and by the constructors):
+            // the block's last element is at sample·sample_stride +
+            // (rows-1)·cols + cs.end - 1 < the length.
+            ptr: unsafe { self.ptr.add(sample * self.sample_stride + cs.start) },
             rows: if cs.is_empty() { 0 } else { self.rows },
             cols: cs.len(),
             rs: self.cols,

@@ -26,6 +26,7 @@
 mod act;
 pub mod blocks;
 pub mod conv;
+pub mod frozen;
 mod gpu;
 #[allow(unsafe_code)] // the host floor: see above
 mod host;
@@ -34,6 +35,7 @@ mod resunet;
 
 pub use act::leaky_relu;
 pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample};
+pub use frozen::{FreezeOptions, FrozenNet, WinogradUse};
 pub use gpu::{gpu_ops, set_gpu_ops, set_tf32, tf32};
 pub use norm::BatchNorm2d;
 pub use resunet::{ResUNet, ResUNetConfig};

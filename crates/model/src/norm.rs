@@ -129,6 +129,34 @@ impl BatchNorm2d {
         Ok((b, c, h, w))
     }
 
+    /// Evaluation mode as `y = scale·x + shift` per channel, in f64:
+    /// `scale = γ / sqrt(running_var + eps)`, `shift = β − running_mean·scale`
+    /// (what [`crate::frozen`] folds into the convolution before it).
+    pub(crate) fn scale_shift(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (weight, bias) = self
+            .inner
+            .weight_and_bias()
+            .expect("BatchNorm2d is built affine");
+        let f = |t: &Tensor| -> Result<Vec<f64>> { t.to_dtype(candle_core::DType::F64)?.to_vec1() };
+        let (g, b) = (f(weight)?, f(bias)?);
+        let (mean, var) = (
+            f(self.running_mean.as_tensor())?,
+            f(self.running_var.as_tensor())?,
+        );
+        let scale: Vec<f64> = g
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + Self::EPS).sqrt())
+            .collect();
+        let shift = b
+            .iter()
+            .zip(&mean)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+        Ok((scale, shift))
+    }
+
     /// `[gamma; beta]`, `(2, C)`: the fused op's second argument.
     fn gamma_beta(&self) -> Result<Tensor> {
         let (weight, bias) = self

@@ -42,6 +42,33 @@ impl Default for ResUNetConfig {
 }
 
 impl ResUNetConfig {
+    /// That `x` is `(B, in_channels, H, W)` with H and W positive multiples
+    /// of 2^depth.
+    pub(crate) fn check_input(&self, x: &Tensor) -> Result<()> {
+        let Ok((_, c, h, w)) = x.dims4() else {
+            bail!(
+                "Res-U-Net: input must be (B, C, H, W), got shape {:?}",
+                x.dims()
+            );
+        };
+        if c != self.in_channels {
+            bail!(
+                "Res-U-Net: input has {c} channels, the model takes {} (shape {:?})",
+                self.in_channels,
+                x.dims()
+            );
+        }
+        let m = 1usize << self.depth;
+        if h % m != 0 || w % m != 0 || h == 0 || w == 0 {
+            bail!(
+                "Res-U-Net: H and W must be positive multiples of 2^depth = {m} (depth {}), got {h}x{w} (shape {:?})",
+                self.depth,
+                x.dims()
+            );
+        }
+        Ok(())
+    }
+
     /// Checks the sizes: depth and widths the network can be built with.
     pub fn validate(&self) -> Result<()> {
         if self.in_channels == 0 || self.num_classes == 0 || self.depth == 0 {
@@ -166,11 +193,11 @@ impl candle_nn::var_builder::SimpleBackend for CheckedFile {
 /// `VarBuilder::from_mmaped_safetensors`, and ours load in PyTorch.
 #[derive(Debug, Clone)]
 pub struct ResUNet {
-    cfg: ResUNetConfig,
-    conv0: Conv0,
-    down: Vec<ResDownSample>,
-    up: Vec<CatResBlock>,
-    head: CatConv,
+    pub(crate) cfg: ResUNetConfig,
+    pub(crate) conv0: Conv0,
+    pub(crate) down: Vec<ResDownSample>,
+    pub(crate) up: Vec<CatResBlock>,
+    pub(crate) head: CatConv,
 }
 
 impl ResUNet {
@@ -318,28 +345,7 @@ impl ResUNet {
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
-        let Ok((_, c, h, w)) = x.dims4() else {
-            bail!(
-                "Res-U-Net: input must be (B, C, H, W), got shape {:?}",
-                x.dims()
-            );
-        };
-        if c != self.cfg.in_channels {
-            bail!(
-                "Res-U-Net: input has {c} channels, the model takes {} (shape {:?})",
-                self.cfg.in_channels,
-                x.dims()
-            );
-        }
-        let m = 1usize << self.cfg.depth;
-        if h % m != 0 || w % m != 0 || h == 0 || w == 0 {
-            bail!(
-                "Res-U-Net: H and W must be positive multiples of 2^depth = {m} (depth {}), got {h}x{w} (shape {:?})",
-                self.cfg.depth,
-                x.dims()
-            );
-        }
-        Ok(())
+        self.cfg.check_input(x)
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) fn applies(d: &Dims) -> bool {
 
 /// `U_ξ = (G g Gᵀ)_ξ` for every (out, in) channel pair, as 16 row-major
 /// `(o, c)` matrices. `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`.
-fn transform_weights(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
+pub(super) fn transform_weights(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     let mut u = vec![0f32; 16 * o * c];
     for (pair, g) in wt.chunks_exact(9).enumerate() {
         // G g: 4×3.
@@ -135,7 +135,7 @@ fn transform_blocks<const K: usize>(
 /// `V_ξ = (Bᵀ d B)_ξ` of the 4×4 input blocks of block rows `trs` of one
 /// sample `xb` (`c × h × w`), into 16 row-major `(c, T)` matrices in `v`.
 /// `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
-fn transform_input(
+pub(super) fn transform_input(
     xb: &[f32],
     chw: (usize, usize, usize),
     trs: std::ops::Range<usize>,
@@ -150,7 +150,7 @@ fn transform_input(
 /// `(o, T)` matrices), plus the bias, into `dst`: row `oc` holds output
 /// rows `2·trs.start ..` of channel `oc` (`w` values each, the last block
 /// row and column cut at `h`, `w`). `Aᵀ = [1 1 1 0; 0 1 -1 -1]`.
-fn transform_output(
+pub(super) fn transform_output(
     m: &[f32],
     o: usize,
     trs: std::ops::Range<usize>,
@@ -218,19 +218,19 @@ fn transform_output_grad(
 
 /// How the 2×2 output blocks of each sample are cut into bands of block
 /// rows, the work items of [`forward`] and [`weight_grad`].
-struct Bands {
+pub(super) struct Bands {
     /// Block rows and columns of a sample.
     th: usize,
-    tw: usize,
+    pub(super) tw: usize,
     /// Block rows per band: about [`BAND_FLOATS`] transformed values, at
     /// least [`BAND_MIN_TILES`] blocks.
     rows: usize,
     /// Bands per sample.
-    count: usize,
+    pub(super) count: usize,
 }
 
 impl Bands {
-    fn new(d: &Dims) -> Bands {
+    pub(super) fn new(d: &Dims) -> Bands {
         let (th, tw) = (d.geo.h.div_ceil(2), d.geo.w.div_ceil(2));
         let rows = (BAND_FLOATS / (16 * (d.c + d.o) * tw))
             .max(BAND_MIN_TILES.div_ceil(tw))
@@ -244,10 +244,32 @@ impl Bands {
     }
 
     /// Work item `item` (of `b · count`): its sample and its block rows.
-    fn item(&self, item: usize) -> (usize, std::ops::Range<usize>) {
+    pub(super) fn item(&self, item: usize) -> (usize, std::ops::Range<usize>) {
         let band = item % self.count;
         let trs = band * self.rows..((band + 1) * self.rows).min(self.th);
         (item / self.count, trs)
+    }
+}
+
+/// The 16 products `M_ξ = U_ξ · V_ξ` of one band: block rows `trs` (`tw`
+/// blocks each) of sample `xb` (`c × h × w`) transformed into `v`, then
+/// multiplied by `u` (16 `(o, c)` matrices) into `m`; both already sized
+/// (`16·c·T`, `16·o·T`).
+pub(super) fn band_products(
+    xb: &[f32],
+    chw: (usize, usize, usize),
+    (trs, tw): (std::ops::Range<usize>, usize),
+    (u, o): (&[f32], usize),
+    (v, m): (&mut [f32], &mut [f32]),
+    threads: usize,
+) {
+    let (c, t) = (chw.0, trs.len() * tw);
+    transform_input(xb, chw, trs, tw, v);
+    for (xi, mx) in m.chunks_exact_mut(o * t).enumerate() {
+        let mut dst = DstMat::whole(mx, o, t);
+        let ux = Mat::rows(&u[xi * o * c..][..o * c], c);
+        let vx = Mat::rows(&v[xi * c * t..][..c * t], t);
+        sgemm(&mut dst, false, ux, vx, (o, t, c), threads);
     }
 }
 
@@ -269,13 +291,14 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
             let t = trs.len() * tw;
             v.resize(16 * c * t, 0.0);
             m.resize(16 * o * t, 0.0);
-            transform_input(&x[bi * chw..][..chw], (c, h, w), trs.clone(), tw, &mut v);
-            for (xi, mx) in m.chunks_exact_mut(o * t).enumerate() {
-                let mut dst = DstMat::whole(mx, o, t);
-                let ux = Mat::rows(&u[xi * o * c..][..o * c], c);
-                let vx = Mat::rows(&v[xi * c * t..][..c * t], t);
-                sgemm(&mut dst, false, ux, vx, (o, t, c), threads);
-            }
+            band_products(
+                &x[bi * chw..][..chw],
+                (c, h, w),
+                (trs.clone(), tw),
+                (&u, o),
+                (&mut v, &mut m),
+                threads,
+            );
             let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
             // Output rows ya..yb of every channel of sample bi: this item's
             // alone (bands do not overlap; `block` checks it).

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""CPU inference: `kseg predict` beside PyTorch and ONNX Runtime on the
+same slices of one CT volume, each in a process of its own with the same
+thread count, with the ratios, the peak memory (RSS) of each process and
+the label agreement (issue #29). Run it through infer_cpu.sh, which sets
+up the Python packages and makes the model and the case when not given.
+
+    python benches/compare/infer_cpu.py --kseg target/release/kseg \
+        --checkpoint RUN/checkpoints/step_N --image CASE/imaging.nii.gz --threads 2
+
+What runs:
+- `kseg predict` end to end (read, window, forward, decode, write), with
+  mirroring off and on, and once more with `KSEG_INFER=graph` (the
+  training graph's evaluation mode instead of the frozen inference engine);
+- PyTorch: the same network (the PyTorch mirror of kseg's Res-U-Net, the
+  checkpoint's weights loaded by name), `model.eval()` under
+  `torch.inference_mode()`, forward alone;
+- ONNX Runtime (PyPI `onnxruntime`, CPU provider, all graph optimisations)
+  on that PyTorch model exported with `torch.onnx.export` (opset 17,
+  dynamic batch and plane), forward alone.
+With mirroring, the forward-alone figures of PyTorch and ONNX Runtime are
+the two passes (the slices and their mirror image). The preprocessing is
+the checkpoint's (its safetensors metadata): the volume brought to KiTS19's
+layout by nibabel, each slice stacked with its neighbours (edges
+repeated), clipped, normalised, padded bottom and right with the window's
+air to a multiple of 2^depth; labels by argmax (softmax models).
+"""
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def read_checkpoint(path):
+    """(kseg metadata, {name: float32 array}) of a kseg model file."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = json.loads(header.pop("__metadata__")["kseg"])
+    tensors = {}
+    for name, t in header.items():
+        assert t["dtype"] == "F32", (name, t["dtype"])
+        a, b = t["data_offsets"]
+        tensors[name] = np.frombuffer(data[a:b], np.float32).reshape(t["shape"])
+    return meta, tensors
+
+
+def torch_model(meta, tensors):
+    """kseg's Res-U-Net in PyTorch (names as kseg's checkpoints), eval mode."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    cfg = meta["model"]
+    slope = cfg["negative_slope"]
+
+    def conv3(cin, cout, stride):
+        return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+    class ConvBnAct(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv, self.bn = conv3(cin, cout, stride), nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            return F.leaky_relu(self.bn(self.conv(x)), slope)
+
+    class ResDownSample(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1, self.bn1 = conv3(c, 2 * c, 2), nn.BatchNorm2d(2 * c)
+            self.conv2, self.bn2 = conv3(2 * c, 2 * c, 1), nn.BatchNorm2d(2 * c)
+            self.shortcut = ConvBnAct(c, 2 * c, 2)
+
+        def forward(self, x):
+            m = F.leaky_relu(self.bn1(self.conv1(x)), slope)
+            return F.leaky_relu(self.bn2(self.conv2(m)) + self.shortcut(x), slope)
+
+    class CatResBlock(nn.Module):
+        def __init__(self, c, s):
+            super().__init__()
+            m = c // 4 + s // 2
+            self.skip = nn.Conv2d(s, s // 2, 1)
+            self.conv1, self.bn1 = conv3(m, m, 1), nn.BatchNorm2d(m)
+            self.conv2, self.bn2 = conv3(m, m, 1), nn.BatchNorm2d(m)
+
+        def forward(self, x, skip):
+            cat = torch.cat([F.pixel_shuffle(x, 2), self.skip(skip)], 1)
+            m = F.leaky_relu(self.bn1(self.conv1(cat)), slope)
+            return F.leaky_relu(self.bn2(self.conv2(m)) + cat, slope)
+
+    class CatConv(nn.Module):
+        def __init__(self, c, base, classes):
+            super().__init__()
+            self.conv, self.bn = conv3(c // 4 + base, base, 1), nn.BatchNorm2d(base)
+            self.classifier = nn.Conv2d(base, classes, 1)
+
+        def forward(self, x, first):
+            cat = torch.cat([F.pixel_shuffle(x, 2), first], 1)
+            return self.classifier(F.leaky_relu(self.bn(self.conv(cat)), slope))
+
+    class ResUNet(nn.Module):
+        def __init__(self, base, depth, cin, classes):
+            super().__init__()
+            self.conv0 = ConvBnAct(cin, base, 1)
+            chans = [base * 2**i for i in range(depth + 1)]
+            self.down = nn.ModuleList(ResDownSample(chans[i]) for i in range(depth))
+            ups, c = [], chans[depth]
+            for j in range(depth - 1):
+                s = chans[depth - 1 - j]
+                ups.append(CatResBlock(c, s))
+                c = c // 4 + s // 2
+            self.up = nn.ModuleList(ups)
+            self.head = CatConv(c, base, classes)
+
+        def forward(self, x):
+            first = self.conv0(x)
+            feats, h = [], first
+            for d in self.down:
+                h = d(h)
+                feats.append(h)
+            for j, u in enumerate(self.up):
+                h = u(h, feats[len(feats) - 2 - j])
+            return self.head(h, first)
+
+    model = ResUNet(cfg["base_channels"], cfg["depth"], cfg["in_channels"], cfg["num_classes"])
+    state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            state[k] = v
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def batches(image, meta, batch):
+    """(volume shape, the inputs `(B, 2n+1, H', W')` of each batch)."""
+    import nibabel as nib
+
+    it, n, depth = meta["intensity"], meta["context"], meta["model"]["depth"]
+    img = nib.load(image)
+    # To KiTS19's layout: [slice (I), row (P), column (L)].
+    target = nib.orientations.axcodes2ornt(("I", "P", "L"))
+    tr = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine), target)
+    vol = nib.orientations.apply_orientation(np.asarray(img.dataobj, dtype=np.float32), tr)
+    d, h, w = vol.shape
+    m = 1 << depth
+    nh, nw = -(-h // m) * m, -(-w // m) * m
+    norm = (np.clip(vol, it["hu_min"], it["hu_max"]) - it["mean"]) / it["std"]
+    air = (it["hu_min"] - it["mean"]) / it["std"]
+    out = []
+    for k0 in range(0, d, batch):
+        ks = range(k0, min(d, k0 + batch))
+        x = np.full((len(ks), 2 * n + 1, nh, nw), air, np.float32)
+        for i, k in enumerate(ks):
+            for c, dk in enumerate(range(-n, n + 1)):
+                x[i, c, :h, :w] = norm[min(max(k + dk, 0), d - 1)]
+        out.append(x)
+    return (d, h, w), tr, out
+
+
+def worker(a):
+    """One engine's forward over every batch: labels to a .npy file, the
+    forward seconds as JSON on stdout."""
+    meta, tensors = read_checkpoint(a.checkpoint)
+    (d, h, w), _, xs = batches(a.image, meta, a.batch)
+    labels = np.zeros((d, h, w), np.uint8)
+    if a.worker == "torch":
+        import torch
+
+        torch.set_num_threads(a.threads)
+        model = torch_model(meta, tensors)
+
+        def fwd(x):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+    else:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = a.threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(a.onnx, opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def fwd(x):
+            return sess.run(None, {name: x})[0]
+    fwd(xs[0][:1])  # warm-up (ONNX Runtime's first run plans memory)
+    seconds, k0 = 0.0, 0
+    for x in xs:
+        t = time.perf_counter()
+        logits = fwd(x)
+        if a.mirror:
+            mirrored = fwd(np.ascontiguousarray(x[..., ::-1]))
+        seconds += time.perf_counter() - t
+        if a.mirror:
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            em = np.exp(mirrored - mirrored.max(1, keepdims=True))[..., ::-1]
+            logits = e / e.sum(1, keepdims=True) + em / em.sum(1, keepdims=True)
+        labels[k0:k0 + len(x)] = logits[:, :, :h, :w].argmax(1)
+        k0 += len(x)
+    np.save(a.labels, labels)
+    print(json.dumps({"forward_s": seconds}))
+
+
+def timed(cmd, env=None):
+    """Wall seconds, peak RSS (MiB) and stdout of `cmd` in a child process."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        sys.exit(f"{cmd[0]} failed with status {p.returncode}")
+    return wall, ru.ru_maxrss / 1024, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kseg")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--worker", choices=["torch", "ort"])
+    ap.add_argument("--onnx")
+    ap.add_argument("--labels")
+    ap.add_argument("--mirror", action="store_true")
+    ap.add_argument("--skip-graph", action="store_true", help="leave out KSEG_INFER=graph")
+    a = ap.parse_args()
+    if a.worker:
+        return worker(a)
+    if not a.kseg:
+        ap.error("--kseg is required")
+
+    import nibabel as nib
+    import torch
+
+    work = tempfile.mkdtemp(prefix="kseg-infer-")
+    meta, tensors = read_checkpoint(a.checkpoint)
+    if meta.get("regions"):
+        sys.exit("infer_cpu.py compares softmax models (argmax); this one is region-trained")
+    (d, h, w), tr, xs = batches(a.image, meta, a.batch)
+    onnx = os.path.join(work, "torch.onnx")
+    model = torch_model(meta, tensors)
+    torch.onnx.export(model, torch.from_numpy(xs[0][:1]), onnx, opset_version=17,
+                      input_names=["image"], output_names=["logits"], dynamo=False,
+                      dynamic_axes={"image": {0: "b", 2: "h", 3: "w"},
+                                    "logits": {0: "b", 2: "h", 3: "w"}})
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    rows, labels = [], {}
+    for mirror in [False, True]:
+        tag = "mirror on" if mirror else "mirror off"
+        runs = [("kseg", {})] + ([] if a.skip_graph else [("kseg graph", {"KSEG_INFER": "graph"})])
+        for name, extra in runs:
+            pred = os.path.join(work, f"{name.replace(' ', '_')}_{mirror}.nii.gz")
+            wall, rss, _ = timed([a.kseg, "predict", "--checkpoint", a.checkpoint,
+                                  "--input", a.image, "--output", pred, "--device", "cpu",
+                                  "--mirror", str(mirror).lower(), "--lcc", "0",
+                                  "--batch", str(a.batch)], dict(env, **extra))
+            img = nib.load(pred)
+            labels[(name, mirror)] = nib.orientations.apply_orientation(
+                np.asarray(img.dataobj), tr).astype(np.uint8)
+            rows.append((tag, f"{name} predict, end to end", wall, rss))
+        for engine in ["torch", "ort"]:
+            out = os.path.join(work, f"{engine}_{mirror}.npy")
+            cmd = [sys.executable, __file__, "--worker", engine, "--checkpoint", a.checkpoint,
+                   "--image", a.image, "--threads", str(a.threads), "--batch", str(a.batch),
+                   "--onnx", onnx, "--labels", out] + (["--mirror"] if mirror else [])
+            _, rss, so = timed(cmd, env)
+            labels[(engine, mirror)] = np.load(out)
+            label = "PyTorch eval" if engine == "torch" else "ONNX Runtime"
+            rows.append((tag, f"{label}, forward alone", json.loads(so)["forward_s"], rss))
+    import onnxruntime as ort
+
+    print(f"{d}x{h}x{w} voxels, batch {a.batch}, {a.threads} threads; torch {torch.__version__}, "
+          f"onnxruntime {ort.__version__}")
+    print(f"| | engine | seconds | peak RSS (MiB) |\n|---|---|---|---|")
+    for tag, name, s, rss in rows:
+        print(f"| {tag} | {name} | {s:.2f} | {rss:.0f} |")
+    for tag in ["mirror off", "mirror on"]:
+        t = {name: s for tg, name, s, _ in rows if tg == tag}
+        k = t["kseg predict, end to end"]
+        print(f"{tag}: kseg / ONNX Runtime {k / t['ONNX Runtime, forward alone']:.2f}, "
+              f"kseg / PyTorch {k / t['PyTorch eval, forward alone']:.2f}"
+              + ("" if a.skip_graph else
+                 f", kseg / kseg graph {k / t['kseg graph predict, end to end']:.2f}"))
+    ok = True
+    for mirror in [False, True]:
+        ref = labels[("ort", mirror)]
+        for name in ["kseg", "kseg graph", "torch"]:
+            if (name, mirror) in labels:
+                agree = float((labels[(name, mirror)] == ref).mean())
+                ok &= agree > 0.999
+                print(f"labels {name} vs ONNX Runtime (mirror {mirror}): agreement {agree:.6f}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
