@@ -57,82 +57,13 @@ def read_checkpoint(path):
 def torch_model(meta, tensors):
     """kseg's Res-U-Net in PyTorch (names as kseg's checkpoints), eval mode."""
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+    from resunet_torch import res_unet
 
     cfg = meta["model"]
     slope = cfg["negative_slope"]
 
-    def conv3(cin, cout, stride):
-        return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-
-    class ConvBnAct(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv, self.bn = conv3(cin, cout, stride), nn.BatchNorm2d(cout)
-
-        def forward(self, x):
-            return F.leaky_relu(self.bn(self.conv(x)), slope)
-
-    class ResDownSample(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.conv1, self.bn1 = conv3(c, 2 * c, 2), nn.BatchNorm2d(2 * c)
-            self.conv2, self.bn2 = conv3(2 * c, 2 * c, 1), nn.BatchNorm2d(2 * c)
-            self.shortcut = ConvBnAct(c, 2 * c, 2)
-
-        def forward(self, x):
-            m = F.leaky_relu(self.bn1(self.conv1(x)), slope)
-            return F.leaky_relu(self.bn2(self.conv2(m)) + self.shortcut(x), slope)
-
-    class CatResBlock(nn.Module):
-        def __init__(self, c, s):
-            super().__init__()
-            m = c // 4 + s // 2
-            self.skip = nn.Conv2d(s, s // 2, 1)
-            self.conv1, self.bn1 = conv3(m, m, 1), nn.BatchNorm2d(m)
-            self.conv2, self.bn2 = conv3(m, m, 1), nn.BatchNorm2d(m)
-
-        def forward(self, x, skip):
-            cat = torch.cat([F.pixel_shuffle(x, 2), self.skip(skip)], 1)
-            m = F.leaky_relu(self.bn1(self.conv1(cat)), slope)
-            return F.leaky_relu(self.bn2(self.conv2(m)) + cat, slope)
-
-    class CatConv(nn.Module):
-        def __init__(self, c, base, classes):
-            super().__init__()
-            self.conv, self.bn = conv3(c // 4 + base, base, 1), nn.BatchNorm2d(base)
-            self.classifier = nn.Conv2d(base, classes, 1)
-
-        def forward(self, x, first):
-            cat = torch.cat([F.pixel_shuffle(x, 2), first], 1)
-            return self.classifier(F.leaky_relu(self.bn(self.conv(cat)), slope))
-
-    class ResUNet(nn.Module):
-        def __init__(self, base, depth, cin, classes):
-            super().__init__()
-            self.conv0 = ConvBnAct(cin, base, 1)
-            chans = [base * 2**i for i in range(depth + 1)]
-            self.down = nn.ModuleList(ResDownSample(chans[i]) for i in range(depth))
-            ups, c = [], chans[depth]
-            for j in range(depth - 1):
-                s = chans[depth - 1 - j]
-                ups.append(CatResBlock(c, s))
-                c = c // 4 + s // 2
-            self.up = nn.ModuleList(ups)
-            self.head = CatConv(c, base, classes)
-
-        def forward(self, x):
-            first = self.conv0(x)
-            feats, h = [], first
-            for d in self.down:
-                h = d(h)
-                feats.append(h)
-            for j, u in enumerate(self.up):
-                h = u(h, feats[len(feats) - 2 - j])
-            return self.head(h, first)
-
-    model = ResUNet(cfg["base_channels"], cfg["depth"], cfg["in_channels"], cfg["num_classes"])
+    model = res_unet(cfg["base_channels"], cfg["depth"], cfg["in_channels"],
+                     cfg["num_classes"], slope)
     state = {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
     for k, v in model.state_dict().items():
         if k.endswith("num_batches_tracked"):

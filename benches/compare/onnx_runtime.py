@@ -28,6 +28,7 @@ import time
 import nibabel as nib
 import numpy as np
 import onnxruntime as ort
+from infer_cpu import batches
 
 
 def main():
@@ -53,30 +54,16 @@ def main():
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(a.onnx, opts, providers=["CPUExecutionProvider"])
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["kseg_meta"])
-    it, n, depth = meta["intensity"], meta["context"], meta["model"]["depth"]
-    img = nib.load(a.image)
-    # To KiTS19's layout: [slice (I→S reversed as KiTS: I), row (P), column (L)].
-    target = nib.orientations.axcodes2ornt(("I", "P", "L"))
-    current = nib.orientations.io_orientation(img.affine)
-    tr = nib.orientations.ornt_transform(current, target)
-    vol = nib.orientations.apply_orientation(np.asarray(img.dataobj, dtype=np.float32), tr)
-    d, h, w = vol.shape
-    m = 1 << depth
-    nh, nw = -(-h // m) * m, -(-w // m) * m
-    norm = (np.clip(vol, it["hu_min"], it["hu_max"]) - it["mean"]) / it["std"]
-    air = (it["hu_min"] - it["mean"]) / it["std"]
+    # The preprocessing of infer_cpu.py (the same stacks, window and padding).
+    (d, h, w), tr, xs = batches(a.image, meta, a.batch)
     labels = np.zeros((d, h, w), np.uint8)
-    forward_s = 0.0
-    for k0 in range(0, d, a.batch):
-        ks = range(k0, min(d, k0 + a.batch))
-        x = np.full((len(ks), 2 * n + 1, nh, nw), air, np.float32)
-        for i, k in enumerate(ks):
-            for c, dk in enumerate(range(-n, n + 1)):
-                x[i, c, :h, :w] = norm[min(max(k + dk, 0), d - 1)]
+    forward_s, k0 = 0.0, 0
+    for x in xs:
         t = time.perf_counter()
         logits = sess.run(["logits"], {"image": x})[0]
         forward_s += time.perf_counter() - t
-        labels[k0:k0 + len(ks)] = logits[:, :, :h, :w].argmax(1)
+        labels[k0:k0 + len(x)] = logits[:, :, :h, :w].argmax(1)
+        k0 += len(x)
     ours = nib.load(pred)
     kv = nib.orientations.apply_orientation(np.asarray(ours.dataobj), tr).astype(np.uint8)
     agree = float((kv == labels).mean())

@@ -19,7 +19,7 @@ resident memory. On a shared machine whose neighbours only ever add time,
 the fastest steps are the steadier comparison; the medians show the typical
 step.
 
-The PyTorch model is docs/METHOD.md §2's Res-U-Net written out below (the same module
+The PyTorch model is docs/METHOD.md §2's Res-U-Net of resunet_torch.py (the same module
 tree as the state_dict names kseg reads); the Lovász-Softmax is the reference
 `lovasz_softmax` (Berman et al.), flat, classes present.
 """
@@ -53,77 +53,7 @@ def torch_worker(args):
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    slope = 0.2
-
-    def conv3(cin, cout, stride):
-        return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-
-    class ConvBnAct(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv, self.bn = conv3(cin, cout, stride), nn.BatchNorm2d(cout)
-
-        def forward(self, x):
-            return F.leaky_relu(self.bn(self.conv(x)), slope)
-
-    class ResDownSample(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.conv1, self.bn1 = conv3(c, 2 * c, 2), nn.BatchNorm2d(2 * c)
-            self.conv2, self.bn2 = conv3(2 * c, 2 * c, 1), nn.BatchNorm2d(2 * c)
-            self.shortcut = ConvBnAct(c, 2 * c, 2)
-
-        def forward(self, x):
-            m = F.leaky_relu(self.bn1(self.conv1(x)), slope)
-            m = self.bn2(self.conv2(m))
-            return F.leaky_relu(m + self.shortcut(x), slope)
-
-    class CatResBlock(nn.Module):
-        def __init__(self, c, s):
-            super().__init__()
-            m = c // 4 + s // 2
-            self.skip = nn.Conv2d(s, s // 2, 1)
-            self.conv1, self.bn1 = conv3(m, m, 1), nn.BatchNorm2d(m)
-            self.conv2, self.bn2 = conv3(m, m, 1), nn.BatchNorm2d(m)
-
-        def forward(self, x, skip):
-            cat = torch.cat([F.pixel_shuffle(x, 2), self.skip(skip)], 1)
-            m = F.leaky_relu(self.bn1(self.conv1(cat)), slope)
-            return F.leaky_relu(self.bn2(self.conv2(m)) + cat, slope)
-
-    class CatConv(nn.Module):
-        def __init__(self, c, base, classes):
-            super().__init__()
-            self.conv, self.bn = conv3(c // 4 + base, base, 1), nn.BatchNorm2d(base)
-            self.classifier = nn.Conv2d(base, classes, 1)
-
-        def forward(self, x, first):
-            cat = torch.cat([F.pixel_shuffle(x, 2), first], 1)
-            return self.classifier(F.leaky_relu(self.bn(self.conv(cat)), slope))
-
-    class ResUNet(nn.Module):
-        def __init__(self, base, depth, cin=3, classes=3):
-            super().__init__()
-            self.conv0 = ConvBnAct(cin, base, 1)
-            chans = [base * 2**i for i in range(depth + 1)]
-            self.down = nn.ModuleList(ResDownSample(chans[i]) for i in range(depth))
-            ups, c = [], chans[depth]
-            for j in range(depth - 1):
-                s = chans[depth - 1 - j]
-                ups.append(CatResBlock(c, s))
-                c = c // 4 + s // 2
-            self.up = nn.ModuleList(ups)
-            self.head = CatConv(c, base, classes)
-
-        def forward(self, x):
-            first = self.conv0(x)
-            feats, h = [], first
-            for d in self.down:
-                h = d(h)
-                feats.append(h)
-            for j, u in enumerate(self.up):
-                h = u(h, feats[len(feats) - 2 - j])
-            return self.head(h, first)
+    from resunet_torch import res_unet
 
     def lovasz_grad(gt_sorted):
         gts = gt_sorted.sum()
@@ -145,7 +75,7 @@ def torch_worker(args):
             losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
         return torch.stack(losses).mean()
 
-    model = ResUNet(args.base, args.depth).to(dev)
+    model = res_unet(args.base, args.depth).to(dev)
     if args.eval:
         model.eval()
     x = torch.randn(args.batch, 3, args.size, args.size, device=dev)

@@ -53,9 +53,11 @@ pub struct PredictArgs {
     /// cpu, cuda, cuda:N, metal or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Slices per forward pass.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
+    /// Slices per forward pass. Default: 2 on the CPU (its activations
+    /// fit in cache-friendlier, half-as-large buffers and it is no slower;
+    /// docs/PERFORMANCE.md), 8 on a GPU.
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Write the lesion report (JSON: kidneys, tumours, cysts, quality
     /// flags, review; docs/METHOD.md §5c) to this file, or for a folder of
     /// cases into this folder (one CASE.json each and reports.csv). It
@@ -70,6 +72,14 @@ pub struct PredictArgs {
     /// One volume only (not a folder of cases).
     #[arg(long, value_name = "FILE.nii.gz")]
     pub save_probabilities: Option<PathBuf>,
+    /// Fast mode (opt-in): a coarse pass over every 4th slice finds the
+    /// kidneys, then only the slab of slices around them, cropped in-plane
+    /// to their box and a 30 mm margin, is segmented at full resolution;
+    /// the rest is background. What it costs in Dice and buys in time is
+    /// in docs/PERFORMANCE.md. Not with --report or --save-probabilities
+    /// (they need every slice whole).
+    #[arg(long, conflicts_with_all = ["report", "save_probabilities"])]
+    pub fast: bool,
     /// Treat every entry of the --input folder as one case: each
     /// subfolder a DICOM study or a case folder, each NIfTI file a
     /// volume; predicted into the --output folder. (A folder of case_*
@@ -84,6 +94,11 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value_t = Format::Nifti)]
     pub format: Format,
 }
+
+/// `kseg predict`'s slices per forward pass on the CPU.
+pub const CPU_BATCH: usize = 2;
+/// `kseg predict`'s slices per forward pass on a GPU.
+pub const GPU_BATCH: usize = 8;
 
 /// The output format of a batch.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +126,7 @@ impl PredictArgs {
             self.folder,
             self.format,
             self.save_probabilities.as_deref(),
+            self.fast,
         )
     }
 }
@@ -505,11 +521,12 @@ fn predict(
     lcc: Option<usize>,
     mirror: Option<bool>,
     device: &str,
-    batch: usize,
+    batch: Option<usize>,
     report: Option<&Path>,
     folder: bool,
     format: Format,
     save_probabilities: Option<&Path>,
+    fast: bool,
 ) -> Result<()> {
     let (jobs, into_folder) = jobs(input, output, report, folder, format)?;
     if let Some(p) = save_probabilities {
@@ -546,6 +563,7 @@ fn predict(
     }
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
+    let batch = batch.unwrap_or(if dev.is_cpu() { CPU_BATCH } else { GPU_BATCH });
     let mut seg = match bundle {
         Some(b) => Segmenter::load_bundle(b, &dev, batch)?,
         None => Segmenter::load_ensemble(checkpoints, &dev, batch)?,
@@ -566,6 +584,9 @@ fn predict(
     }
     if let Some(m) = mirror {
         seg.set_mirror(m);
+    }
+    if fast {
+        seg.set_fast(Some(kseg_infer::FastMode::default()));
     }
     let keep = seg.meta().keep_largest;
     let kept = keep

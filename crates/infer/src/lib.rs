@@ -31,6 +31,7 @@
 
 pub mod bundle;
 mod error;
+pub mod fast;
 pub mod model_file;
 pub mod onnx;
 pub mod postprocess;
@@ -40,6 +41,7 @@ pub mod runtime;
 mod segmenter;
 
 pub use error::{InferError, Result, candle_text};
+pub use fast::FastMode;
 pub use model_file::{
     MAX_IN_PLANE, META_KEY, MODEL_FILE, ModelMeta, model_file, read_meta, save_model,
 };

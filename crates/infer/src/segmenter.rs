@@ -2,6 +2,7 @@
 //! neighbours, normalised and brought to the network's size as in training,
 //! segmented in batches, and the labels brought back to the volume's grid.
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
@@ -9,10 +10,11 @@ use kseg_augment::{AugmentParams, apply_image};
 use kseg_metrics::Activation;
 use kseg_model::{FrozenNet, ResUNet};
 use kseg_volume::{CachedCase, stack_slices};
-use ndarray::{Array2, Array3, ArrayView3, Axis, s};
+use ndarray::{Array2, Array3, ArrayView3, s};
 use rayon::prelude::*;
 
 use crate::error::{InferError, Result, candle_text};
+use crate::fast::FastMode;
 use crate::model_file::{ModelMeta, model_file, read_meta};
 use crate::report::Quality;
 
@@ -64,6 +66,9 @@ pub struct Segmenter {
     batch: usize,
     /// The model file it was loaded from (named in errors).
     source: Option<std::path::PathBuf>,
+    /// The fast mode of [`Segmenter::segment_with`] (`None`: every slice
+    /// at full resolution).
+    fast: Option<FastMode>,
 }
 
 impl Segmenter {
@@ -79,6 +84,7 @@ impl Segmenter {
             device,
             batch: batch.max(1),
             source: None,
+            fast: None,
         }
     }
 
@@ -195,6 +201,18 @@ impl Segmenter {
     /// checkpoint.
     pub fn set_mirror(&mut self, mirror: bool) {
         self.meta.mirror = mirror;
+    }
+
+    /// Turns the fast mode on (`Some`) or off for the plain segmentation
+    /// ([`Segmenter::segment_with`] and what calls it): a coarse pass over
+    /// every `stride`-th slice finds the foreground, then only the slab of
+    /// slices around it, cropped in-plane to its box and a margin, is
+    /// segmented at full resolution; the rest is background (see
+    /// [`crate::fast`]). A model with a fixed input size (`in_plane`) is
+    /// not cropped, only the slab is used. The quality and probability
+    /// paths always segment every slice whole.
+    pub fn set_fast(&mut self, fast: Option<FastMode>) {
+        self.fast = fast;
     }
 
     /// Per-class scores whose argmax is the prediction: the logits, or with
@@ -383,7 +401,40 @@ impl Segmenter {
         spacing: Option<(f64, f64)>,
         stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
     ) -> Result<Array3<u8>> {
-        Ok(self.run(depth, (h, w), spacing, false, stack)?.0)
+        let Some(fast) = self.fast else {
+            return Ok(self.run(depth, (h, w), spacing, false, stack)?.0);
+        };
+        let mut out = Array3::<u8>::zeros((depth, h, w));
+        let mut sums = QualitySums::default();
+        let coarse = fast.coarse_slices(depth);
+        let whole = (0..h, 0..w);
+        self.pass(
+            &mut out,
+            &coarse,
+            whole.clone(),
+            spacing,
+            false,
+            &stack,
+            None,
+            &mut sums,
+        )?;
+        // A model of a fixed input size is only ever given whole slices.
+        let multiple = 1usize << self.meta.model.depth;
+        if let Some(win) = fast.window(&out, &coarse, spacing, multiple) {
+            let plane = if self.meta.in_plane.is_some() {
+                whole
+            } else {
+                (win.rows, win.cols)
+            };
+            let ks: Vec<usize> = win.slices.collect();
+            self.pass(
+                &mut out, &ks, plane, spacing, false, &stack, None, &mut sums,
+            )?;
+        }
+        if let Some(keep) = self.meta.keep_largest {
+            crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
+        }
+        Ok(out)
     }
 
     /// [`Segmenter::segment_with`], measuring the [`Quality`] when
@@ -409,9 +460,46 @@ impl Segmenter {
         spacing: Option<(f64, f64)>,
         quality: bool,
         stack: impl Fn(usize) -> Result<Array3<f32>> + Sync,
-        mut probs_out: Option<&mut ndarray::Array4<f32>>,
+        probs_out: Option<&mut ndarray::Array4<f32>>,
     ) -> Result<(Array3<u8>, QualitySums)> {
         let mut sums = QualitySums::default();
+        let mut out = Array3::<u8>::zeros((depth, h, w));
+        let ks: Vec<usize> = (0..depth).collect();
+        self.pass(
+            &mut out,
+            &ks,
+            (0..h, 0..w),
+            spacing,
+            quality,
+            &stack,
+            probs_out,
+            &mut sums,
+        )?;
+        if let Some(keep) = self.meta.keep_largest {
+            crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
+        }
+        Ok((out, sums))
+    }
+
+    /// Segments the slices `ks` of a volume, cropped in-plane to `rows` ×
+    /// `cols` of the planes `stack(k)` gives, into those voxels of `out`
+    /// `[slices, H, W]` (and of `probs_out` `[C, slices, H, W]` when
+    /// given), adding to the quality sums when `quality`. No clean-up.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &self,
+        out: &mut Array3<u8>,
+        ks: &[usize],
+        (rows, cols): (Range<usize>, Range<usize>),
+        spacing: Option<(f64, f64)>,
+        quality: bool,
+        stack: &(impl Fn(usize) -> Result<Array3<f32>> + Sync),
+        mut probs_out: Option<&mut ndarray::Array4<f32>>,
+        sums: &mut QualitySums,
+    ) -> Result<()> {
+        let (h, w) = (rows.len(), cols.len());
+        let (_, fh, fw) = out.dim();
+        let cropped = (h, w) != (fh, fw);
         let m = 1usize << self.meta.model.depth;
         let fill = self.meta.intensity.air();
         // The size slices are resampled to: the training size, or the
@@ -437,16 +525,19 @@ impl Segmenter {
         // What one batch implies, checked before any input of that size
         // exists (the size may come from the model file's spacing_mm).
         self.meta
-            .check_forward(self.batch.min(depth.max(1)), (nh, nw))
+            .check_forward(self.batch.min(ks.len().max(1)), (nh, nw))
             .map_err(|e| InferError::Other(format!("segmenting {h}x{w} slices: {e}")))?;
         let c = 2 * self.meta.context + 1;
-        let mut out = Array3::<u8>::zeros((depth, h, w));
-        let ks: Vec<usize> = (0..depth).collect();
         for chunk in ks.chunks(self.batch) {
             let inputs: Vec<Array3<f32>> = chunk
                 .par_iter()
                 .map(|&k| {
                     let x = stack(k)?;
+                    let x = if cropped {
+                        x.slice(s![.., rows.clone(), cols.clone()]).to_owned()
+                    } else {
+                        x
+                    };
                     let x = if resample {
                         resize(&x, (rh, rw), fill)?
                     } else {
@@ -510,9 +601,11 @@ impl Segmenter {
                     })
                     .collect::<Result<_>>()?;
                 for (&k, (lab, p)) in chunk.iter().zip(labels) {
-                    out.index_axis_mut(Axis(0), k).assign(&lab);
+                    out.slice_mut(s![k, rows.clone(), cols.clone()])
+                        .assign(&lab);
                     if let (Some(dst), Some(p)) = (probs_out.as_deref_mut(), p) {
-                        dst.slice_mut(s![.., k, .., ..]).assign(&p);
+                        dst.slice_mut(s![.., k, rows.clone(), cols.clone()])
+                            .assign(&p);
                     }
                 }
             } else {
@@ -527,7 +620,7 @@ impl Segmenter {
                 let plane = h * w;
                 for (i, &k) in chunk.iter().enumerate() {
                     let v = &pred[i * plane..(i + 1) * plane];
-                    out.index_axis_mut(Axis(0), k)
+                    out.slice_mut(s![k, rows.clone(), cols.clone()])
                         .assign(&ndarray::ArrayView2::from_shape((h, w), v).expect("sizes agree"));
                 }
                 if let Some(dst) = probs_out.as_deref_mut() {
@@ -552,15 +645,13 @@ impl Segmenter {
                             &p[i * per..(i + 1) * per],
                         )
                         .expect("sizes agree");
-                        dst.slice_mut(s![.., k, .., ..]).assign(&v);
+                        dst.slice_mut(s![.., k, rows.clone(), cols.clone()])
+                            .assign(&v);
                     }
                 }
             }
         }
-        if let Some(keep) = self.meta.keep_largest {
-            crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
-        }
-        Ok((out, sums))
+        Ok(())
     }
 }
 
@@ -771,7 +862,7 @@ fn pad(x: Array3<f32>, (nh, nw): (usize, usize), fill: f32) -> Array3<f32> {
 mod tests {
     use candle_core::{DType, Device};
     use kseg_model::{ResUNet, ResUNetConfig};
-    use ndarray::{Array3, s};
+    use ndarray::{Array3, Axis, s};
 
     use super::*;
 
@@ -805,6 +896,110 @@ mod tests {
             let pair = pair.freeze().unwrap();
             assert!(pair.others[0].frozen.is_some());
             assert_eq!(pair.segment_volume(volume().view()).unwrap(), want);
+        }
+    }
+
+    /// The fast mode against its definition: the window is
+    /// `FastMode::window` of the full pass's labels at the sampled slices
+    /// (hand-checked in `fast.rs`); outside it everything is background;
+    /// inside, the slab's slices are the plain path's labels of the
+    /// cropped sub-volume (away from the slab's ends, where the stacks'
+    /// neighbours differ), and with a crop of the whole plane the full
+    /// pass's own labels.
+    #[test]
+    fn the_fast_mode_segments_the_window_only() {
+        // Air, a textured block on slices 9..15 the seeded model finds
+        // foreground in, a region smaller than the plane, and a second one
+        // far from it on slice 10 alone, which the coarse pass (slices 0,
+        // 4, 8, 12, ...) does not see, not even as a neighbour: the crop
+        // leaves it out.
+        let hu = Array3::from_shape_fn((24, 64, 64), |(z, r, c)| {
+            let a = (9..15).contains(&z) && (18..40).contains(&r) && (24..44).contains(&c);
+            let b = z == 10 && (46..62).contains(&r) && (2..16).contains(&c);
+            if a || b {
+                (((z * 7 + r * 13 + c * c * 5) % 23) as f32 - 11.0) * 40.0
+            } else {
+                -1000.0
+            }
+        });
+        // The seeded model, its background bias raised until air is
+        // background and the block still has foreground.
+        let cfg = ResUNetConfig {
+            base_channels: 4,
+            depth: 2,
+            ..Default::default()
+        };
+        let (model, varmap) = ResUNet::init(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+        // One slice per forward pass: a slice's labels do not depend on
+        // which slices share its batch (the tiling does).
+        let seg = Segmenter::new(model, ModelMeta::new(cfg), Device::Cpu, 1);
+        let bias = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .get("head.classifier.bias")
+            .unwrap()
+            .clone();
+        let b0: Vec<f32> = bias.to_vec1().unwrap();
+        // 1 mm pixels: the margin in pixels is the margin in mm.
+        let sp = Some((1.0, 1.0));
+        let confined = (0..200).map(|i| i as f32 * 0.05).find(|&raise| {
+            let mut b = b0.clone();
+            b[0] += raise;
+            bias.set(&Tensor::new(b, &Device::Cpu).unwrap()).unwrap();
+            let full = seg.segment_volume_at(hu.view(), sp).unwrap();
+            let fg = |k: usize| full.index_axis(Axis(0), k).iter().any(|&v| v != 0);
+            (8..16).any(fg) && !(0..24).filter(|k| !(8..16).contains(k)).any(fg)
+        });
+        assert!(
+            confined.is_some(),
+            "no background bias confines the foreground"
+        );
+        for (margin_mm, whole) in [(100.0, true), (4.0, false)] {
+            let fast = FastMode {
+                stride: 4,
+                margin_mm,
+            };
+            let full = seg.segment_volume_at(hu.view(), sp).unwrap();
+            let sampled = fast.coarse_slices(24);
+            let win = fast
+                .window(&full, &sampled, sp, 4)
+                .expect("the model finds foreground");
+            assert!(win.slices.len() < 24, "{win:?}: the slab is every slice");
+            assert_eq!(
+                (win.rows.len(), win.cols.len()) == (64, 64),
+                whole,
+                "{win:?}"
+            );
+            let mut fs = seg.clone();
+            fs.set_fast(Some(fast));
+            let got = fs.segment_volume_at(hu.view(), sp).unwrap();
+            let sub = hu
+                .slice(s![.., win.rows.clone(), win.cols.clone()])
+                .to_owned();
+            let sub = seg.segment_volume_at(sub.view(), sp).unwrap();
+            for ((k, r, c), &v) in got.indexed_iter() {
+                let inside =
+                    win.slices.contains(&k) && win.rows.contains(&r) && win.cols.contains(&c);
+                if !inside {
+                    assert_eq!(v, 0, "({k}, {r}, {c}) outside {win:?}");
+                } else if whole {
+                    assert_eq!(v, full[[k, r, c]], "({k}, {r}, {c})");
+                } else if k > win.slices.start && k + 1 < win.slices.end {
+                    assert_eq!(
+                        v,
+                        sub[[k, r - win.rows.start, c - win.cols.start]],
+                        "({k}, {r}, {c})"
+                    );
+                }
+            }
+            assert!(got.iter().any(|&v| v != 0));
+            // The crop mattered: the full pass has foreground outside it.
+            let outside = full.indexed_iter().any(|((k, r, c), &v)| {
+                v != 0
+                    && !(win.rows.contains(&r) && win.cols.contains(&c) && win.slices.contains(&k))
+            });
+            assert_eq!(outside, !whole, "{win:?}");
         }
     }
 

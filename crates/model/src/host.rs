@@ -6,7 +6,8 @@
 //!
 //! - [`f32_slice`] and [`storage_f32`]: the f32 values of a CPU storage;
 //! - [`Mat`] (a strided read-only matrix view), [`DstMat`] (a block to write
-//!   a product into) and [`sgemm`] (the gemm crate's product on them);
+//!   a product into) and [`sgemm`] / [`sgemm_on`] (the gemm crate's product
+//!   on them, on training's kernels or the fastest, [`Kernels`]);
 //! - [`SharedOut`]: one output buffer that parallel work items write
 //!   disjoint blocks of, each block checked against the others;
 //! - [`lane_sums`] and [`lane_sums3`]: vectorisable per-plane sums;
@@ -211,8 +212,35 @@ impl<'a> SharedOut<'a> {
     }
 }
 
-/// `dst (m×n) [+]= a (m×k) · b (k×n)` with the gemm crate.
+/// Which of the gemm crate's microkernels a product runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
+    /// Training's: on x86 with FMA the AVX2+FMA kernels whatever else the
+    /// CPU has (what `gemm::gemm` dispatched to before its AVX-512 kernels
+    /// were compiled in), so that training's arithmetic, and the default
+    /// job's logged losses, are those of every x86 CPU; elsewhere gemm's
+    /// own choice.
+    Training,
+    /// gemm's own choice: AVX-512F where the CPU has it (inference).
+    Fastest,
+}
+
+/// `dst (m×n) [+]= a (m×k) · b (k×n)` with the gemm crate, on training's
+/// kernels ([`Kernels::Training`]).
 pub(crate) fn sgemm(
+    dst: &mut DstMat,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    mnk: (usize, usize, usize),
+    threads: usize,
+) {
+    sgemm_on(Kernels::Training, dst, accumulate, a, b, mnk, threads)
+}
+
+/// [`sgemm`] on the given kernels.
+pub(crate) fn sgemm_on(
+    kernels: Kernels,
     dst: &mut DstMat,
     accumulate: bool,
     a: Mat,
@@ -236,29 +264,154 @@ pub(crate) fn sgemm(
     } else {
         gemm::Parallelism::None
     };
+    let p = Product {
+        m,
+        n,
+        k,
+        dst: dst.ptr,
+        dst_cs: 1,
+        dst_rs: dst.rs as isize,
+        read_dst: accumulate,
+        lhs: a.data.as_ptr(),
+        lhs_cs: a.cs as isize,
+        lhs_rs: a.rs as isize,
+        rhs: b.data.as_ptr(),
+        rhs_cs: b.cs as isize,
+        rhs_rs: b.rs as isize,
+        alpha: if accumulate { 1.0 } else { 0.0 },
+        par,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if kernels == Kernels::Training && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the bounds are checked above; dst does not alias a or b;
+        // the CPU has FMA (checked).
+        unsafe { p.on_fma() };
+        return;
+    }
+    let _ = kernels;
     // SAFETY: the bounds are checked above; dst does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.ptr,
-            1,
-            dst.rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
+    unsafe { p.on_gemms_choice() }
+}
+
+/// One product's operands as the gemm crate takes them (`dst := alpha·dst
+/// + lhs·rhs`; strides in elements, all positive here).
+struct Product {
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    alpha: f32,
+    par: gemm::Parallelism,
+}
+
+impl Product {
+    /// `gemm::gemm`: its dispatcher picks the kernels.
+    ///
+    /// # Safety
+    /// The operands are valid for the sizes and strides; dst aliases
+    /// neither input.
+    unsafe fn on_gemms_choice(&self) {
+        // SAFETY: the caller's.
+        unsafe {
+            gemm::gemm(
+                self.m,
+                self.n,
+                self.k,
+                self.dst,
+                self.dst_cs,
+                self.dst_rs,
+                self.read_dst,
+                self.lhs,
+                self.lhs_cs,
+                self.lhs_rs,
+                self.rhs,
+                self.rhs_cs,
+                self.rhs_rs,
+                self.alpha,
+                1.0,
+                false,
+                false,
+                false,
+                self.par,
+            )
+        }
+    }
+
+    /// What `gemm::gemm` does for f32 with its AVX2+FMA kernels: the
+    /// transposition it makes when the destination is row-major (its
+    /// microkernels prefer columns), then gemm-common's generic driver with
+    /// gemm-f32's FMA microkernel tables (8 lanes), as gemm-f32's own
+    /// `fma::gemm_basic` calls it. Our strides are positive, so its sign
+    /// fix-ups do nothing.
+    ///
+    /// # Safety
+    /// As [`Product::on_gemms_choice`], and the CPU has FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn on_fma(&self) {
+        use gemm_common::simd::MixedSimd;
+        use gemm_f32::microkernel::fma::f32 as uk;
+        /// gemm-f32's FMA f32 lane count (its private `N`).
+        const LANES: usize = 8;
+        let p = self;
+        let t = p.dst_cs.abs() < p.dst_rs.abs();
+        let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = if t {
+            (
+                p.n, p.m, p.dst_rs, p.dst_cs, p.rhs, p.rhs_rs, p.rhs_cs, p.lhs, p.lhs_rs, p.lhs_cs,
+            )
+        } else {
+            (
+                p.m, p.n, p.dst_cs, p.dst_rs, p.lhs, p.lhs_cs, p.lhs_rs, p.rhs, p.rhs_cs, p.rhs_rs,
+            )
+        };
+        let simd = <gemm_common::simd::V3 as MixedSimd<f32, f32, f32, f32>>::try_new()
+            .expect("FMA checked by the caller");
+        // SAFETY: the caller's; the kernels are those of `simd`'s level.
+        unsafe {
+            gemm_common::gemm::gemm_basic_generic::<
+                _,
+                f32,
+                LANES,
+                { uk::MR_DIV_N * LANES },
+                { uk::NR },
+                { uk::MR_DIV_N },
+                { uk::H_M },
+                { uk::H_N },
+            >(
+                simd,
+                m,
+                n,
+                p.k,
+                p.dst,
+                dst_cs,
+                dst_rs,
+                p.read_dst,
+                lhs,
+                lhs_cs,
+                lhs_rs,
+                rhs,
+                rhs_cs,
+                rhs_rs,
+                p.alpha,
+                1.0,
+                false,
+                false,
+                false,
+                |a, b, c| a * b + c,
+                &uk::UKR,
+                &uk::H_UKR,
+                false,
+                p.par,
+            )
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::cpu::Dims;
 use super::im2col::Geo;
 use super::tiling::{TILE_FLOATS, TILE_MIN_COLS, Tiling, spread};
 use super::winograd;
-use crate::host::{DstMat, Mat, SharedOut, sgemm};
+use crate::host::{DstMat, Kernels, Mat, SharedOut, sgemm_on};
 
 /// Which 3×3 stride-1 layers inference runs through Winograd's F(2×2, 3×3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -187,6 +187,7 @@ impl FusedConv {
                         (trs.clone(), tw),
                         (u, o),
                         (&mut v, &mut m),
+                        Kernels::Fastest,
                         threads,
                     );
                     let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
@@ -220,7 +221,15 @@ impl FusedConv {
                     dst.fill_rows(&self.bias);
                 }
                 let w_m = Mat::rows(&self.w, ckk);
-                sgemm(&mut dst, fuse, w_m, patches, (o, nc, ckk), threads);
+                sgemm_on(
+                    Kernels::Fastest,
+                    &mut dst,
+                    fuse,
+                    w_m,
+                    patches,
+                    (o, nc, ckk),
+                    threads,
+                );
                 if fuse {
                     self.epilogue(&mut dst, false, res(bi), n, j0);
                 }

@@ -21,7 +21,7 @@
 
 use super::cpu::Dims;
 use super::tiling::{spread, sum_parts};
-use crate::host::{DstMat, Mat, SharedOut, sgemm};
+use crate::host::{DstMat, Kernels, Mat, SharedOut, sgemm, sgemm_on};
 
 /// Fewest input and output channels for the Winograd path (chosen, not
 /// swept: with fewer, its 16 products have an inner size too small for
@@ -261,6 +261,7 @@ pub(super) fn band_products(
     (trs, tw): (std::ops::Range<usize>, usize),
     (u, o): (&[f32], usize),
     (v, m): (&mut [f32], &mut [f32]),
+    kernels: Kernels,
     threads: usize,
 ) {
     let (c, t) = (chw.0, trs.len() * tw);
@@ -269,7 +270,7 @@ pub(super) fn band_products(
         let mut dst = DstMat::whole(mx, o, t);
         let ux = Mat::rows(&u[xi * o * c..][..o * c], c);
         let vx = Mat::rows(&v[xi * c * t..][..c * t], t);
-        sgemm(&mut dst, false, ux, vx, (o, t, c), threads);
+        sgemm_on(kernels, &mut dst, false, ux, vx, (o, t, c), threads);
     }
 }
 
@@ -297,6 +298,7 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
                 (trs.clone(), tw),
                 (&u, o),
                 (&mut v, &mut m),
+                Kernels::Training,
                 threads,
             );
             let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
