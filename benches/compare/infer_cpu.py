@@ -161,12 +161,14 @@ def main():
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--image", required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=2, help="slices per forward pass, every engine (kseg predict's CPU default: 2)")
     ap.add_argument("--worker", choices=["torch", "ort"])
     ap.add_argument("--onnx")
     ap.add_argument("--labels")
     ap.add_argument("--mirror", action="store_true")
     ap.add_argument("--skip-graph", action="store_true", help="leave out KSEG_INFER=graph")
+    ap.add_argument("--mirrors", choices=["both", "off", "on"], default="both",
+                    help="mirroring off, on, or both (default)")
     a = ap.parse_args()
     if a.worker:
         return worker(a)
@@ -189,7 +191,8 @@ def main():
                                     "logits": {0: "b", 2: "h", 3: "w"}})
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     rows, labels = [], {}
-    for mirror in [False, True]:
+    mirrors = {"both": [False, True], "off": [False], "on": [True]}[a.mirrors]
+    for mirror in mirrors:
         tag = "mirror on" if mirror else "mirror off"
         runs = [("kseg", {})] + ([] if a.skip_graph else [("kseg graph", {"KSEG_INFER": "graph"})])
         for name, extra in runs:
@@ -218,7 +221,7 @@ def main():
     print(f"| | engine | seconds | peak RSS (MiB) |\n|---|---|---|---|")
     for tag, name, s, rss in rows:
         print(f"| {tag} | {name} | {s:.2f} | {rss:.0f} |")
-    for tag in ["mirror off", "mirror on"]:
+    for tag in ["mirror on" if m else "mirror off" for m in mirrors]:
         t = {name: s for tg, name, s, _ in rows if tg == tag}
         k = t["kseg predict, end to end"]
         print(f"{tag}: kseg / ONNX Runtime {k / t['ONNX Runtime, forward alone']:.2f}, "
@@ -226,7 +229,7 @@ def main():
               + ("" if a.skip_graph else
                  f", kseg / kseg graph {k / t['kseg graph predict, end to end']:.2f}"))
     ok = True
-    for mirror in [False, True]:
+    for mirror in mirrors:
         ref = labels[("ort", mirror)]
         for name in ["kseg", "kseg graph", "torch"]:
             if (name, mirror) in labels:

@@ -3,14 +3,14 @@
 # infer_cpu.py; issue #29).
 #
 #     benches/compare/infer_cpu.sh [--checkpoint RUN/checkpoints/step_N]
-#         [--image CASE/imaging.nii.gz] [--threads 2] [--batch 8]
-#         [--skip-graph]
+#         [--image CASE/imaging.nii.gz] [--threads 2] [--batch 2]
+#         [--skip-graph] [--mirrors both|off|on] [--slices 20]
 #
 # Without --checkpoint: the KiTS19 preset's network (base 32, depth 5),
 # trained two steps on small synthetic cases (the weights do not change the
 # work; BatchNorm statistics away from 0/1 keep the comparison honest).
-# Without --image: one synthetic 20x512x512 case. Both are made once under
-# $KSEG_BENCH_DIR (default target/bench-infer).
+# Without --image: one synthetic Nx512x512 case (N: --slices, default 20).
+# Both are made once under $KSEG_BENCH_DIR (default target/bench-infer).
 #
 # Sets up PyTorch, ONNX, ONNX Runtime and nibabel from PyPI in
 # $KSEG_COMPARE_VENV (default .venv-compare, git-ignored) the first time:
@@ -28,7 +28,14 @@ cargo build --release --bin kseg
 kseg=target/release/kseg
 work="${KSEG_BENCH_DIR:-target/bench-infer}"
 
-args=("$@")
+slices=20
+args=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --slices) slices=$2; shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
 has() { local a; for a in "${args[@]}"; do [[ $a == "$1" ]] && return 0; done; return 1; }
 if ! has --checkpoint; then
     run="$work/run32"
@@ -43,9 +50,10 @@ if ! has --checkpoint; then
     args+=(--checkpoint "$ckpt")
 fi
 if ! has --image; then
-    if [[ ! -f $work/big20/case_00000/imaging.nii.gz ]]; then
-        "$kseg" synth --out "$work/big20" --cases 1 --size 512 512 --slices 20 20 --seed 3
+    big="$work/big$slices"
+    if [[ ! -f $big/case_00000/imaging.nii.gz ]]; then
+        "$kseg" synth --out "$big" --cases 1 --size 512 512 --slices "$slices" "$slices" --seed 3
     fi
-    args+=(--image "$work/big20/case_00000/imaging.nii.gz")
+    args+=(--image "$big/case_00000/imaging.nii.gz")
 fi
 exec "$venv/bin/python" benches/compare/infer_cpu.py --kseg "$kseg" "${args[@]}"

@@ -102,8 +102,9 @@ fn fold(
     if k != k2 {
         bail!("frozen Res-U-Net: a {k}x{k2} kernel is not square");
     }
+    // f32 on the host (one copy; the products below are taken in f64).
     let host =
-        |t: &Tensor| -> Result<Vec<f64>> { t.to_dtype(DType::F64)?.flatten_all()?.to_vec1() };
+        |t: &Tensor| -> Result<Vec<f32>> { t.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
     let w = host(wt)?;
     let b0 = match bias {
         Some(b) => host(b)?,
@@ -123,10 +124,10 @@ fn fold(
     let wf = w
         .iter()
         .enumerate()
-        .map(|(i, &v)| (v * scale[i / ckk]) as f32)
+        .map(|(i, &v)| (f64::from(v) * scale[i / ckk]) as f32)
         .collect();
     let bf = (0..o)
-        .map(|i| (b0[i] * scale[i] + shift[i]) as f32)
+        .map(|i| (f64::from(b0[i]) * scale[i] + shift[i]) as f32)
         .collect();
     Ok(FusedConv::new(
         wf,
