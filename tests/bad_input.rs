@@ -1418,3 +1418,54 @@ fn a_linked_folder_of_linked_dicom_slices_is_a_series() {
     assert_eq!(v["series"][0]["files"], 5, "{text}");
     assert_eq!(v["volume"]["shape"], serde_json::json!([5, 4, 3]), "{text}");
 }
+
+/// A fast-mode margin that is not a finite number of mm, 0 or more, is
+/// refused with exit status 1 and nothing written; `--fast-margin`
+/// without `--fast` and `--fast` with a report are usage errors.
+#[test]
+fn bad_fast_mode_arguments_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let input = case.join("imaging.nii.gz");
+    let model = model_with_meta(tmp.path(), "m.safetensors", |_| {});
+    let pred = tmp.path().join("pred.nii.gz");
+    let run = |extra: &[&str]| {
+        kseg()
+            .arg("predict")
+            .arg("--checkpoint")
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&pred)
+            .args(["--device", "cpu"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for bad in ["--fast-margin=-5", "--fast-margin=NaN", "--fast-margin=inf"] {
+        let out = run(&["--fast", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(
+            err.contains("--fast-margin") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(!pred.exists(), "{bad}: an output was written");
+    }
+    for usage in [
+        &["--fast-margin", "40"][..],
+        &["--fast", "--report", "r.json"][..],
+    ] {
+        let out = run(usage);
+        assert_ne!(out.status.code(), Some(0), "{usage:?}");
+        assert!(!pred.exists(), "{usage:?}: an output was written");
+    }
+    let out = run(&["--fast", "--fast-margin", "40"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pred.exists());
+}

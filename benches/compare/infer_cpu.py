@@ -72,8 +72,9 @@ def torch_model(meta, tensors):
     return model.eval()
 
 
-def batches(image, meta, batch):
-    """(volume shape, the inputs `(B, 2n+1, H', W')` of each batch)."""
+def batches(image, meta, batch, first_only=False):
+    """(volume shape, orientation transform, the inputs `(B, 2n+1, H', W')`
+    of each batch, or of the first only)."""
     import nibabel as nib
 
     it, n, depth = meta["intensity"], meta["context"], meta["model"]["depth"]
@@ -95,12 +96,28 @@ def batches(image, meta, batch):
             for c, dk in enumerate(range(-n, n + 1)):
                 x[i, c, :h, :w] = norm[min(max(k + dk, 0), d - 1)]
         out.append(x)
+        if first_only:
+            break
     return (d, h, w), tr, out
+
+
+def export(a):
+    """The PyTorch mirror exported to ONNX (opset 17, dynamic batch and plane)."""
+    import torch
+
+    meta, tensors = read_checkpoint(a.checkpoint)
+    _, _, xs = batches(a.image, meta, 1, first_only=True)
+    torch.onnx.export(torch_model(meta, tensors), torch.from_numpy(xs[0]), a.onnx,
+                      opset_version=17, input_names=["image"], output_names=["logits"],
+                      dynamo=False, dynamic_axes={"image": {0: "b", 2: "h", 3: "w"},
+                                                  "logits": {0: "b", 2: "h", 3: "w"}})
 
 
 def worker(a):
     """One engine's forward over every batch: labels to a .npy file, the
     forward seconds as JSON on stdout."""
+    if a.worker == "export":
+        return export(a)
     meta, tensors = read_checkpoint(a.checkpoint)
     (d, h, w), _, xs = batches(a.image, meta, a.batch)
     labels = np.zeros((d, h, w), np.uint8)
@@ -162,7 +179,7 @@ def main():
     ap.add_argument("--image", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=2, help="slices per forward pass, every engine (kseg predict's CPU default: 2)")
-    ap.add_argument("--worker", choices=["torch", "ort"])
+    ap.add_argument("--worker", choices=["torch", "ort", "export"])
     ap.add_argument("--onnx")
     ap.add_argument("--labels")
     ap.add_argument("--mirror", action="store_true")
@@ -176,19 +193,20 @@ def main():
         ap.error("--kseg is required")
 
     import nibabel as nib
-    import torch
 
+    # This process stays small (no torch, no inputs in memory): a child's
+    # peak RSS (wait4) counts what it had at the fork, before exec.
     work = tempfile.mkdtemp(prefix="kseg-infer-")
-    meta, tensors = read_checkpoint(a.checkpoint)
+    meta = read_checkpoint(a.checkpoint)[0]
     if meta.get("regions"):
         sys.exit("infer_cpu.py compares softmax models (argmax); this one is region-trained")
-    (d, h, w), tr, xs = batches(a.image, meta, a.batch)
+    img = nib.load(a.image)
+    tr = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                         nib.orientations.axcodes2ornt(("I", "P", "L")))
+    d, h, w = (img.shape[int(i)] for i in np.argsort(tr[:, 0]))
     onnx = os.path.join(work, "torch.onnx")
-    model = torch_model(meta, tensors)
-    torch.onnx.export(model, torch.from_numpy(xs[0][:1]), onnx, opset_version=17,
-                      input_names=["image"], output_names=["logits"], dynamo=False,
-                      dynamic_axes={"image": {0: "b", 2: "h", 3: "w"},
-                                    "logits": {0: "b", 2: "h", 3: "w"}})
+    subprocess.run([sys.executable, __file__, "--worker", "export", "--checkpoint", a.checkpoint,
+                    "--image", a.image, "--onnx", onnx], check=True)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     rows, labels = [], {}
     mirrors = {"both": [False, True], "off": [False], "on": [True]}[a.mirrors]
@@ -215,6 +233,7 @@ def main():
             label = "PyTorch eval" if engine == "torch" else "ONNX Runtime"
             rows.append((tag, f"{label}, forward alone", json.loads(so)["forward_s"], rss))
     import onnxruntime as ort
+    import torch
 
     print(f"{d}x{h}x{w} voxels, batch {a.batch}, {a.threads} threads; torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}")
