@@ -37,15 +37,18 @@ import time
 import numpy as np
 
 
-def read_checkpoint(path):
-    """(kseg metadata, {name: float32 array}) of a kseg model file."""
+def read_checkpoint(path, weights=True):
+    """(kseg metadata, {name: float32 array}) of a kseg model file; without
+    `weights` only the header is read (and the dict is empty)."""
     if os.path.isdir(path):
         path = os.path.join(path, "model.safetensors")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-        data = f.read()
+        data = f.read() if weights else b""
     meta = json.loads(header.pop("__metadata__")["kseg"])
+    if not weights:
+        return meta, {}
     tensors = {}
     for name, t in header.items():
         assert t["dtype"] == "F32", (name, t["dtype"])
@@ -197,7 +200,7 @@ def main():
     # This process stays small (no torch, no inputs in memory): a child's
     # peak RSS (wait4) counts what it had at the fork, before exec.
     work = tempfile.mkdtemp(prefix="kseg-infer-")
-    meta = read_checkpoint(a.checkpoint)[0]
+    meta = read_checkpoint(a.checkpoint, weights=False)[0]
     if meta.get("regions"):
         sys.exit("infer_cpu.py compares softmax models (argmax); this one is region-trained")
     img = nib.load(a.image)

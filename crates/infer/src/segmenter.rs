@@ -422,19 +422,30 @@ impl Segmenter {
         let multiple = 1usize << self.meta.model.depth;
         if let Some(win) = fast.window(&out, &coarse, spacing, multiple) {
             let plane = if self.meta.in_plane.is_some() {
-                whole
+                whole.clone()
             } else {
                 (win.rows, win.cols)
             };
-            let ks: Vec<usize> = win.slices.collect();
+            // On whole slices the coarse pass's are already segmented as
+            // the full pass would; a crop segments every slice anew.
+            let ks: Vec<usize> = win
+                .slices
+                .filter(|k| plane != whole || coarse.binary_search(k).is_err())
+                .collect();
             self.pass(
                 &mut out, &ks, plane, spacing, false, &stack, None, &mut sums,
             )?;
         }
-        if let Some(keep) = self.meta.keep_largest {
-            crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
-        }
+        self.clean_up(&mut out);
         Ok(out)
+    }
+
+    /// The clean-up the checkpoint asks for (or `set_keep_largest`): the
+    /// largest foreground components kept.
+    fn clean_up(&self, out: &mut Array3<u8>) {
+        if let Some(keep) = self.meta.keep_largest {
+            crate::postprocess::keep_largest_components(out, keep, self.meta.labels);
+        }
     }
 
     /// [`Segmenter::segment_with`], measuring the [`Quality`] when
@@ -475,9 +486,7 @@ impl Segmenter {
             probs_out,
             &mut sums,
         )?;
-        if let Some(keep) = self.meta.keep_largest {
-            crate::postprocess::keep_largest_components(&mut out, keep, self.meta.labels);
-        }
+        self.clean_up(&mut out);
         Ok((out, sums))
     }
 

@@ -178,9 +178,6 @@ impl FusedConv {
                 let (mut v, mut m) = (Vec::new(), Vec::new());
                 for item in items {
                     let (bi, trs) = bands.item(item);
-                    let t = trs.len() * tw;
-                    v.resize(16 * c * t, 0.0);
-                    m.resize(16 * o * t, 0.0);
                     winograd::band_products(
                         &x[bi * chw..][..chw],
                         (c, h, w),

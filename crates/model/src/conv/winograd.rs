@@ -253,18 +253,20 @@ impl Bands {
 
 /// The 16 products `M_ξ = U_ξ · V_ξ` of one band: block rows `trs` (`tw`
 /// blocks each) of sample `xb` (`c × h × w`) transformed into `v`, then
-/// multiplied by `u` (16 `(o, c)` matrices) into `m`; both already sized
-/// (`16·c·T`, `16·o·T`).
+/// multiplied by `u` (16 `(o, c)` matrices) into `m`; both scratch
+/// buffers of the caller's, sized here (`16·c·T`, `16·o·T`).
 pub(super) fn band_products(
     xb: &[f32],
     chw: (usize, usize, usize),
     (trs, tw): (std::ops::Range<usize>, usize),
     (u, o): (&[f32], usize),
-    (v, m): (&mut [f32], &mut [f32]),
+    (v, m): (&mut Vec<f32>, &mut Vec<f32>),
     kernels: Kernels,
     threads: usize,
 ) {
     let (c, t) = (chw.0, trs.len() * tw);
+    v.resize(16 * c * t, 0.0);
+    m.resize(16 * o * t, 0.0);
     transform_input(xb, chw, trs, tw, v);
     for (xi, mx) in m.chunks_exact_mut(o * t).enumerate() {
         let mut dst = DstMat::whole(mx, o, t);
@@ -289,9 +291,6 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
         let (mut v, mut m) = (Vec::new(), Vec::new());
         for item in items {
             let (bi, trs) = bands.item(item);
-            let t = trs.len() * tw;
-            v.resize(16 * c * t, 0.0);
-            m.resize(16 * o * t, 0.0);
             band_products(
                 &x[bi * chw..][..chw],
                 (c, h, w),
