@@ -17,7 +17,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use criterion::{Criterion, criterion_group};
 use kseg::infer::on_cpu_pool;
-use kseg::model::{FreezeOptions, FrozenNet, ResUNet, ResUNetConfig, WinogradUse};
+use kseg::model::{FreezeOptions, FrozenNet, Precision, ResUNet, ResUNetConfig, WinogradUse};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,6 +60,13 @@ fn benches(c: &mut Criterion) {
             "frozen/no_buffer_reuse",
             FreezeOptions {
                 reuse_buffers: false,
+                ..all
+            },
+        ),
+        (
+            "frozen/int8",
+            FreezeOptions {
+                precision: Precision::Int8,
                 ..all
             },
         ),

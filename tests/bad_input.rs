@@ -1419,6 +1419,23 @@ fn a_linked_folder_of_linked_dicom_slices_is_a_series() {
     assert_eq!(v["volume"]["shape"], serde_json::json!([5, 4, 3]), "{text}");
 }
 
+/// `kseg predict --checkpoint model --input input --output pred --device
+/// cpu` with `extra`, run to completion.
+fn predict_on_cpu(model: &Path, input: &Path, pred: &Path, extra: &[&str]) -> std::process::Output {
+    kseg()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(pred)
+        .args(["--device", "cpu"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// A fast-mode margin that is not a finite number of mm, 0 or more, is
 /// refused with exit status 1 and nothing written; `--fast-margin`
 /// without `--fast` and `--fast` with a report are usage errors.
@@ -1429,20 +1446,7 @@ fn bad_fast_mode_arguments_are_refused() {
     let input = case.join("imaging.nii.gz");
     let model = model_with_meta(tmp.path(), "m.safetensors", |_| {});
     let pred = tmp.path().join("pred.nii.gz");
-    let run = |extra: &[&str]| {
-        kseg()
-            .arg("predict")
-            .arg("--checkpoint")
-            .arg(&model)
-            .arg("--input")
-            .arg(&input)
-            .arg("--output")
-            .arg(&pred)
-            .args(["--device", "cpu"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let run = |extra: &[&str]| predict_on_cpu(&model, &input, &pred, extra);
     for bad in ["--fast-margin=-5", "--fast-margin=NaN", "--fast-margin=inf"] {
         let out = run(&["--fast", bad]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -1468,4 +1472,46 @@ fn bad_fast_mode_arguments_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(pred.exists());
+}
+
+/// `--precision int8` writes labels of the volume's shape (mostly the f32
+/// run's on this untrained model); an unknown precision is a usage error
+/// with nothing written.
+#[test]
+fn predict_precision_int8_runs_and_unknown_precisions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = one_case(tmp.path());
+    let input = case.join("imaging.nii.gz");
+    let model = model_with_meta(tmp.path(), "m.safetensors", |_| {});
+    let run = |pred: &Path, extra: &[&str]| predict_on_cpu(&model, &input, pred, extra);
+    let bad = tmp.path().join("bad.nii.gz");
+    let out = run(&bad, &["--precision", "int4"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!bad.exists());
+    let (f32_pred, int8_pred) = (
+        tmp.path().join("f32.nii.gz"),
+        tmp.path().join("int8.nii.gz"),
+    );
+    for (p, prec) in [(&f32_pred, "f32"), (&int8_pred, "int8")] {
+        let out = run(p, &["--precision", prec]);
+        assert!(
+            out.status.success(),
+            "{prec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let a = read_labels(&f32_pred, LabelSet::Kits19).unwrap();
+    let b = read_labels(&int8_pred, LabelSet::Kits19).unwrap();
+    assert_eq!(a.data.shape(), b.data.shape());
+    let same = a
+        .data
+        .iter()
+        .zip(b.data.iter())
+        .filter(|(x, y)| x == y)
+        .count();
+    assert!(
+        same as f64 >= 0.9 * a.data.len() as f64,
+        "{same} of {}",
+        a.data.len()
+    );
 }

@@ -85,6 +85,14 @@ pub struct PredictArgs {
     /// the network, trained on whole slices, needs the context).
     #[arg(long, value_name = "MM", requires = "fast")]
     pub fast_margin: Option<f64>,
+    /// The arithmetic of the convolutions on the CPU: f32, or int8
+    /// (opt-in: weights quantized per output channel, each slice's
+    /// activations per layer; about twice as fast on a CPU with AVX-512
+    /// VNNI, within a few thousandths of f32's Dice: docs/PERFORMANCE.md).
+    /// Without VNNI int8 runs the same arithmetic on a portable kernel,
+    /// slower, and says so. CPU only.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
     /// Treat every entry of the --input folder as one case: each
     /// subfolder a DICOM study or a case folder, each NIfTI file a
     /// volume; predicted into the --output folder. (A folder of case_*
@@ -98,6 +106,15 @@ pub struct PredictArgs {
     /// nifti (CASE.nii.gz) or dicom-seg (CASE.dcm, DICOM studies only).
     #[arg(long, value_enum, default_value_t = Format::Nifti)]
     pub format: Format,
+}
+
+/// `--precision`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// f32 throughout (the default).
+    F32,
+    /// int8 convolutions (the classifier stays f32).
+    Int8,
 }
 
 /// `kseg predict`'s slices per forward pass on the CPU.
@@ -131,6 +148,7 @@ impl PredictArgs {
             self.folder,
             self.format,
             self.save_probabilities.as_deref(),
+            self.precision,
             self.fast.then(|| {
                 let d = kseg_infer::FastMode::default();
                 kseg_infer::FastMode {
@@ -537,6 +555,7 @@ fn predict(
     folder: bool,
     format: Format,
     save_probabilities: Option<&Path>,
+    precision: PrecisionArg,
     fast: Option<kseg_infer::FastMode>,
 ) -> Result<()> {
     let (jobs, into_folder) = jobs(input, output, report, folder, format)?;
@@ -574,6 +593,11 @@ fn predict(
     }
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
+    if precision == PrecisionArg::Int8 && !dev.is_cpu() {
+        anyhow::bail!(
+            "--precision int8 runs on the CPU only: add --device cpu (the GPU path is f32)"
+        );
+    }
     let batch = batch.unwrap_or(if dev.is_cpu() { CPU_BATCH } else { GPU_BATCH });
     let mut seg = match bundle {
         Some(b) => Segmenter::load_bundle(b, &dev, batch)?,
@@ -590,6 +614,15 @@ fn predict(
     } else {
         String::new()
     };
+    if precision == PrecisionArg::Int8 {
+        seg.set_precision(kseg_model::Precision::Int8)?;
+        if !kseg_model::int8_accelerated() {
+            eprintln!(
+                "note: this CPU lacks AVX-512 VNNI: --precision int8 runs its portable kernel \
+                 (the same labels, slower than f32)"
+            );
+        }
+    }
     if let Some(n) = lcc {
         seg.set_keep_largest((n > 0).then_some(n));
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use kseg_augment::{AugmentParams, apply_image};
 use kseg_metrics::Activation;
-use kseg_model::{FrozenNet, ResUNet};
+use kseg_model::{FreezeOptions, FrozenNet, Precision, ResUNet};
 use kseg_volume::{CachedCase, stack_slices};
 use ndarray::{Array2, Array3, ArrayView3, s};
 use rayon::prelude::*;
@@ -35,14 +35,34 @@ impl Net {
         }
     }
 
-    /// Freezes the model when it runs on the CPU, unless `KSEG_INFER=graph`
-    /// asks for the training graph's evaluation mode (for comparison).
+    /// Freezes the model in f32 when it runs on the CPU, unless
+    /// `KSEG_INFER=graph` asks for the training graph's evaluation mode
+    /// (for comparison).
     fn freeze(&mut self, device: &Device) -> candle_core::Result<()> {
         let graph = std::env::var_os("KSEG_INFER").is_some_and(|v| v == "graph");
         if device.is_cpu() && !graph && self.frozen.is_none() {
             self.frozen = Some(std::sync::Arc::new(FrozenNet::new(&self.model)?));
         }
         Ok(())
+    }
+
+    /// The model frozen in int8 (the CPU only).
+    fn frozen_int8(&self) -> candle_core::Result<std::sync::Arc<FrozenNet>> {
+        let opts = FreezeOptions {
+            precision: Precision::Int8,
+            ..Default::default()
+        };
+        Ok(std::sync::Arc::new(FrozenNet::with_options(
+            &self.model,
+            opts,
+        )?))
+    }
+
+    /// Whether it runs in int8.
+    fn is_int8(&self) -> bool {
+        self.frozen
+            .as_ref()
+            .is_some_and(|f| f.options().precision == Precision::Int8)
     }
 
     /// The logits of `x`: the frozen network on the CPU, else the model's
@@ -201,6 +221,47 @@ impl Segmenter {
     /// checkpoint.
     pub fn set_mirror(&mut self, mirror: bool) {
         self.meta.mirror = mirror;
+    }
+
+    /// The arithmetic of every model's convolutions on the CPU: f32 (the
+    /// loaders' default) or int8 ([`Precision::Int8`], opt-in: weights
+    /// per output channel, each slice's activations per layer, exact
+    /// integer products on AVX-512 VNNI where the CPU has it, else the
+    /// same arithmetic slower; see [`kseg_model::int8_accelerated`]).
+    /// Int8 runs the frozen engine whatever `KSEG_INFER` says (it has no
+    /// training-graph form); back to f32, the models int8 had are frozen
+    /// in f32 as the loaders freeze them, and the others are left as they
+    /// were. Every model is switched or none (an error leaves them all as
+    /// they were). What int8 costs in Dice and buys in time is in
+    /// docs/PERFORMANCE.md. Int8 on another device is refused.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 && !self.device.is_cpu() {
+            return Err(InferError::Device(
+                "int8 inference runs on the CPU only (--device cpu); the GPU path is f32".into(),
+            ));
+        }
+        let device = self.device.clone();
+        let nets = || std::iter::once(&self.model).chain(&self.others);
+        let frozen = match precision {
+            Precision::Int8 => nets()
+                .map(|n| n.frozen_int8().map(Some))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            Precision::F32 => nets()
+                .map(|n| {
+                    if !n.is_int8() {
+                        return Ok(n.frozen.clone());
+                    }
+                    let mut f32 = Net::new(n.model.clone());
+                    f32.freeze(&device)?;
+                    Ok(f32.frozen)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        let all = std::iter::once(&mut self.model).chain(&mut self.others);
+        for (net, f) in all.zip(frozen) {
+            net.frozen = f;
+        }
+        Ok(())
     }
 
     /// Turns the fast mode on (`Some`) or off for the plain segmentation
@@ -906,6 +967,35 @@ mod tests {
             assert!(pair.others[0].frozen.is_some());
             assert_eq!(pair.segment_volume(volume().view()).unwrap(), want);
         }
+    }
+
+    /// `set_precision` re-freezes every model of an ensemble in int8
+    /// (labels mostly f32's on this tiny untrained model) and back in f32
+    /// (f32's labels exactly), and leaves an unfrozen segmenter alone.
+    #[test]
+    fn precision_switches_every_model() {
+        let mut pair = segmenter(false).freeze().unwrap();
+        pair.others.push(pair.model.clone());
+        let want = pair.segment_volume(volume().view()).unwrap();
+        pair.set_precision(Precision::Int8).unwrap();
+        for net in std::iter::once(&pair.model).chain(&pair.others) {
+            let f = net.frozen.as_ref().unwrap();
+            assert_eq!(f.options().precision, Precision::Int8);
+        }
+        let int8 = pair.segment_volume(volume().view()).unwrap();
+        let same = int8.iter().zip(&want).filter(|(a, b)| a == b).count();
+        assert!(
+            same as f64 > 0.95 * want.len() as f64,
+            "{same} of {}",
+            want.len()
+        );
+        pair.set_precision(Precision::F32).unwrap();
+        assert!(!pair.model.is_int8() && !pair.others[0].is_int8());
+        assert_eq!(pair.segment_volume(volume().view()).unwrap(), want);
+        // A segmenter on the training graph stays on it.
+        let mut graph = segmenter(false);
+        graph.set_precision(Precision::F32).unwrap();
+        assert!(graph.model.frozen.is_none());
     }
 
     /// The fast mode against its definition: the window is

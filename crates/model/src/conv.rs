@@ -28,6 +28,7 @@ mod cpu;
 mod cuda;
 pub(crate) mod fused;
 mod im2col;
+pub(crate) mod int8;
 mod op;
 mod plan;
 mod tiling;

@@ -34,6 +34,27 @@ use crate::host::SharedOut;
 use crate::norm::BatchNorm2d;
 use crate::resunet::{ResUNet, ResUNetConfig};
 
+/// The arithmetic of a [`FrozenNet`]'s convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 throughout: the training graph's logits within rounding.
+    #[default]
+    F32,
+    /// Every convolution but the classifier in int8 (opt-in): weights
+    /// quantized per output channel, each sample's input per layer at run
+    /// time, exact integer products (AVX-512 VNNI where the CPU has it,
+    /// else the same arithmetic in plain Rust, slower; see
+    /// [`int8_accelerated`]), the epilogue in f32.
+    Int8,
+}
+
+/// Whether this CPU runs [`Precision::Int8`] on its AVX-512 VNNI kernel
+/// (checked at run time; without it the int8 path gives the same answer,
+/// slower).
+pub fn int8_accelerated() -> bool {
+    crate::host::vnni::available()
+}
+
 /// Which of the inference levers a [`FrozenNet`] uses (all, by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FreezeOptions {
@@ -45,6 +66,8 @@ pub struct FreezeOptions {
     /// Activation buffers kept and reused from one forward pass to the
     /// next (off: each allocated afresh, as a tensor per op is).
     pub reuse_buffers: bool,
+    /// f32 (the default) or int8.
+    pub precision: Precision,
 }
 
 impl Default for FreezeOptions {
@@ -53,6 +76,7 @@ impl Default for FreezeOptions {
             fuse: true,
             winograd: WinogradUse::Inference,
             reuse_buffers: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -129,14 +153,18 @@ fn fold(
     let bf = (0..o)
         .map(|i| (f64::from(b0[i]) * scale[i] + shift[i]) as f32)
         .collect();
-    Ok(FusedConv::new(
+    let f = FusedConv::new(
         wf,
         bf,
         (o, c, k),
         (stride, pad),
         slope.map(|s| s as f32),
         opts.winograd,
-    ))
+    );
+    Ok(match opts.precision {
+        Precision::Int8 => f.quantized(),
+        Precision::F32 => f,
+    })
 }
 
 impl FrozenNet {
@@ -180,7 +208,17 @@ impl FrozenNet {
             down,
             up,
             head: fold(&h.conv, Some(&h.bn), Some(h.slope), o)?,
-            classifier: fold(&h.classifier, None, None, o)?,
+            // The classifier stays f32 (a 1×1 convolution of a few
+            // outputs: little work, and the logits themselves).
+            classifier: fold(
+                &h.classifier,
+                None,
+                None,
+                &FreezeOptions {
+                    precision: Precision::F32,
+                    ..opts
+                },
+            )?,
             pool: Mutex::new(Vec::new()),
         })
     }
@@ -365,10 +403,7 @@ fn pixel_shuffle_into(
                     let (i, p) = (yy / 2, yy % 2);
                     let a = &xs[((4 * oc + 2 * p) * h + i) * w..][..w];
                     let bq = &xs[((4 * oc + 2 * p + 1) * h + i) * w..][..w];
-                    for (j, pair) in row.chunks_exact_mut(2).enumerate() {
-                        pair[0] = a[j];
-                        pair[1] = bq[j];
-                    }
+                    crate::host::interleave(row, a, bq);
                 }
             }
         });
@@ -465,6 +500,7 @@ mod tests {
                         fuse,
                         winograd,
                         reuse_buffers,
+                        precision: Precision::F32,
                     };
                     let frozen = FrozenNet::with_options(&net, opts).unwrap();
                     for (x, want) in wants.iter().chain(&wants[..1]) {
@@ -493,6 +529,41 @@ mod tests {
         }
     }
 
+    /// The int8 network against f32: the logits within the quantization's
+    /// error (a few per cent of their scale on this untrained model), and
+    /// the argmax agreeing almost everywhere; the same answer twice.
+    #[test]
+    fn int8_logits_are_near_f32() {
+        let net = model(16, 3, 3);
+        let x = input(2, 64, 48, 4);
+        let want = FrozenNet::new(&net).unwrap().forward(&x).unwrap();
+        let int8 = FrozenNet::with_options(
+            &net,
+            FreezeOptions {
+                precision: Precision::Int8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let got = int8.forward(&x).unwrap();
+        let err = max_rel(&got, &want);
+        assert!(err > 0.0 && err < 0.05, "int8: {err:.2e}");
+        let agree = got
+            .argmax(1)
+            .unwrap()
+            .eq(&want.argmax(1).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(agree > 0.98, "int8 labels agree on {agree}");
+        let again = int8.forward(&x).unwrap();
+        assert_eq!(max_rel(&again, &got), 0.0);
+    }
+
     #[test]
     fn bad_input_is_refused() {
         let net = FrozenNet::new(&model(8, 2, 3)).unwrap();
@@ -508,8 +579,8 @@ mod tests {
     #[test]
     fn pixel_shuffle_matches_candle() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let v: Vec<f32> = (0..2 * 12 * 8 * 6).map(|_| rng.random::<f32>()).collect();
-        let x = Tensor::from_vec(v, (2, 12, 8, 6), &Device::Cpu).unwrap();
+        let v: Vec<f32> = (0..2 * 12 * 8 * 21).map(|_| rng.random::<f32>()).collect();
+        let x = Tensor::from_vec(v, (2, 12, 8, 21), &Device::Cpu).unwrap();
         let (b, c, h, w) = x.dims4().unwrap();
         let want = candle_nn::ops::pixel_shuffle(&x, 2).unwrap();
         let m = 5;

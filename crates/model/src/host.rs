@@ -24,6 +24,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, bail};
 
+pub(crate) mod vnni;
+
 /// The f32 values of a contiguous CPU storage.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -209,6 +211,63 @@ impl<'a> SharedOut<'a> {
             rs: self.cols,
             _out: PhantomData,
         }
+    }
+}
+
+/// `dst[2j] = a[j]`, `dst[2j + 1] = b[j]` (PixelShuffle's rows), with
+/// AVX-512 where the CPU has it.
+pub(crate) fn interleave(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(
+        a.len() == b.len() && dst.len() == 2 * a.len(),
+        "interleave: {} and {} values into {}",
+        a.len(),
+        b.len(),
+        dst.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked); the lengths are checked
+        // above.
+        unsafe { interleave_avx512(dst, a, b) };
+        return;
+    }
+    for (pair, (&x, &y)) in dst.chunks_exact_mut(2).zip(a.iter().zip(b)) {
+        pair[0] = x;
+        pair[1] = y;
+    }
+}
+
+/// [`interleave`] on AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512F; `dst` is twice as long as `a` and `b`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_avx512(dst: &mut [f32], a: &[f32], b: &[f32]) {
+    use std::arch::x86_64::*;
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let n = a.len() / 16 * 16;
+    for j in (0..n).step_by(16) {
+        // SAFETY: j + 16 ≤ a.len() = b.len(), 2j + 32 ≤ dst.len().
+        unsafe {
+            let (va, vb) = (
+                _mm512_loadu_ps(a.as_ptr().add(j)),
+                _mm512_loadu_ps(b.as_ptr().add(j)),
+            );
+            _mm512_storeu_ps(
+                dst.as_mut_ptr().add(2 * j),
+                _mm512_permutex2var_ps(va, lo, vb),
+            );
+            _mm512_storeu_ps(
+                dst.as_mut_ptr().add(2 * j + 16),
+                _mm512_permutex2var_ps(va, hi, vb),
+            );
+        }
+    }
+    for j in n..a.len() {
+        dst[2 * j] = a[j];
+        dst[2 * j + 1] = b[j];
     }
 }
 

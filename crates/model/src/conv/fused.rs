@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use super::cpu::Dims;
 use super::im2col::Geo;
+use super::int8::QConv;
 use super::tiling::{TILE_FLOATS, TILE_MIN_COLS, Tiling, spread};
 use super::winograd;
 use crate::host::{DstMat, Kernels, Mat, SharedOut, sgemm_on};
@@ -58,6 +59,9 @@ pub(crate) struct FusedConv {
     winograd: WinogradUse,
     /// Winograd's `U = G g Gᵀ` of `w`, made on first use.
     u: OnceLock<Vec<f32>>,
+    /// The layer quantized to int8 (`FusedConv::quantized`), which then
+    /// runs it instead.
+    int8: Option<QConv>,
 }
 
 impl FusedConv {
@@ -87,7 +91,25 @@ impl FusedConv {
             slope,
             winograd,
             u: OnceLock::new(),
+            int8: None,
         }
+    }
+
+    /// The layer run in int8 from now on (`conv/int8.rs`): weights
+    /// quantized per output channel, each sample's input at run time. The
+    /// f32 weights are dropped (the int8 layer is all that runs); `fuse`
+    /// and the Winograd rule do not apply to it.
+    pub(crate) fn quantized(mut self) -> FusedConv {
+        let q = QConv::new(
+            &self.w,
+            &self.bias,
+            (self.o, self.c, self.k),
+            (self.stride, self.pad),
+            self.slope,
+        );
+        self.int8 = Some(q);
+        self.w = Vec::new();
+        self
     }
 
     fn dims(&self, b: usize, (h, w): (usize, usize)) -> Dims {
@@ -131,6 +153,10 @@ impl FusedConv {
         out: &SharedOut,
         fuse: bool,
     ) {
+        if let Some(q) = &self.int8 {
+            q.run(b, hw, x, residual, out);
+            return;
+        }
         let d = self.dims(b, hw);
         let n = d.n();
         assert!(
