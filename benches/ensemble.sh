@@ -27,21 +27,16 @@ while [[ $# -gt 0 ]]; do
         *) echo "ensemble.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $preset in
-    synthetic-cpu) protocol=kits19; cysts=() ;;
-    synthetic-kits23) protocol=kits23; cysts=(--cysts) ;;
-    *) echo "ensemble.sh: --preset synthetic-cpu or synthetic-kits23" >&2; exit 2 ;;
-esac
+# shellcheck source=heldout.sh
+source benches/heldout.sh
+preset_protocol ensemble.sh "$preset"
 out="${out:-target/bench-ensemble/$preset}"
 cargo build --release --locked --bin kseg
 k=target/release/kseg
 mkdir -p "$out"
 $k cv --preset "$preset" --folds 5 --out "$out/cv" --device cpu ${steps:+--steps "$steps"}
 held="$out/heldout"
-if [[ ! -f $held/synth.json ]]; then
-    $k synth --out "$held" --cases 16 --seed 7 --size 128 128 --slices 32 64 \
-        --fov 240 280 --tumour-radius 14 36 "${cysts[@]}"
-fi
+make_heldout "$k" "$held"
 fold() { echo "$out/cv/fold_$1/checkpoints/best"; }
 ensemble=()
 for f in 0 1 2 3 4; do ensemble+=(--checkpoint "$(fold "$f")"); done

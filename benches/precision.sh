@@ -28,11 +28,9 @@ while [[ $# -gt 0 ]]; do
         *) echo "precision.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $preset in
-    synthetic-cpu) protocol=kits19; cysts=() ;;
-    synthetic-kits23) protocol=kits23; cysts=(--cysts) ;;
-    *) echo "precision.sh: --preset synthetic-cpu or synthetic-kits23" >&2; exit 2 ;;
-esac
+# shellcheck source=heldout.sh
+source benches/heldout.sh
+preset_protocol precision.sh "$preset"
 out="${out:-target/bench-precision/$preset}"
 cargo build --release --locked --bin kseg
 k=target/release/kseg
@@ -44,10 +42,7 @@ if [[ -z $ckpt ]]; then
     fi
 fi
 held="$out/heldout"
-if [[ ! -f $held/synth.json ]]; then
-    $k synth --out "$held" --cases 16 --seed 7 --size 128 128 --slices 32 64 \
-        --fov 240 280 --tumour-radius 14 36 "${cysts[@]}"
-fi
+make_heldout "$k" "$held"
 echo "model: $ckpt; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);" \
     "AVX-512 VNNI: $(grep -qw avx512_vnni /proc/cpuinfo && echo yes || echo no); $(date -u +%F)"
 echo "| precision | mirror | Dice against the truth ($protocol) | Dice against f32's labels | predict s (16 cases) |"

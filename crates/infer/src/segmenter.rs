@@ -39,11 +39,24 @@ impl Net {
     /// `KSEG_INFER=graph` asks for the training graph's evaluation mode
     /// (for comparison).
     fn freeze(&mut self, device: &Device) -> candle_core::Result<()> {
-        let graph = std::env::var_os("KSEG_INFER").is_some_and(|v| v == "graph");
-        if device.is_cpu() && !graph && self.frozen.is_none() {
-            self.frozen = Some(std::sync::Arc::new(FrozenNet::new(&self.model)?));
+        if self.frozen.is_none() {
+            self.frozen = self.frozen_f32(device)?;
         }
         Ok(())
+    }
+
+    /// What [`Net::freeze`] freezes: the model in f32 on the CPU, unless
+    /// `KSEG_INFER=graph`; else nothing.
+    fn frozen_f32(
+        &self,
+        device: &Device,
+    ) -> candle_core::Result<Option<std::sync::Arc<FrozenNet>>> {
+        let graph = std::env::var_os("KSEG_INFER").is_some_and(|v| v == "graph");
+        Ok(if device.is_cpu() && !graph {
+            Some(std::sync::Arc::new(FrozenNet::new(&self.model)?))
+        } else {
+            None
+        })
     }
 
     /// The model frozen in int8 (the CPU only).
@@ -248,12 +261,11 @@ impl Segmenter {
                 .collect::<candle_core::Result<Vec<_>>>()?,
             Precision::F32 => nets()
                 .map(|n| {
-                    if !n.is_int8() {
-                        return Ok(n.frozen.clone());
+                    if n.is_int8() {
+                        n.frozen_f32(&device)
+                    } else {
+                        Ok(n.frozen.clone())
                     }
-                    let mut f32 = Net::new(n.model.clone());
-                    f32.freeze(&device)?;
-                    Ok(f32.frozen)
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?,
         };

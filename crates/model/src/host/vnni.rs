@@ -179,6 +179,12 @@ pub(crate) fn range_with_zero(x: &[f32]) -> (f32, f32) {
         // SAFETY: the CPU has AVX-512F (checked); the reads are inside `x`.
         return unsafe { x86::range_with_zero(x) };
     }
+    fold_range(x)
+}
+
+/// [`range_with_zero`] as a scalar fold (the fallback, and the vector
+/// version's tail).
+fn fold_range(x: &[f32]) -> (f32, f32) {
     x.iter()
         .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
@@ -204,10 +210,7 @@ mod x86 {
             lo = _mm512_min_ps(v, lo);
             hi = _mm512_max_ps(v, hi);
         }
-        let fold = chunks
-            .remainder()
-            .iter()
-            .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let fold = super::fold_range(chunks.remainder());
         (
             _mm512_reduce_min_ps(lo).min(fold.0),
             _mm512_reduce_max_ps(hi).max(fold.1),
