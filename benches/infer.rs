@@ -70,6 +70,13 @@ fn benches(c: &mut Criterion) {
                 ..all
             },
         ),
+        (
+            "frozen/bf16",
+            FreezeOptions {
+                precision: Precision::Bf16,
+                ..all
+            },
+        ),
     ];
     for (name, opts) in variants {
         let net = FrozenNet::with_options(&model, opts).unwrap();

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# What `kseg predict --precision int8` costs in Dice and buys in time
-# (issue #29): a preset's model (trained here unless --checkpoint names
-# one), 16 held-out synthetic cases (seed 7, the preset generator's
-# settings, never seen in training), predicted in f32 and in int8 with
+# What `kseg predict --precision int8|bf16` costs in Dice and buys in
+# time (issue #29): a preset's model (trained here unless --checkpoint
+# names one), 16 held-out synthetic cases (seed 7, the preset generator's
+# settings, never seen in training), predicted in f32, int8 and bf16 with
 # mirroring off and on, each scored by `kseg evaluate` with the preset's
-# protocol against the truth and, for int8, against f32's own labels
-# (the agreement), and timed end to end.
+# protocol against the truth and, for int8 and bf16, against f32's own
+# labels (the agreement), and timed end to end.
 #
 #     benches/precision.sh [--preset synthetic-cpu|synthetic-kits23]
 #         [--steps N] [--checkpoint CKPT] [--out DIR]
@@ -44,12 +44,13 @@ fi
 held="$out/heldout"
 make_heldout "$k" "$held"
 echo "model: $ckpt; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);" \
-    "AVX-512 VNNI: $(grep -qw avx512_vnni /proc/cpuinfo && echo yes || echo no); $(date -u +%F)"
+    "AVX-512 VNNI: $(grep -qw avx512_vnni /proc/cpuinfo && echo yes || echo no);" \
+    "AVX512-BF16: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no); $(date -u +%F)"
 echo "| precision | mirror | Dice against the truth ($protocol) | Dice against f32's labels | predict s (16 cases) |"
 echo "|---|---|---|---|---|"
 for mirror in false true; do
     f32dir=""
-    for precision in f32 int8; do
+    for precision in f32 int8 bf16; do
         dir="$out/pred/${precision}_mirror-$mirror"
         rm -rf "$dir" "$dir.agree"
         mkdir -p "$dir"
@@ -74,6 +75,6 @@ for mirror in false true; do
         fi
         printf '| %s | %s | %s | %s | %.1f |\n' "$precision" "$mirror" \
             "$(tail -n 1 "$dir.eval")" "$agree" "$(awk "BEGIN { print $t1 - $t0 }")"
-        f32dir="$dir"
+        if [[ $precision == f32 ]]; then f32dir="$dir"; fi
     done
 done

@@ -1474,11 +1474,11 @@ fn bad_fast_mode_arguments_are_refused() {
     assert!(pred.exists());
 }
 
-/// `--precision int8` writes labels of the volume's shape (mostly the f32
-/// run's on this untrained model); an unknown precision is a usage error
-/// with nothing written.
+/// `--precision int8` and `bf16` write labels of the volume's shape
+/// (mostly the f32 run's on this untrained model); an unknown precision
+/// is a usage error with nothing written.
 #[test]
-fn predict_precision_int8_runs_and_unknown_precisions_are_refused() {
+fn predict_lower_precisions_run_and_unknown_precisions_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let case = one_case(tmp.path());
     let input = case.join("imaging.nii.gz");
@@ -1488,30 +1488,29 @@ fn predict_precision_int8_runs_and_unknown_precisions_are_refused() {
     let out = run(&bad, &["--precision", "int4"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(!bad.exists());
-    let (f32_pred, int8_pred) = (
-        tmp.path().join("f32.nii.gz"),
-        tmp.path().join("int8.nii.gz"),
-    );
-    for (p, prec) in [(&f32_pred, "f32"), (&int8_pred, "int8")] {
-        let out = run(p, &["--precision", prec]);
+    let pred = |prec: &str| tmp.path().join(format!("{prec}.nii.gz"));
+    for prec in ["f32", "int8", "bf16"] {
+        let out = run(&pred(prec), &["--precision", prec]);
         assert!(
             out.status.success(),
             "{prec}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let a = read_labels(&f32_pred, LabelSet::Kits19).unwrap();
-    let b = read_labels(&int8_pred, LabelSet::Kits19).unwrap();
-    assert_eq!(a.data.shape(), b.data.shape());
-    let same = a
-        .data
-        .iter()
-        .zip(b.data.iter())
-        .filter(|(x, y)| x == y)
-        .count();
-    assert!(
-        same as f64 >= 0.9 * a.data.len() as f64,
-        "{same} of {}",
-        a.data.len()
-    );
+    let a = read_labels(pred("f32"), LabelSet::Kits19).unwrap();
+    for prec in ["int8", "bf16"] {
+        let b = read_labels(pred(prec), LabelSet::Kits19).unwrap();
+        assert_eq!(a.data.shape(), b.data.shape());
+        let same = a
+            .data
+            .iter()
+            .zip(b.data.iter())
+            .filter(|(x, y)| x == y)
+            .count();
+        assert!(
+            same as f64 >= 0.9 * a.data.len() as f64,
+            "{prec}: {same} of {}",
+            a.data.len()
+        );
+    }
 }

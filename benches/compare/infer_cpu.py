@@ -187,7 +187,8 @@ def main():
     ap.add_argument("--labels")
     ap.add_argument("--mirror", action="store_true")
     ap.add_argument("--skip-graph", action="store_true", help="leave out KSEG_INFER=graph")
-    ap.add_argument("--int8", action="store_true", help="also kseg predict --precision int8")
+    ap.add_argument("--precision", action="append", choices=["int8", "bf16"], default=[],
+                    help="also kseg predict --precision P (repeatable)")
     ap.add_argument("--mirrors", choices=["both", "off", "on"], default="both",
                     help="mirroring off, on, or both (default)")
     a = ap.parse_args()
@@ -218,7 +219,7 @@ def main():
         tag = "mirror on" if mirror else "mirror off"
         runs = [("kseg", {}, [])]
         runs += [] if a.skip_graph else [("kseg graph", {"KSEG_INFER": "graph"}, [])]
-        runs += [("kseg int8", {}, ["--precision", "int8"])] if a.int8 else []
+        runs += [(f"kseg {p}", {}, ["--precision", p]) for p in a.precision]
         for name, extra, flags in runs:
             pred = os.path.join(work, f"{name.replace(' ', '_')}_{mirror}.nii.gz")
             wall, rss, _ = timed([a.kseg, "predict", "--checkpoint", a.checkpoint,
@@ -253,17 +254,19 @@ def main():
               f"kseg / PyTorch {k / t['PyTorch eval, forward alone']:.2f}"
               + ("" if a.skip_graph else
                  f", kseg / kseg graph {k / t['kseg graph predict, end to end']:.2f}")
-              + ("" if not a.int8 else
-                 f"; kseg int8 / ONNX Runtime "
-                 f"{t['kseg int8 predict, end to end'] / t['ONNX Runtime, forward alone']:.2f}"))
+              + "".join(f"; kseg {p} / ONNX Runtime "
+                        f"{t[f'kseg {p} predict, end to end'] / t['ONNX Runtime, forward alone']:.2f}"
+                        for p in a.precision))
     ok = True
     for mirror in mirrors:
         ref = labels[("ort", mirror)]
-        for name in ["kseg", "kseg graph", "torch", "kseg int8"]:
+        lower = [f"kseg {p}" for p in a.precision]
+        for name in ["kseg", "kseg graph", "torch"] + lower:
             if (name, mirror) in labels:
                 agree = float((labels[(name, mirror)] == ref).mean())
-                # int8 is not f32's arithmetic: its Dice is benches/precision.sh's.
-                ok &= agree > 0.999 or name == "kseg int8"
+                # int8 and bf16 are not f32's arithmetic: their Dice is
+                # benches/precision.sh's.
+                ok &= agree > 0.999 or name in lower
                 print(f"labels {name} vs ONNX Runtime (mirror {mirror}): agreement {agree:.6f}")
     return 0 if ok else 1
 

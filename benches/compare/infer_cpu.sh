@@ -4,7 +4,8 @@
 #
 #     benches/compare/infer_cpu.sh [--checkpoint RUN/checkpoints/step_N]
 #         [--image CASE/imaging.nii.gz] [--threads 2] [--batch 2]
-#         [--skip-graph] [--int8] [--mirrors both|off|on] [--slices 20]
+#         [--skip-graph] [--precision int8|bf16 ...] [--mirrors both|off|on]
+#         [--slices 20]
 #
 # Without --checkpoint: the KiTS19 preset's network (base 32, depth 5),
 # trained two steps on small synthetic cases (the weights do not change the

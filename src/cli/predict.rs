@@ -85,12 +85,14 @@ pub struct PredictArgs {
     /// the network, trained on whole slices, needs the context).
     #[arg(long, value_name = "MM", requires = "fast")]
     pub fast_margin: Option<f64>,
-    /// The arithmetic of the convolutions on the CPU: f32, or int8
-    /// (opt-in: weights quantized per output channel, each slice's
-    /// activations per layer; about twice as fast on a CPU with AVX-512
-    /// VNNI, within a few thousandths of f32's Dice: docs/PERFORMANCE.md).
-    /// Without VNNI int8 runs the same arithmetic on a portable kernel,
-    /// slower, and says so. CPU only.
+    /// The arithmetic of the convolutions on the CPU: f32, int8 or bf16
+    /// (both opt-in; int8: weights quantized per output channel, each
+    /// slice's activations per layer, about twice as fast as f32 on a CPU
+    /// with AVX-512 VNNI; bf16: the products' operands rounded to bf16,
+    /// the sums in f32, about 1.5 times as fast on a CPU with AVX512-BF16;
+    /// each within a few thousandths of f32's Dice: docs/PERFORMANCE.md).
+    /// Without those instructions they run the same arithmetic on a
+    /// portable kernel, slower than f32, and say so. CPU only.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
     /// Treat every entry of the --input folder as one case: each
@@ -115,6 +117,19 @@ pub enum PrecisionArg {
     F32,
     /// int8 convolutions (the classifier stays f32).
     Int8,
+    /// bf16 products, f32 sums (the classifier stays f32).
+    Bf16,
+}
+
+impl PrecisionArg {
+    /// The frozen network's precision.
+    fn precision(self) -> kseg_model::Precision {
+        match self {
+            PrecisionArg::F32 => kseg_model::Precision::F32,
+            PrecisionArg::Int8 => kseg_model::Precision::Int8,
+            PrecisionArg::Bf16 => kseg_model::Precision::Bf16,
+        }
+    }
 }
 
 /// `kseg predict`'s slices per forward pass on the CPU.
@@ -593,9 +608,11 @@ fn predict(
     }
     let reports = report.map(|r| Reports::new(r, into_folder)).transpose()?;
     let dev = pick_device(device)?;
-    if precision == PrecisionArg::Int8 && !dev.is_cpu() {
+    let precision = precision.precision();
+    if precision != kseg_model::Precision::F32 && !dev.is_cpu() {
         anyhow::bail!(
-            "--precision int8 runs on the CPU only: add --device cpu (the GPU path is f32)"
+            "--precision {} runs on the CPU only: add --device cpu (the GPU path is f32)",
+            precision.name()
         );
     }
     let batch = batch.unwrap_or(if dev.is_cpu() { CPU_BATCH } else { GPU_BATCH });
@@ -614,12 +631,22 @@ fn predict(
     } else {
         String::new()
     };
-    if precision == PrecisionArg::Int8 {
-        seg.set_precision(kseg_model::Precision::Int8)?;
-        if !kseg_model::int8_accelerated() {
+    if precision != kseg_model::Precision::F32 {
+        seg.set_precision(precision)?;
+        let missing = match precision {
+            kseg_model::Precision::Int8 => {
+                (!kseg_model::int8_accelerated()).then_some("AVX-512 VNNI")
+            }
+            kseg_model::Precision::Bf16 => {
+                (!kseg_model::bf16_accelerated()).then_some("AVX512-BF16")
+            }
+            kseg_model::Precision::F32 => None,
+        };
+        if let Some(missing) = missing {
             eprintln!(
-                "note: this CPU lacks AVX-512 VNNI: --precision int8 runs its portable kernel \
-                 (the same labels, slower than f32)"
+                "note: this CPU lacks {missing}: --precision {} runs its portable kernel \
+                 (the same arithmetic, slower than f32)",
+                precision.name()
             );
         }
     }

@@ -59,10 +59,10 @@ impl Net {
         })
     }
 
-    /// The model frozen in int8 (the CPU only).
-    fn frozen_int8(&self) -> candle_core::Result<std::sync::Arc<FrozenNet>> {
+    /// The model frozen in a lower precision (the CPU only).
+    fn frozen_in(&self, precision: Precision) -> candle_core::Result<std::sync::Arc<FrozenNet>> {
         let opts = FreezeOptions {
-            precision: Precision::Int8,
+            precision,
             ..Default::default()
         };
         Ok(std::sync::Arc::new(FrozenNet::with_options(
@@ -71,11 +71,11 @@ impl Net {
         )?))
     }
 
-    /// Whether it runs in int8.
-    fn is_int8(&self) -> bool {
+    /// Whether it runs in a precision other than f32.
+    fn is_lowered(&self) -> bool {
         self.frozen
             .as_ref()
-            .is_some_and(|f| f.options().precision == Precision::Int8)
+            .is_some_and(|f| f.options().precision != Precision::F32)
     }
 
     /// The logits of `x`: the frozen network on the CPU, else the model's
@@ -237,31 +237,36 @@ impl Segmenter {
     }
 
     /// The arithmetic of every model's convolutions on the CPU: f32 (the
-    /// loaders' default) or int8 ([`Precision::Int8`], opt-in: weights
-    /// per output channel, each slice's activations per layer, exact
-    /// integer products on AVX-512 VNNI where the CPU has it, else the
-    /// same arithmetic slower; see [`kseg_model::int8_accelerated`]).
-    /// Int8 runs the frozen engine whatever `KSEG_INFER` says (it has no
-    /// training-graph form); back to f32, the models int8 had are frozen
-    /// in f32 as the loaders freeze them, and the others are left as they
-    /// were. Every model is switched or none (an error leaves them all as
-    /// they were). What int8 costs in Dice and buys in time is in
-    /// docs/PERFORMANCE.md. Int8 on another device is refused.
+    /// loaders' default), int8 ([`Precision::Int8`], opt-in: weights per
+    /// output channel, each slice's activations per layer, exact integer
+    /// products on AVX-512 VNNI where the CPU has it, else the same
+    /// arithmetic slower; see [`kseg_model::int8_accelerated`]) or bf16
+    /// ([`Precision::Bf16`], opt-in: the products' operands rounded to
+    /// bf16, the sums in f32, on AVX512-BF16 where the CPU has it, else
+    /// the same products slower; see [`kseg_model::bf16_accelerated`]).
+    /// A lower precision runs the frozen engine whatever `KSEG_INFER` says
+    /// (it has no training-graph form); back to f32, the models in a lower
+    /// precision are frozen in f32 as the loaders freeze them, and the
+    /// others are left as they were. Every model is switched or none (an
+    /// error leaves them all as they were). What each costs in Dice and
+    /// buys in time is in docs/PERFORMANCE.md. A lower precision on
+    /// another device is refused.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Int8 && !self.device.is_cpu() {
-            return Err(InferError::Device(
-                "int8 inference runs on the CPU only (--device cpu); the GPU path is f32".into(),
-            ));
+        if precision != Precision::F32 && !self.device.is_cpu() {
+            return Err(InferError::Device(format!(
+                "{} inference runs on the CPU only (--device cpu); the GPU path is f32",
+                precision.name()
+            )));
         }
         let device = self.device.clone();
         let nets = || std::iter::once(&self.model).chain(&self.others);
         let frozen = match precision {
-            Precision::Int8 => nets()
-                .map(|n| n.frozen_int8().map(Some))
+            Precision::Int8 | Precision::Bf16 => nets()
+                .map(|n| n.frozen_in(precision).map(Some))
                 .collect::<candle_core::Result<Vec<_>>>()?,
             Precision::F32 => nets()
                 .map(|n| {
-                    if n.is_int8() {
+                    if n.is_lowered() {
                         n.frozen_f32(&device)
                     } else {
                         Ok(n.frozen.clone())
@@ -981,29 +986,31 @@ mod tests {
         }
     }
 
-    /// `set_precision` re-freezes every model of an ensemble in int8
-    /// (labels mostly f32's on this tiny untrained model) and back in f32
+    /// `set_precision` re-freezes every model of an ensemble in int8 or
+    /// bf16 (labels mostly f32's on this tiny untrained model) and back in f32
     /// (f32's labels exactly), and leaves an unfrozen segmenter alone.
     #[test]
     fn precision_switches_every_model() {
         let mut pair = segmenter(false).freeze().unwrap();
         pair.others.push(pair.model.clone());
         let want = pair.segment_volume(volume().view()).unwrap();
-        pair.set_precision(Precision::Int8).unwrap();
-        for net in std::iter::once(&pair.model).chain(&pair.others) {
-            let f = net.frozen.as_ref().unwrap();
-            assert_eq!(f.options().precision, Precision::Int8);
+        for lower in [Precision::Int8, Precision::Bf16] {
+            pair.set_precision(lower).unwrap();
+            for net in std::iter::once(&pair.model).chain(&pair.others) {
+                let f = net.frozen.as_ref().unwrap();
+                assert_eq!(f.options().precision, lower);
+            }
+            let got = pair.segment_volume(volume().view()).unwrap();
+            let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            assert!(
+                same as f64 > 0.95 * want.len() as f64,
+                "{lower:?}: {same} of {}",
+                want.len()
+            );
+            pair.set_precision(Precision::F32).unwrap();
+            assert!(!pair.model.is_lowered() && !pair.others[0].is_lowered());
+            assert_eq!(pair.segment_volume(volume().view()).unwrap(), want);
         }
-        let int8 = pair.segment_volume(volume().view()).unwrap();
-        let same = int8.iter().zip(&want).filter(|(a, b)| a == b).count();
-        assert!(
-            same as f64 > 0.95 * want.len() as f64,
-            "{same} of {}",
-            want.len()
-        );
-        pair.set_precision(Precision::F32).unwrap();
-        assert!(!pair.model.is_int8() && !pair.others[0].is_int8());
-        assert_eq!(pair.segment_volume(volume().view()).unwrap(), want);
         // A segmenter on the training graph stays on it.
         let mut graph = segmenter(false);
         graph.set_precision(Precision::F32).unwrap();

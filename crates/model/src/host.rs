@@ -11,7 +11,8 @@
 //! - [`SharedOut`]: one output buffer that parallel work items write
 //!   disjoint blocks of, each block checked against the others;
 //! - [`lane_sums`] and [`lane_sums3`]: vectorisable per-plane sums;
-//! - [`mmap_safetensors`]: a checkpoint file mapped for reading.
+//! - [`mmap_safetensors`]: a checkpoint file mapped for reading;
+//! - [`vnni`] and [`bf16`]: inference's int8 and bf16 kernels.
 //!
 //! Performance-critical: after editing, run `cargo test -p kseg-model` and
 //! `cargo bench --bench model` before and after (docs/ARCHITECTURE.md).
@@ -24,6 +25,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, bail};
 
+pub(crate) mod bf16;
 pub(crate) mod vnni;
 
 /// The f32 values of a contiguous CPU storage.
@@ -58,6 +60,16 @@ impl<'a> Mat<'a> {
     /// product uses fewer).
     pub(crate) fn rows(data: &'a [f32], rs: usize) -> Mat<'a> {
         Mat { data, rs, cs: 1 }
+    }
+
+    /// Panics unless the view holds a `rows × cols` matrix.
+    pub(crate) fn check(&self, rows: usize, cols: usize, what: &str) {
+        let last = (rows.max(1) - 1) * self.rs + (cols.max(1) - 1) * self.cs;
+        assert!(
+            rows == 0 || cols == 0 || self.data.len() > last,
+            "{what}: a {rows}x{cols} matrix outside its {} values",
+            self.data.len()
+        );
     }
 
     pub(crate) fn t(self) -> Mat<'a> {
@@ -310,14 +322,14 @@ pub(crate) fn sgemm_on(
     if m == 0 || n == 0 {
         return;
     }
-    let last = |x: Mat, r: usize, c: usize| (r.max(1) - 1) * x.rs + (c.max(1) - 1) * x.cs;
     assert!(
-        m <= dst.rows
-            && n <= dst.cols
-            && a.data.len() > last(a, m, k)
-            && b.data.len() > last(b, k, n),
-        "sgemm: operands smaller than {m}x{k} · {k}x{n}"
+        m <= dst.rows && n <= dst.cols,
+        "sgemm: a {m}x{n} product into {}x{}",
+        dst.rows,
+        dst.cols
     );
+    a.check(m, k, "sgemm");
+    b.check(k, n, "sgemm");
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -17,8 +17,8 @@
 //! ```
 //!
 //! `unsafe` lives in two kinds of file only (the crate denies it elsewhere):
-//! `host.rs` (with its submodule `host/vnni.rs`, the int8 kernels'
-//! intrinsics), the host floor of the CPU kernels, and each layer's CUDA
+//! `host.rs` (with its submodules `host/vnni.rs` and `host/bf16.rs`, the
+//! int8 and bf16 kernels' intrinsics), the host floor of the CPU kernels, and each layer's CUDA
 //! kernels `X/cuda.rs` (launches and device buffers, with the `cuda`
 //! feature). Every block has a `// SAFETY:` comment.
 
@@ -36,7 +36,9 @@ mod resunet;
 
 pub use act::leaky_relu;
 pub use blocks::{CatConv, CatResBlock, Connector, Conv0, ResDownSample, UpSample};
-pub use frozen::{FreezeOptions, FrozenNet, Precision, WinogradUse, int8_accelerated};
+pub use frozen::{
+    FreezeOptions, FrozenNet, Precision, WinogradUse, bf16_accelerated, int8_accelerated,
+};
 pub use gpu::{gpu_ops, set_gpu_ops, set_tf32, tf32};
 pub use norm::BatchNorm2d;
 pub use resunet::{ResUNet, ResUNetConfig};

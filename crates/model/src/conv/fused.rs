@@ -20,6 +20,7 @@ use super::im2col::Geo;
 use super::int8::QConv;
 use super::tiling::{TILE_FLOATS, TILE_MIN_COLS, Tiling, spread};
 use super::winograd;
+use crate::host::bf16::{self, PackedA};
 use crate::host::{DstMat, Kernels, Mat, SharedOut, sgemm_on};
 
 /// Which 3×3 stride-1 layers inference runs through Winograd's F(2×2, 3×3).
@@ -62,6 +63,20 @@ pub(crate) struct FusedConv {
     /// The layer quantized to int8 (`FusedConv::quantized`), which then
     /// runs it instead.
     int8: Option<QConv>,
+    /// The layer's products in bf16 (`FusedConv::bf16`): its packed
+    /// weights.
+    bf16: Option<Bf16Weights>,
+}
+
+/// A bf16 layer's weights packed for `host/bf16.rs`'s product, each form
+/// made on first use (whether a layer runs Winograd depends on each
+/// call's plane).
+#[derive(Debug, Default)]
+struct Bf16Weights {
+    /// `w` as one `(o, c·k·k)` operand.
+    w: OnceLock<PackedA>,
+    /// Winograd's 16 `U_ξ`.
+    u: OnceLock<Vec<PackedA>>,
 }
 
 impl FusedConv {
@@ -92,7 +107,17 @@ impl FusedConv {
             winograd,
             u: OnceLock::new(),
             int8: None,
+            bf16: None,
         }
+    }
+
+    /// The layer's products in bf16 from now on (`host/bf16.rs`: both
+    /// operands rounded to bf16, the sums in f32); the transforms, the
+    /// unfolding and the epilogue stay f32, and so do `fuse` and the
+    /// Winograd rule.
+    pub(crate) fn bf16(mut self) -> FusedConv {
+        self.bf16 = Some(Bf16Weights::default());
+        self
     }
 
     /// The layer run in int8 from now on (`conv/int8.rs`): weights
@@ -195,28 +220,34 @@ impl FusedConv {
         let res = |bi: usize| residual.map(|r| &r[bi * o * n..][..o * n]);
         if self.winograd_applies(d) {
             let (c, h, w) = (d.c, d.geo.h, d.geo.w);
-            let u = self
-                .u
-                .get_or_init(|| winograd::transform_weights(&self.w, o, c));
+            let product = match &self.bf16 {
+                Some(p) => winograd::Product::Bf16(p.u.get_or_init(|| {
+                    winograd::pack_weights_bf16(&winograd::transform_weights(&self.w, o, c), o, c)
+                })),
+                None => winograd::Product::F32(
+                    self.u
+                        .get_or_init(|| winograd::transform_weights(&self.w, o, c)),
+                    Kernels::Fastest,
+                ),
+            };
             let bands = winograd::Bands::new(d);
             let tw = bands.tw;
             spread(d.b * bands.count, |items, threads| {
-                let (mut v, mut m) = (Vec::new(), Vec::new());
+                let mut s = winograd::Scratch::default();
                 for item in items {
                     let (bi, trs) = bands.item(item);
                     winograd::band_products(
                         &x[bi * chw..][..chw],
                         (c, h, w),
                         (trs.clone(), tw),
-                        (u, o),
-                        (&mut v, &mut m),
-                        Kernels::Fastest,
+                        (&product, o),
+                        &mut s,
                         threads,
                     );
                     let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
                     let mut dst = out.block(bi, ya * w..yb * w);
                     let bias = fuse.then_some(&self.bias[..]);
-                    winograd::transform_output(&m, o, trs, (tw, h, w), bias, &mut dst);
+                    winograd::transform_output(&s.m, o, trs, (tw, h, w), bias, &mut dst);
                     if fuse {
                         self.epilogue(&mut dst, false, res(bi), n, ya * w);
                     }
@@ -233,7 +264,7 @@ impl FusedConv {
             (TILE_FLOATS, TILE_MIN_COLS),
         );
         spread(d.b * tiling.tiles, |items, threads| {
-            let mut cols = Vec::new();
+            let (mut cols, mut packed) = (Vec::new(), Vec::new());
             for item in items {
                 let (bi, t) = (item / tiling.tiles, item % tiling.tiles);
                 let oys = tiling.oys(t, d.geo.ho);
@@ -244,15 +275,21 @@ impl FusedConv {
                     dst.fill_rows(&self.bias);
                 }
                 let w_m = Mat::rows(&self.w, ckk);
-                sgemm_on(
-                    Kernels::Fastest,
-                    &mut dst,
-                    fuse,
-                    w_m,
-                    patches,
-                    (o, nc, ckk),
-                    threads,
-                );
+                if let Some(p) = &self.bf16 {
+                    let pw = p.w.get_or_init(|| PackedA::new(w_m, (o, ckk)));
+                    bf16::pack_b(patches, (ckk, nc), &mut packed, threads);
+                    bf16::gemm(&mut dst, fuse, pw, &packed, nc, threads);
+                } else {
+                    sgemm_on(
+                        Kernels::Fastest,
+                        &mut dst,
+                        fuse,
+                        w_m,
+                        patches,
+                        (o, nc, ckk),
+                        threads,
+                    );
+                }
                 if fuse {
                     self.epilogue(&mut dst, false, res(bi), n, j0);
                 }
@@ -319,6 +356,39 @@ mod tests {
             .collect()
     }
 
+    /// `(b, c, o, h, w, k, stride, pad)`.
+    type Shape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    /// The layer shapes the tests run:
+    /// Winograd's (wide and narrow), 3×3 at stride 2, pointwise; output
+    /// channels past several bf16 microkernels.
+    const SHAPES: [Shape; 5] = [
+        (2, 16, 16, 17, 18, 3, 1, 1),
+        (1, 20, 40, 33, 32, 3, 1, 1),
+        (3, 5, 7, 9, 11, 3, 1, 1),
+        (2, 16, 32, 17, 16, 3, 2, 1),
+        (2, 12, 6, 8, 9, 1, 1, 0),
+    ];
+
+    /// A layer of one of [`SHAPES`] with operands uniform in [-1, 1): its
+    /// dims, input, weights, bias and residual.
+    fn layer(
+        rng: &mut ChaCha8Rng,
+        (b, c, o, h, w, k, stride, pad): Shape,
+    ) -> (Dims, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = Dims {
+            b,
+            c,
+            o,
+            geo: Geo::new(h, w, k, stride, pad),
+        };
+        let mut randv =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect() };
+        let (x, wt, bias) = (randv(b * c * h * w), randv(o * c * k * k), randv(o));
+        let res = randv(b * o * d.n());
+        (d, x, wt, bias, res)
+    }
+
     /// Every path (Winograd with either rule, im2col at stride 1 and 2,
     /// pointwise; fused and not), with and without residual and
     /// activation, written into the middle channels of a wider buffer,
@@ -326,28 +396,10 @@ mod tests {
     #[test]
     fn fused_convolutions_match_the_definition() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
-        // (b, c, o, h, w, k, stride, pad)
-        for (b, c, o, h, w, k, stride, pad) in [
-            (2, 16, 16, 17, 18, 3, 1, 1),
-            (1, 20, 24, 33, 32, 3, 1, 1),
-            (3, 5, 7, 9, 11, 3, 1, 1),
-            (2, 16, 32, 17, 16, 3, 2, 1),
-            (2, 12, 6, 8, 9, 1, 1, 0),
-        ] {
-            let d = Dims {
-                b,
-                c,
-                o,
-                geo: Geo::new(h, w, k, stride, pad),
-            };
+        for shape in SHAPES {
+            let (d, x, wt, bias, res) = layer(&mut rng, shape);
+            let (b, c, o, h, w, k, stride, pad) = shape;
             let n = d.n();
-            let mut randv = |n: usize| -> Vec<f32> {
-                (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
-            };
-            let x = randv(b * c * h * w);
-            let wt = randv(o * c * k * k);
-            let bias = randv(o);
-            let res = randv(b * o * n);
             for win in [
                 WinogradUse::Off,
                 WinogradUse::Training,
@@ -394,6 +446,61 @@ mod tests {
                             conv.winograd_applies(&d)
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Every path in bf16 (Winograd, im2col at stride 1 and 2, pointwise;
+    /// fused and not) within
+    /// bf16's rounding of the definition, and not f32's answer: each
+    /// output within 2⁻⁶ of the sum of its terms' sizes (inputs and
+    /// weights off by 2⁻⁹ each; Winograd's transformed operands, sums of
+    /// up to four and nine values, by as much of theirs), and the largest
+    /// error above f32's rounding (the products did round).
+    #[test]
+    fn bf16_convolutions_are_within_rounding_of_the_definition() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        for shape in SHAPES {
+            let (d, x, wt, bias, res) = layer(&mut rng, shape);
+            let (b, c, o, h, w, k, stride, pad) = shape;
+            let n = d.n();
+            // The sum of the terms' sizes: the convolution of |x| and |w|.
+            let ax: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            let aw: Vec<f32> = wt.iter().map(|v| v.abs()).collect();
+            let size = direct(&d, &ax, &aw, &vec![0f32; b * o * n]).0;
+            for win in [WinogradUse::Off, WinogradUse::Inference] {
+                for fuse in [true, false] {
+                    let conv = FusedConv::new(
+                        wt.clone(),
+                        bias.clone(),
+                        (o, c, k),
+                        (stride, pad),
+                        Some(0.01),
+                        win,
+                    )
+                    .bf16();
+                    let mut got = vec![0f32; b * o * n];
+                    conv.run(
+                        b,
+                        (h, w),
+                        &x,
+                        Some(&res),
+                        &SharedOut::new(&mut got, b, o, n),
+                        fuse,
+                    );
+                    let want = reference(&d, &x, &wt, &bias, Some(&res), Some(0.01));
+                    let mut worst = 0f64;
+                    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                        let e = (f64::from(g) - r).abs();
+                        assert!(
+                            e <= 2f64.powi(-6) * size[i] + 1e-5,
+                            "{d:?} {win:?} fuse {fuse}: {g} against {r} (size {})",
+                            size[i]
+                        );
+                        worst = worst.max(e / size[i].max(1e-3));
+                    }
+                    assert!(worst > 1e-5, "{d:?} {win:?}: as exact as f32 ({worst:.1e})");
                 }
             }
         }

@@ -21,6 +21,7 @@
 
 use super::cpu::Dims;
 use super::tiling::{spread, sum_parts};
+use crate::host::bf16::{self, PackedA};
 use crate::host::{DstMat, Kernels, Mat, SharedOut, sgemm, sgemm_on};
 
 /// Fewest input and output channels for the Winograd path (chosen, not
@@ -251,29 +252,62 @@ impl Bands {
     }
 }
 
+/// How a band's 16 products `M_ξ = U_ξ · V_ξ` are taken.
+pub(super) enum Product<'a> {
+    /// In f32 on the given kernels, `U`: 16 row-major `(o, c)` matrices.
+    F32(&'a [f32], Kernels),
+    /// In bf16 (`host/bf16.rs`): the 16 `U_ξ` packed.
+    Bf16(&'a [PackedA]),
+}
+
+/// A band's buffers, kept by the caller from one band to the next and
+/// sized by [`band_products`].
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// The transformed input, 16 `(c, T)` matrices.
+    v: Vec<f32>,
+    /// The products, 16 `(o, T)` matrices.
+    pub(super) m: Vec<f32>,
+    /// One `V_ξ` packed to bf16.
+    packed: Vec<u32>,
+}
+
 /// The 16 products `M_ξ = U_ξ · V_ξ` of one band: block rows `trs` (`tw`
-/// blocks each) of sample `xb` (`c × h × w`) transformed into `v`, then
-/// multiplied by `u` (16 `(o, c)` matrices) into `m`; both scratch
-/// buffers of the caller's, sized here (`16·c·T`, `16·o·T`).
+/// blocks each) of sample `xb` (`c × h × w`) transformed into `s.v`, then
+/// multiplied by `U` (`product`, `o` rows) into `s.m`.
 pub(super) fn band_products(
     xb: &[f32],
     chw: (usize, usize, usize),
     (trs, tw): (std::ops::Range<usize>, usize),
-    (u, o): (&[f32], usize),
-    (v, m): (&mut Vec<f32>, &mut Vec<f32>),
-    kernels: Kernels,
+    (product, o): (&Product, usize),
+    s: &mut Scratch,
     threads: usize,
 ) {
     let (c, t) = (chw.0, trs.len() * tw);
-    v.resize(16 * c * t, 0.0);
-    m.resize(16 * o * t, 0.0);
-    transform_input(xb, chw, trs, tw, v);
-    for (xi, mx) in m.chunks_exact_mut(o * t).enumerate() {
+    s.v.resize(16 * c * t, 0.0);
+    s.m.resize(16 * o * t, 0.0);
+    transform_input(xb, chw, trs, tw, &mut s.v);
+    for (xi, mx) in s.m.chunks_exact_mut(o * t).enumerate() {
         let mut dst = DstMat::whole(mx, o, t);
-        let ux = Mat::rows(&u[xi * o * c..][..o * c], c);
-        let vx = Mat::rows(&v[xi * c * t..][..c * t], t);
-        sgemm_on(kernels, &mut dst, false, ux, vx, (o, t, c), threads);
+        let vx = Mat::rows(&s.v[xi * c * t..][..c * t], t);
+        match *product {
+            Product::F32(u, kernels) => {
+                let ux = Mat::rows(&u[xi * o * c..][..o * c], c);
+                sgemm_on(kernels, &mut dst, false, ux, vx, (o, t, c), threads);
+            }
+            Product::Bf16(u) => {
+                bf16::pack_b(vx, (c, t), &mut s.packed, threads);
+                bf16::gemm(&mut dst, false, &u[xi], &s.packed, t, threads);
+            }
+        }
     }
+}
+
+/// The 16 `U_ξ` of `u` ([`transform_weights`]'s) packed to bf16.
+pub(super) fn pack_weights_bf16(u: &[f32], o: usize, c: usize) -> Vec<PackedA> {
+    u.chunks_exact(o * c)
+        .map(|ux| PackedA::new(Mat::rows(ux, c), (o, c)))
+        .collect()
 }
 
 /// `y = W ⋆ x [+ bias]`, `(b, o, h, w)`, for a 3×3 kernel at stride 1 and
@@ -288,23 +322,23 @@ pub(super) fn forward(d: &Dims, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> 
     let mut y = vec![0f32; b * ohw];
     let out = SharedOut::new(&mut y, b, o, h * w);
     spread(b * bands.count, |items, threads| {
-        let (mut v, mut m) = (Vec::new(), Vec::new());
+        let mut s = Scratch::default();
+        let product = Product::F32(&u, Kernels::Training);
         for item in items {
             let (bi, trs) = bands.item(item);
             band_products(
                 &x[bi * chw..][..chw],
                 (c, h, w),
                 (trs.clone(), tw),
-                (&u, o),
-                (&mut v, &mut m),
-                Kernels::Training,
+                (&product, o),
+                &mut s,
                 threads,
             );
             let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
             // Output rows ya..yb of every channel of sample bi: this item's
             // alone (bands do not overlap; `block` checks it).
             let mut dst = out.block(bi, ya * w..yb * w);
-            transform_output(&m, o, trs, (tw, h, w), bias, &mut dst);
+            transform_output(&s.m, o, trs, (tw, h, w), bias, &mut dst);
         }
     });
     y
