@@ -35,6 +35,13 @@ pub struct SynthArgs {
     /// Also draw renal cysts (label 3, the KiTS23 label set).
     #[arg(long)]
     pub cysts: bool,
+    /// Range of the scan's length along the body in mm, drawn per case
+    /// (the slice spacing is that over the slice count, within 0.5-5 mm):
+    /// 400 500 with --slices 128 128 is a whole abdomen, the kidneys a
+    /// quarter of its slices. Default: the generator's, 150 260 (the
+    /// kidneys' region).
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub coverage: Option<Vec<f32>>,
 }
 
 impl SynthArgs {
@@ -51,6 +58,7 @@ impl SynthArgs {
             fov_mm: pair(&self.fov, d.fov_mm),
             tumour_radius_mm: pair(&self.tumour_radius, d.tumour_radius_mm),
             cysts: self.cysts,
+            coverage_mm: pair(&self.coverage, d.coverage_mm),
         };
         let start = std::time::Instant::now();
         let dirs = synth::write_dataset(&self.out, self.cases, &cfg)?;

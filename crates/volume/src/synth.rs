@@ -58,6 +58,25 @@ pub struct SynthConfig {
     /// cases are then the same as before cysts existed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cysts: bool,
+    /// Range of the scan's length along the body in mm, drawn per case:
+    /// the slice spacing is that over the slice count, rounded to 0.25 mm
+    /// and held within 0.5-5 mm (so a long scan needs slices enough).
+    /// Default 150-260 mm, a scan of the kidneys' region: the kidneys
+    /// (about 110 mm long) span most of its slices. A whole abdomen, as a
+    /// hospital's CT often is, is 400-500 mm, the kidneys a quarter of it.
+    #[serde(
+        default = "default_coverage",
+        skip_serializing_if = "is_default_coverage"
+    )]
+    pub coverage_mm: (f32, f32),
+}
+
+fn default_coverage() -> (f32, f32) {
+    (150.0, 260.0)
+}
+
+fn is_default_coverage(c: &(f32, f32)) -> bool {
+    *c == default_coverage()
 }
 
 fn default_fov() -> (f32, f32) {
@@ -81,6 +100,7 @@ impl Default for SynthConfig {
             fov_mm: default_fov(),
             tumour_radius_mm: default_tumour_radius(),
             cysts: false,
+            coverage_mm: default_coverage(),
         }
     }
 }
@@ -104,6 +124,12 @@ impl SynthConfig {
         if !(f0.is_finite() && f1.is_finite() && 50.0 <= f0 && f0 < f1 && f1 <= 1000.0) {
             return Err(VolumeError::InvalidArgument(format!(
                 "field of view {f0}..{f1} mm must satisfy 50 <= min < max <= 1000"
+            )));
+        }
+        let (c0, c1) = self.coverage_mm;
+        if !(c0.is_finite() && c1.is_finite() && 20.0 <= c0 && c0 < c1 && c1 <= 2000.0) {
+            return Err(VolumeError::InvalidArgument(format!(
+                "coverage {c0}..{c1} mm must satisfy 20 <= min < max <= 2000"
             )));
         }
         let (r0, r1) = self.tumour_radius_mm;
@@ -502,7 +528,7 @@ pub fn generate_case(cfg: &SynthConfig, index: usize) -> Result<SynthCase> {
     let slices = rng.random_range(cfg.min_slices..=cfg.max_slices);
     let fov = u(&mut rng, cfg.fov_mm.0, cfg.fov_mm.1);
     let ps = fov / h.max(w) as f32;
-    let coverage = u(&mut rng, 150.0, 260.0);
+    let coverage = u(&mut rng, cfg.coverage_mm.0, cfg.coverage_mm.1);
     let sz = ((coverage / slices as f32).clamp(0.5, 5.0) * 4.0).round() / 4.0;
     let noise_sd = u(&mut rng, 6.0, 18.0);
     let sigma_px = u(&mut rng, 0.5, 1.0);

@@ -294,6 +294,71 @@ fn zoomed_field_of_view_labels_only_what_is_imaged() {
     assert!(synth::generate_case(&bad, 0).is_err());
 }
 
+/// A long coverage is a whole abdomen: the spacing is the coverage over
+/// the slices, and the kidneys are on a quarter of the slices or so, far
+/// fewer than at the default coverage of the same slice count; the default's
+/// recorded settings are what they were (no `coverage_mm` key); bad
+/// ranges are refused.
+#[test]
+fn a_long_coverage_puts_the_kidneys_on_few_slices() {
+    let long = synth::SynthConfig {
+        height: 32,
+        width: 32,
+        min_slices: 128,
+        max_slices: 128,
+        seed: 4,
+        coverage_mm: (400.0, 500.0),
+        ..Default::default()
+    };
+    let short = synth::SynthConfig {
+        coverage_mm: (150.0, 260.0),
+        ..long.clone()
+    };
+    let share = |c: &synth::SynthCase| {
+        let fg = c
+            .labels
+            .axis_iter(ndarray::Axis(0))
+            .filter(|p| p.iter().any(|&l| l > 0))
+            .count();
+        fg as f64 / c.labels.shape()[0] as f64
+    };
+    for i in 0..3 {
+        let c = synth::generate_case(&long, i).unwrap();
+        // 400-500 mm over 128 slices: 3.0-4.0 mm after rounding to 0.25.
+        assert!(
+            (3.0..=4.0).contains(&c.spacing[0]),
+            "spacing {}",
+            c.spacing[0]
+        );
+        let s = share(&c);
+        assert!(
+            (0.1..0.35).contains(&s),
+            "case {i}: kidneys on {s:.2} of the slices"
+        );
+        let d = synth::generate_case(&short, i).unwrap();
+        assert!(share(&d) > 1.5 * s, "default coverage: {:.2}", share(&d));
+    }
+    let json = serde_json::to_string(&synth::SynthConfig::default()).unwrap();
+    assert!(!json.contains("coverage"), "{json}");
+    assert!(
+        serde_json::to_string(&long)
+            .unwrap()
+            .contains("coverage_mm")
+    );
+    for bad in [
+        (300.0, 200.0),
+        (10.0, 100.0),
+        (100.0, f32::NAN),
+        (100.0, 3000.0),
+    ] {
+        let cfg = synth::SynthConfig {
+            coverage_mm: bad,
+            ..Default::default()
+        };
+        assert!(synth::generate_case(&cfg, 0).is_err(), "{bad:?}");
+    }
+}
+
 /// `kseg synth --out data` in a dataset's own `data/` folder used to
 /// replace its cases with synthetic ones.
 #[test]
