@@ -35,12 +35,7 @@ out="${out:-target/bench-precision/$preset}"
 cargo build --release --locked --bin kseg
 k=target/release/kseg
 mkdir -p "$out"
-if [[ -z $ckpt ]]; then
-    ckpt="$out/run/checkpoints/best"
-    if [[ ! -d $ckpt ]]; then
-        $k train --preset "$preset" --out "$out/run" --device cpu ${steps:+--steps "$steps"}
-    fi
-fi
+preset_model "$k" "$preset" "$out" "$steps" "$ckpt"
 held="$out/heldout"
 make_heldout "$k" "$held"
 echo "model: $ckpt; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);" \

@@ -143,6 +143,27 @@ fn synth_then_info_on_a_case_folder() {
         !o.status.success() && err.contains("field of view"),
         "{err}"
     );
+    // The coverage reaches it too; a repeated pair (whose values clap
+    // appends, the second pair then ignored) is refused, naming the option.
+    let long = dir.path().join("long");
+    let out = long.to_str().unwrap();
+    let base = ["synth", "--out", out, "--cases", "1", "--size", "32", "32"];
+    let o = run(&[
+        &base[..],
+        &["--slices", "8", "8", "--coverage", "400", "500"],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stamp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(long.join("synth.json")).unwrap()).unwrap();
+    assert_eq!(stamp["coverage_mm"], serde_json::json!([400.0, 500.0]));
+    let again = dir.path().join("again");
+    let base = ["synth", "--out", again.to_str().unwrap(), "--cases", "1"];
+    let o = run(&[&base[..], &["--slices", "8", "8", "--slices", "16", "16"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--slices takes two values"), "{err}");
+    assert!(!again.join("case_00000").exists());
 }
 
 #[test]

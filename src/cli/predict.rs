@@ -74,15 +74,16 @@ pub struct PredictArgs {
     pub save_probabilities: Option<PathBuf>,
     /// Fast mode (opt-in): a coarse pass over every 4th slice finds the
     /// kidneys, then only the slab of slices around them, cropped in-plane
-    /// to their box and a 60 mm margin, is segmented at full resolution;
+    /// to their box and a 120 mm margin, is segmented at full resolution;
     /// the rest is background. What it costs in Dice and buys in time is
     /// in docs/PERFORMANCE.md. Not with --report or --save-probabilities
     /// (they need every slice whole).
     #[arg(long, conflicts_with_all = ["report", "save_probabilities"])]
     pub fast: bool,
     /// The fast mode's in-plane margin around the kidneys' box, in mm
-    /// (default 60: at 30 the synthetic held-out set lost 0.03 kidney Dice;
-    /// the network, trained on whole slices, needs the context).
+    /// (default 120: at 60 a synthetic-cpu model lost 0.03 tumour Dice on
+    /// held-out cases, at 30 another lost 0.03 kidney Dice; the network,
+    /// trained on whole slices, needs the context: docs/PERFORMANCE.md).
     #[arg(long, value_name = "MM", requires = "fast")]
     pub fast_margin: Option<f64>,
     /// The arithmetic of the convolutions on the CPU: f32, int8 or bf16

@@ -47,6 +47,19 @@ pub struct SynthArgs {
 impl SynthArgs {
     /// Writes the cases.
     pub fn run(&self) -> Result<()> {
+        // A repeated option appends its values; only one pair is meant.
+        let lens = [
+            ("--size", Some(self.size.len())),
+            ("--slices", Some(self.slices.len())),
+            ("--fov", self.fov.as_ref().map(Vec::len)),
+            ("--tumour-radius", self.tumour_radius.as_ref().map(Vec::len)),
+            ("--coverage", self.coverage.as_ref().map(Vec::len)),
+        ];
+        for (name, n) in lens {
+            if let Some(n) = n.filter(|&n| n != 2) {
+                anyhow::bail!("kseg synth: {name} takes two values, once (given {n} values)");
+            }
+        }
         let d = synth::SynthConfig::default();
         let pair = |v: &Option<Vec<f32>>, d| v.as_ref().map_or(d, |v| (v[0], v[1]));
         let cfg = synth::SynthConfig {

@@ -25,7 +25,7 @@ impl Default for FastMode {
     fn default() -> Self {
         FastMode {
             stride: 4,
-            margin_mm: 60.0,
+            margin_mm: 120.0,
         }
     }
 }

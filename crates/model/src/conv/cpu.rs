@@ -95,6 +95,14 @@ impl Dims {
         self.geo.k == 1 && self.geo.stride == 1 && self.geo.pad == 0
     }
 
+    /// Row `r` (channel `r / k²`, kernel offset `r mod k²`) of the patches
+    /// of output rows `oys` of sample `xb`, into `dst` (`oys.len()·wo`).
+    pub(super) fn patch_row(&self, xb: &[f32], r: usize, oys: Range<usize>, dst: &mut [f32]) {
+        let (kk, hw) = (self.geo.k * self.geo.k, self.geo.h * self.geo.w);
+        self.geo
+            .unfold_row(&xb[r / kk * hw..][..hw], r % kk, oys, dst)
+    }
+
     /// The `(c·k·k, oys.len()·wo)` patches of output rows `oys` of sample
     /// `xb`: a view of the sample for a pointwise convolution, else
     /// unfolded into `cols`.
@@ -106,15 +114,13 @@ impl Dims {
         threads: usize,
     ) -> Mat<'a> {
         let geo = &self.geo;
-        let (kk, hw, wo) = (geo.k * geo.k, geo.h * geo.w, geo.wo);
+        let (hw, wo) = (geo.h * geo.w, geo.wo);
         if self.pointwise() {
             return Mat::rows(&xb[oys.start * wo..], hw);
         }
         let nc = oys.len() * wo;
         cols.resize(self.ckk() * nc, 0.0);
-        let row = |(r, dst): (usize, &mut [f32])| {
-            geo.unfold_row(&xb[r / kk * hw..][..hw], r % kk, oys.clone(), dst)
-        };
+        let row = |(r, dst): (usize, &mut [f32])| self.patch_row(xb, r, oys.clone(), dst);
         if threads > 1 {
             cols.par_chunks_mut(nc).enumerate().for_each(row);
         } else {

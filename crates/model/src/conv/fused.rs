@@ -13,6 +13,7 @@
 //! convolution, then a BatchNorm-and-activation op), which is how
 //! `benches/infer.rs` measures what the fusion buys.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use super::cpu::Dims;
@@ -43,6 +44,32 @@ pub enum WinogradUse {
 pub const INFER_MIN_CHANNELS: usize = 16;
 /// Fewest pixels per plane for [`WinogradUse::Inference`] (16×16).
 pub const INFER_MIN_PLANE: usize = 16 * 16;
+
+/// A thread's product buffers, kept from one call to the next: fresh ones
+/// are fresh pages, and the first touch of a page (the kernel clearing
+/// it) was a tenth of a `kseg predict` (`perf`, `clear_page_erms`).
+#[derive(Default)]
+struct Buffers {
+    winograd: winograd::Scratch,
+    /// im2col's patches.
+    cols: Vec<f32>,
+    /// The patches packed to bf16.
+    packed: Vec<u32>,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::default();
+}
+
+/// `f` on this thread's [`Buffers`], or on fresh ones when they are in use
+/// (a thread waiting inside a product may run another convolution's work
+/// item, rayon's work stealing).
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut Buffers::default()),
+    })
+}
 
 /// One convolution, its BatchNorm folded in, and its epilogue.
 #[derive(Debug)]
@@ -233,25 +260,27 @@ impl FusedConv {
             let bands = winograd::Bands::new(d);
             let tw = bands.tw;
             spread(d.b * bands.count, |items, threads| {
-                let mut s = winograd::Scratch::default();
-                for item in items {
-                    let (bi, trs) = bands.item(item);
-                    winograd::band_products(
-                        &x[bi * chw..][..chw],
-                        (c, h, w),
-                        (trs.clone(), tw),
-                        (&product, o),
-                        &mut s,
-                        threads,
-                    );
-                    let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
-                    let mut dst = out.block(bi, ya * w..yb * w);
-                    let bias = fuse.then_some(&self.bias[..]);
-                    winograd::transform_output(&s.m, o, trs, (tw, h, w), bias, &mut dst);
-                    if fuse {
-                        self.epilogue(&mut dst, false, res(bi), n, ya * w);
+                with_buffers(|buf| {
+                    let s = &mut buf.winograd;
+                    for item in items {
+                        let (bi, trs) = bands.item(item);
+                        winograd::band_products(
+                            &x[bi * chw..][..chw],
+                            (c, h, w),
+                            (trs.clone(), tw),
+                            (&product, o),
+                            s,
+                            threads,
+                        );
+                        let (ya, yb) = (2 * trs.start, (2 * trs.end).min(h));
+                        let mut dst = out.block(bi, ya * w..yb * w);
+                        let bias = fuse.then_some(&self.bias[..]);
+                        winograd::transform_output(&s.m, o, trs, (tw, h, w), bias, &mut dst);
+                        if fuse {
+                            self.epilogue(&mut dst, false, res(bi), n, ya * w);
+                        }
                     }
-                }
+                })
             });
             return;
         }
@@ -264,36 +293,48 @@ impl FusedConv {
             (TILE_FLOATS, TILE_MIN_COLS),
         );
         spread(d.b * tiling.tiles, |items, threads| {
-            let (mut cols, mut packed) = (Vec::new(), Vec::new());
-            for item in items {
-                let (bi, t) = (item / tiling.tiles, item % tiling.tiles);
-                let oys = tiling.oys(t, d.geo.ho);
-                let (j0, nc) = (oys.start * wo, oys.len() * wo);
-                let patches = d.patches(&x[bi * chw..][..chw], oys, &mut cols, threads);
-                let mut dst = out.block(bi, j0..j0 + nc);
-                if fuse {
-                    dst.fill_rows(&self.bias);
+            with_buffers(|buf| {
+                let Buffers { cols, packed, .. } = buf;
+                for item in items {
+                    let (bi, t) = (item / tiling.tiles, item % tiling.tiles);
+                    let oys = tiling.oys(t, d.geo.ho);
+                    let (j0, nc) = (oys.start * wo, oys.len() * wo);
+                    let xb = &x[bi * chw..][..chw];
+                    let mut dst = out.block(bi, j0..j0 + nc);
+                    if fuse {
+                        dst.fill_rows(&self.bias);
+                    }
+                    let w_m = Mat::rows(&self.w, ckk);
+                    if let Some(p) = &self.bf16 {
+                        let pw = p.w.get_or_init(|| PackedA::new(w_m, (o, ckk)));
+                        if threads == 1 && !d.pointwise() {
+                            // Unfolded two rows at a time straight into
+                            // the packed words: the patches are never
+                            // written out.
+                            let row = |r, dst: &mut [f32]| d.patch_row(xb, r, oys.clone(), dst);
+                            bf16::pack_b_rows((ckk, nc), row, cols, packed);
+                        } else {
+                            let patches = d.patches(xb, oys, cols, threads);
+                            bf16::pack_b(patches, (ckk, nc), packed, threads);
+                        }
+                        bf16::gemm(&mut dst, fuse, pw, packed, nc, threads);
+                    } else {
+                        let patches = d.patches(xb, oys, cols, threads);
+                        sgemm_on(
+                            Kernels::Fastest,
+                            &mut dst,
+                            fuse,
+                            w_m,
+                            patches,
+                            (o, nc, ckk),
+                            threads,
+                        );
+                    }
+                    if fuse {
+                        self.epilogue(&mut dst, false, res(bi), n, j0);
+                    }
                 }
-                let w_m = Mat::rows(&self.w, ckk);
-                if let Some(p) = &self.bf16 {
-                    let pw = p.w.get_or_init(|| PackedA::new(w_m, (o, ckk)));
-                    bf16::pack_b(patches, (ckk, nc), &mut packed, threads);
-                    bf16::gemm(&mut dst, fuse, pw, &packed, nc, threads);
-                } else {
-                    sgemm_on(
-                        Kernels::Fastest,
-                        &mut dst,
-                        fuse,
-                        w_m,
-                        patches,
-                        (o, nc, ckk),
-                        threads,
-                    );
-                }
-                if fuse {
-                    self.epilogue(&mut dst, false, res(bi), n, j0);
-                }
-            }
+            })
         });
     }
 

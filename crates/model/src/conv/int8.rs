@@ -55,10 +55,13 @@ pub(crate) struct QConv {
     slope: Option<f32>,
     /// Whether this CPU runs the VNNI kernel.
     vnni: bool,
-    /// The quantized input's buffer, kept from one call to the next (a
-    /// fresh one each call cost a tenth of the time in page clearing).
-    scratch: Mutex<Vec<u8>>,
 }
+
+/// The quantized input's buffer, kept from one call to the next (a fresh
+/// one each call cost a tenth of the time in page clearing) and shared by
+/// every layer (they run one after another: the largest layer's size is
+/// kept, not the sum of all); a call that finds it in use takes a new one.
+static SCRATCH: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// Where a sample's quantized input puts its bytes.
 struct Layout {
@@ -137,7 +140,6 @@ impl QConv {
             bias: bias.to_vec(),
             slope,
             vnni: vnni::available(),
-            scratch: Mutex::new(Vec::new()),
         }
     }
 
@@ -264,8 +266,7 @@ impl QConv {
         );
         // The kept buffer (every byte is written by `quantize`), or a new
         // one when another call has it.
-        let mut xq = self
-            .scratch
+        let mut xq = SCRATCH
             .try_lock()
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default();
@@ -323,7 +324,9 @@ impl QConv {
                 oy = end;
             }
         });
-        if let Ok(mut kept) = self.scratch.try_lock() {
+        if let Ok(mut kept) = SCRATCH.try_lock()
+            && kept.capacity() < xq.capacity()
+        {
             *kept = xq;
         }
     }

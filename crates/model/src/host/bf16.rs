@@ -134,6 +134,60 @@ pub(crate) fn pack_b(b: Mat, (k, n): (usize, usize), dst: &mut Vec<u32>, threads
     }
 }
 
+/// [`pack_b`] of a `k × n` matrix made a row at a time by `row(r, dst)`
+/// (`n` values), two rows at a time into `rows` (the caller's scratch,
+/// resized here): the matrix itself is never written out (im2col's patches
+/// go straight from the input to the packed words).
+pub(crate) fn pack_b_rows(
+    (k, n): (usize, usize),
+    mut row: impl FnMut(usize, &mut [f32]),
+    rows: &mut Vec<f32>,
+    dst: &mut Vec<u32>,
+) {
+    let k2 = k.div_ceil(2);
+    dst.resize(n.div_ceil(NR) * k2 * NR, 0);
+    rows.resize(2 * n, 0.0);
+    for p in 0..k2 {
+        let (even, odd) = rows.split_at_mut(n);
+        row(2 * p, even);
+        if 2 * p + 1 < k {
+            row(2 * p + 1, odd);
+        } else {
+            odd.fill(0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked).
+            unsafe { into_panels_avx512((even, odd), p, k2, dst) };
+            continue;
+        }
+        into_panels((even, odd), p, k2, dst);
+    }
+}
+
+/// The words of the pair of rows `(even, odd)` (`n` values each), pair
+/// `p` of `k2`, into every panel of `dst`.
+#[inline(always)]
+fn into_panels((even, odd): (&[f32], &[f32]), p: usize, k2: usize, dst: &mut [u32]) {
+    for (jp, panel) in dst.chunks_exact_mut((k2 * NR).max(1)).enumerate() {
+        let words = &mut panel[p * NR..][..NR];
+        let cols = jp * NR..(jp * NR + NR).min(even.len());
+        let nc = cols.len();
+        pairs(&even[cols.clone()], &odd[cols], &mut words[..nc]);
+        words[nc..].fill(0);
+    }
+}
+
+/// [`into_panels`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn into_panels_avx512(rows: (&[f32], &[f32]), p: usize, k2: usize, dst: &mut [u32]) {
+    into_panels(rows, p, k2, dst)
+}
+
 /// Rows `r` and `r + 1` of `b` (zero at `k` and past), columns `cols`,
 /// into the first `cols.len()` words of `words` (the rest zero).
 fn pack_pair_row(b: Mat, (r, k): (usize, usize), cols: Range<usize>, words: &mut [u32]) {
@@ -506,6 +560,22 @@ mod tests {
                     assert_eq!(f64::from(pa.get(i, j)), r(a[i * k + j]));
                 }
             }
+        }
+    }
+
+    /// Packing a matrix made row by row gives the words of packing it
+    /// whole (odd and even `k`, `n` past a panel and short of one).
+    #[test]
+    fn packing_by_rows_is_packing_the_matrix() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (k, n) in [(5, 45), (8, 32), (1, 3), (27, 70)] {
+            let b = randv(&mut rng, k * n);
+            let mut whole = Vec::new();
+            pack_b(Mat::rows(&b, n), (k, n), &mut whole, 1);
+            let (mut rows, mut by_rows) = (Vec::new(), vec![9u32; 4 * k * n + 64]);
+            let row = |r: usize, dst: &mut [f32]| dst.copy_from_slice(&b[r * n..][..n]);
+            pack_b_rows((k, n), row, &mut rows, &mut by_rows);
+            assert_eq!(by_rows, whole, "{k}x{n}");
         }
     }
 
