@@ -11,9 +11,11 @@
 # the truth and timed end to end.
 #
 #     benches/fast.sh [--preset synthetic-cpu|synthetic-kits23]
-#         [--steps N] [--checkpoint CKPT] [--margin MM] [--out DIR]
+#         [--steps N] [--checkpoint CKPT] [--margin MM] [--stride N]
+#         [--out DIR]
 #
-# --margin is predict's --fast-margin (default: predict's, 120 mm); DIR
+# --margin and --stride are predict's --fast-margin and --fast-stride
+# (default: predict's, 120 mm and 4); DIR
 # (default target/bench-fast/PRESET) keeps the model and the cases, so a
 # second run reuses them. Prints a Markdown table. Not part of CI.
 set -euo pipefail
@@ -23,12 +25,14 @@ steps=""
 out=""
 ckpt=""
 margin=""
+stride=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --preset) preset=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
         --checkpoint) ckpt=$2; shift 2 ;;
         --margin) margin=$2; shift 2 ;;
+        --stride) stride=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         *) echo "fast.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -53,7 +57,7 @@ for set in heldout heldout-long; do
         mkdir -p "$dir"
         flags=()
         if [[ $fast == yes ]]; then
-            flags=(--fast ${margin:+--fast-margin "$margin"})
+            flags=(--fast ${margin:+--fast-margin "$margin"} ${stride:+--fast-stride "$stride"})
         fi
         t0=$(date +%s.%N)
         $k predict --checkpoint "$ckpt" --input "$out/$set" --output "$dir" --device cpu \

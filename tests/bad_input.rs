@@ -1436,9 +1436,10 @@ fn predict_on_cpu(model: &Path, input: &Path, pred: &Path, extra: &[&str]) -> st
         .unwrap()
 }
 
-/// A fast-mode margin that is not a finite number of mm, 0 or more, is
-/// refused with exit status 1 and nothing written; `--fast-margin`
-/// without `--fast` and `--fast` with a report are usage errors.
+/// A fast-mode margin that is not a finite number of mm, 0 or more, or a
+/// coarse stride of 0, is refused with exit status 1 and nothing written;
+/// `--fast-margin` or `--fast-stride` without `--fast`, a negative stride
+/// and `--fast` with a report are usage errors.
 #[test]
 fn bad_fast_mode_arguments_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1447,25 +1448,30 @@ fn bad_fast_mode_arguments_are_refused() {
     let model = model_with_meta(tmp.path(), "m.safetensors", |_| {});
     let pred = tmp.path().join("pred.nii.gz");
     let run = |extra: &[&str]| predict_on_cpu(&model, &input, &pred, extra);
-    for bad in ["--fast-margin=-5", "--fast-margin=NaN", "--fast-margin=inf"] {
+    for bad in [
+        "--fast-margin=-5",
+        "--fast-margin=NaN",
+        "--fast-margin=inf",
+        "--fast-stride=0",
+    ] {
         let out = run(&["--fast", bad]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
-        assert!(
-            err.contains("--fast-margin") && !err.contains("panicked"),
-            "{err}"
-        );
+        let flag = bad.split('=').next().unwrap();
+        assert!(err.contains(flag) && !err.contains("panicked"), "{err}");
         assert!(!pred.exists(), "{bad}: an output was written");
     }
     for usage in [
         &["--fast-margin", "40"][..],
+        &["--fast-stride", "8"][..],
+        &["--fast", "--fast-stride", "-1"][..],
         &["--fast", "--report", "r.json"][..],
     ] {
         let out = run(usage);
         assert_ne!(out.status.code(), Some(0), "{usage:?}");
         assert!(!pred.exists(), "{usage:?}: an output was written");
     }
-    let out = run(&["--fast", "--fast-margin", "40"]);
+    let out = run(&["--fast", "--fast-margin", "40", "--fast-stride", "8"]);
     assert!(
         out.status.success(),
         "{}",

@@ -72,9 +72,10 @@ pub struct PredictArgs {
     /// One volume only (not a folder of cases).
     #[arg(long, value_name = "FILE.nii.gz")]
     pub save_probabilities: Option<PathBuf>,
-    /// Fast mode (opt-in): a coarse pass over every 4th slice finds the
-    /// kidneys, then only the slab of slices around them, cropped in-plane
-    /// to their box and a 120 mm margin, is segmented at full resolution;
+    /// Fast mode (opt-in): a coarse pass over every 4th slice
+    /// (--fast-stride) finds the kidneys, then only the slab of slices
+    /// around them, cropped in-plane to their box and a 120 mm margin
+    /// (--fast-margin), is segmented at full resolution;
     /// the rest is background. What it costs in Dice and buys in time is
     /// in docs/PERFORMANCE.md. Not with --report or --save-probabilities
     /// (they need every slice whole).
@@ -86,11 +87,17 @@ pub struct PredictArgs {
     /// trained on whole slices, needs the context: docs/PERFORMANCE.md).
     #[arg(long, value_name = "MM", requires = "fast")]
     pub fast_margin: Option<f64>,
+    /// The fast mode's coarse pass segments every N-th slice (and the
+    /// last; default 4). A larger N makes the coarse pass cheaper and
+    /// widens the slab by N slices each way.
+    #[arg(long, value_name = "N", requires = "fast")]
+    pub fast_stride: Option<usize>,
     /// The arithmetic of the convolutions on the CPU: f32, int8 or bf16
     /// (both opt-in; int8: weights quantized per output channel, each
     /// slice's activations per layer, about twice as fast as f32 on a CPU
     /// with AVX-512 VNNI; bf16: the products' operands rounded to bf16,
-    /// the sums in f32, about 1.5 times as fast on a CPU with AVX512-BF16;
+    /// the sums in f32, 1.3 to 1.6 times as fast on 512² slices on a CPU
+    /// with AVX512-BF16, no faster on small ones;
     /// each within a few thousandths of f32's Dice: docs/PERFORMANCE.md).
     /// Without those instructions they run the same arithmetic on a
     /// portable kernel, slower than f32, and say so. CPU only.
@@ -169,7 +176,7 @@ impl PredictArgs {
                 let d = kseg_infer::FastMode::default();
                 kseg_infer::FastMode {
                     margin_mm: self.fast_margin.unwrap_or(d.margin_mm),
-                    ..d
+                    stride: self.fast_stride.unwrap_or(d.stride),
                 }
             }),
         )
@@ -663,6 +670,9 @@ fn predict(
                 "--fast-margin {}: a margin is a finite number of mm, 0 or more",
                 f.margin_mm
             );
+        }
+        if f.stride == 0 {
+            anyhow::bail!("--fast-stride 0: the coarse pass takes every N-th slice, N 1 or more");
         }
         seg.set_fast(Some(f));
     }
