@@ -273,6 +273,13 @@ pub(crate) fn gemm_on(
     if m == 0 || n == 0 {
         return;
     }
+    if k2 == 0 {
+        // An empty sum: no tile runs, and the product is zero.
+        if !accumulate {
+            (0..m).for_each(|i| dst.row(i)[..n].fill(0.0));
+        }
+        return;
+    }
     let panels = n.div_ceil(NR);
     let run = |ps: Range<usize>, out: Cols| {
         for jp in ps {
@@ -414,8 +421,13 @@ mod x86 {
         if t.load {
             for (i, a) in acc.iter_mut().enumerate().take(t.rows) {
                 for (nb, v) in a.iter_mut().enumerate() {
-                    // SAFETY: the unmasked lanes are the tile's (the caller's).
-                    *v = unsafe { _mm512_maskz_loadu_ps(mask(nb), c.add(i * rs + 16 * nb)) };
+                    // A vector with no lanes in the tile is not loaded (its
+                    // address may be past the buffer).
+                    if lanes(nb) > 0 {
+                        // SAFETY: the unmasked lanes are the tile's (the
+                        // caller's), and the vector starts inside it.
+                        *v = unsafe { _mm512_maskz_loadu_ps(mask(nb), c.add(i * rs + 16 * nb)) };
+                    }
                 }
             }
         }
@@ -493,6 +505,7 @@ mod tests {
             (25, 70, 41, 2),
             (13, 33, 2 * KC + 9, 2),
             (1, 1, 1, 1),
+            (3, 5, 0, 1),
             (24, 100, 600, 4),
         ] {
             let a = randv(&mut rng, m * k);
