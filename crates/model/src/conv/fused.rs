@@ -493,8 +493,8 @@ mod tests {
     }
 
     /// Every path in bf16 (Winograd, im2col at stride 1 and 2, pointwise;
-    /// fused and not) within
-    /// bf16's rounding of the definition, and not f32's answer: each
+    /// fused and not) within bf16's rounding of the definition, and not
+    /// f32's answer: each
     /// output within 2⁻⁶ of the sum of its terms' sizes (inputs and
     /// weights off by 2⁻⁹ each; Winograd's transformed operands, sums of
     /// up to four and nine values, by as much of theirs), and the largest

@@ -113,25 +113,54 @@ impl PackedA {
 }
 
 /// Packs the `k × n` matrix `b` into `dst` (resized), as [`gemm`] takes
-/// it: with AVX-512F where the CPU has it (the same words), the panels in
+/// it, a pair of rows at a time ([`write_pair`]); groups of panels in
 /// parallel when `threads` > 1.
 pub(crate) fn pack_b(b: Mat, (k, n): (usize, usize), dst: &mut Vec<u32>, threads: usize) {
     b.check(k, n, "bf16 pack B");
-    let k2 = k.div_ceil(2);
-    dst.resize(n.div_ceil(NR) * k2 * NR, 0);
-    let panel = |(jp, d): (usize, &mut [u32])| {
-        let cols = jp * NR..(jp * NR + NR).min(n);
-        for (p, words) in d.chunks_exact_mut(NR).enumerate() {
-            pack_pair_row(b, (2 * p, k), cols.clone(), words);
+    let (k2, panels) = (k.div_ceil(2), n.div_ceil(NR));
+    dst.resize(panels * k2 * NR, 0);
+    // Panels `g·per ..` of `d`: every pair of rows, those panels' columns.
+    let group = |g: usize, per: usize, d: &mut [u32]| {
+        let cols = (g * per * NR).min(n)..((g + 1) * per * NR).min(n);
+        let mut buf = Vec::new();
+        for p in 0..k2 {
+            write_pair(pair_rows(b, (2 * p, k), cols.clone(), &mut buf), p, k2, d);
         }
     };
-    if threads > 1 {
-        dst.par_chunks_mut((k2 * NR).max(1))
+    if threads > 1 && panels > 1 {
+        let per = panels.div_ceil(4 * threads);
+        dst.par_chunks_mut((per * k2 * NR).max(1))
             .enumerate()
-            .for_each(panel);
+            .for_each(|(g, d)| group(g, per, d));
     } else {
-        dst.chunks_mut((k2 * NR).max(1)).enumerate().for_each(panel);
+        group(0, panels, dst);
     }
+}
+
+/// Rows `r` and `r + 1` of `b`, columns `cols` (zero for rows at `k` and
+/// past): borrowed where they are contiguous, else gathered into `buf`.
+fn pair_rows<'t>(
+    b: Mat<'t>,
+    (r, k): (usize, usize),
+    cols: Range<usize>,
+    buf: &'t mut Vec<f32>,
+) -> (&'t [f32], &'t [f32]) {
+    if b.cs == 1 && r + 1 < k {
+        let row = |r: usize| &b.data[r * b.rs..][cols.clone()];
+        return (row(r), row(r + 1));
+    }
+    let nc = cols.len();
+    buf.resize(2 * nc, 0.0);
+    for (i, half) in buf.chunks_exact_mut(nc.max(1)).enumerate() {
+        for (v, j) in half.iter_mut().zip(cols.clone()) {
+            *v = if r + i < k {
+                b.data[(r + i) * b.rs + j * b.cs]
+            } else {
+                0.0
+            };
+        }
+    }
+    buf.split_at(nc)
 }
 
 /// [`pack_b`] of a `k × n` matrix made a row at a time by `row(r, dst)`
@@ -155,23 +184,30 @@ pub(crate) fn pack_b_rows(
         } else {
             odd.fill(0.0);
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked).
-            unsafe { into_panels_avx512((even, odd), p, k2, dst) };
-            continue;
-        }
-        into_panels((even, odd), p, k2, dst);
+        write_pair((even, odd), p, k2, dst);
     }
 }
 
-/// The words of the pair of rows `(even, odd)` (`n` values each), pair
-/// `p` of `k2`, into every panel of `dst`.
+/// The words of pair `p` (of `k2`) of rows, `(even, odd)`, into every
+/// panel of `dst` (the rows hold those panels' columns, the first panel's
+/// first at 0; words past them are zero), with AVX-512F where the CPU has
+/// it (the same words).
+fn write_pair(rows: (&[f32], &[f32]), p: usize, k2: usize, dst: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked).
+        unsafe { into_panels_avx512(rows, p, k2, dst) };
+        return;
+    }
+    into_panels(rows, p, k2, dst);
+}
+
+/// [`write_pair`] in plain Rust.
 #[inline(always)]
 fn into_panels((even, odd): (&[f32], &[f32]), p: usize, k2: usize, dst: &mut [u32]) {
     for (jp, panel) in dst.chunks_exact_mut((k2 * NR).max(1)).enumerate() {
         let words = &mut panel[p * NR..][..NR];
-        let cols = jp * NR..(jp * NR + NR).min(even.len());
+        let cols = (jp * NR).min(even.len())..(jp * NR + NR).min(even.len());
         let nc = cols.len();
         pairs(&even[cols.clone()], &odd[cols], &mut words[..nc]);
         words[nc..].fill(0);
@@ -188,48 +224,12 @@ unsafe fn into_panels_avx512(rows: (&[f32], &[f32]), p: usize, k2: usize, dst: &
     into_panels(rows, p, k2, dst)
 }
 
-/// Rows `r` and `r + 1` of `b` (zero at `k` and past), columns `cols`,
-/// into the first `cols.len()` words of `words` (the rest zero).
-fn pack_pair_row(b: Mat, (r, k): (usize, usize), cols: Range<usize>, words: &mut [u32]) {
-    let nc = cols.len();
-    words[nc..].fill(0);
-    let row = |r: usize| (r < k).then(|| &b.data[r * b.rs..]);
-    match (row(r), row(r + 1), b.cs) {
-        (Some(e), Some(o), 1) => {
-            let (e, o) = (&e[cols.clone()], &o[cols]);
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked).
-                unsafe { pairs_avx512(e, o, &mut words[..nc]) };
-                return;
-            }
-            pairs(e, o, &mut words[..nc]);
-        }
-        (e, o, cs) => {
-            let at = |row: Option<&[f32]>, j: usize| row.map_or(0.0, |row| row[j * cs]);
-            for (w, j) in words.iter_mut().zip(cols) {
-                *w = pair(at(e, j), at(o, j));
-            }
-        }
-    }
-}
-
 /// `words[j] = pair(even[j], odd[j])`, written so that it vectorises.
 #[inline(always)]
 fn pairs(even: &[f32], odd: &[f32], words: &mut [u32]) {
     for ((w, &e), &o) in words.iter_mut().zip(even).zip(odd) {
         *w = pair(e, o);
     }
-}
-
-/// [`pairs`] compiled for AVX-512F.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pairs_avx512(even: &[f32], odd: &[f32], words: &mut [u32]) {
-    pairs(even, odd, words)
 }
 
 /// `dst (m×n) [+]= a · b` (`b` packed by [`pack_b`] from a `k × n`
@@ -506,6 +506,7 @@ mod tests {
             (13, 33, 2 * KC + 9, 2),
             (1, 1, 1, 1),
             (3, 5, 0, 1),
+            (3, 70, 0, 2),
             (24, 100, 600, 4),
         ] {
             let a = randv(&mut rng, m * k);
