@@ -12,10 +12,12 @@
 #
 #     benches/fast.sh [--preset synthetic-cpu|synthetic-kits23]
 #         [--steps N] [--checkpoint CKPT] [--margin MM] [--stride N]
-#         [--out DIR]
+#         [--shrink N] [--runs N] [--out DIR]
 #
-# --margin and --stride are predict's --fast-margin and --fast-stride
-# (default: predict's, 120 mm and 4); DIR
+# --margin, --stride and --shrink are predict's --fast-margin,
+# --fast-stride and --fast-shrink (default: predict's, 120 mm, 8 and 1);
+# --runs N (default 1) predicts each set N times, the full and the fast
+# pass interleaved, and prints every time; DIR
 # (default target/bench-fast/PRESET) keeps the model and the cases, so a
 # second run reuses them. Prints a Markdown table. Not part of CI.
 set -euo pipefail
@@ -26,6 +28,8 @@ out=""
 ckpt=""
 margin=""
 stride=""
+shrink=""
+runs=1
 while [[ $# -gt 0 ]]; do
     case $1 in
         --preset) preset=$2; shift 2 ;;
@@ -33,6 +37,8 @@ while [[ $# -gt 0 ]]; do
         --checkpoint) ckpt=$2; shift 2 ;;
         --margin) margin=$2; shift 2 ;;
         --stride) stride=$2; shift 2 ;;
+        --shrink) shrink=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         *) echo "fast.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -51,23 +57,31 @@ echo "model: $ckpt; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 echo "| scans | fast | Dice ($protocol) | predict s (16 cases) |"
 echo "|---|---|---|---|"
 for set in heldout heldout-long; do
+    declare -A secs=()
+    for ((run = 1; run <= runs; run++)); do
+        for fast in no yes; do
+            dir="$out/pred/${set}_fast-$fast"
+            rm -rf "$dir"
+            mkdir -p "$dir"
+            flags=()
+            if [[ $fast == yes ]]; then
+                flags=(--fast ${margin:+--fast-margin "$margin"} ${stride:+--fast-stride "$stride"}
+                    ${shrink:+--fast-shrink "$shrink"})
+            fi
+            t0=$(date +%s.%N)
+            $k predict --checkpoint "$ckpt" --input "$out/$set" --output "$dir" --device cpu \
+                --mirror false "${flags[@]}" > "$dir.log" 2>&1
+            t1=$(date +%s.%N)
+            secs[$fast]+="${secs[$fast]:+, }$(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }")"
+        done
+    done
     for fast in no yes; do
         dir="$out/pred/${set}_fast-$fast"
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        flags=()
-        if [[ $fast == yes ]]; then
-            flags=(--fast ${margin:+--fast-margin "$margin"} ${stride:+--fast-stride "$stride"})
-        fi
-        t0=$(date +%s.%N)
-        $k predict --checkpoint "$ckpt" --input "$out/$set" --output "$dir" --device cpu \
-            --mirror false "${flags[@]}" > "$dir.log" 2>&1
-        t1=$(date +%s.%N)
         $k evaluate --pred "$dir" --truth "$out/$set" --protocol "$protocol" \
             --out "$dir.json" > "$dir.csv" 2> "$dir.eval"
         name=$([[ $set == heldout ]] && echo "preset's (32-64 slices, 150-260 mm)" \
             || echo "whole abdomen (128 slices, 400-500 mm)")
-        printf '| %s | %s | %s | %.1f |\n' "$name" "$fast" "$(tail -n 1 "$dir.eval")" \
-            "$(awk "BEGIN { print $t1 - $t0 }")"
+        printf '| %s | %s | %s | %s |\n' "$name" "$fast" "$(tail -n 1 "$dir.eval")" "${secs[$fast]}"
     done
+    unset secs
 done

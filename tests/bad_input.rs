@@ -1436,9 +1436,10 @@ fn predict_on_cpu(model: &Path, input: &Path, pred: &Path, extra: &[&str]) -> st
         .unwrap()
 }
 
-/// A fast-mode margin that is not a finite number of mm, 0 or more, or a
-/// coarse stride of 0, is refused with exit status 1 and nothing written;
-/// `--fast-margin` or `--fast-stride` without `--fast`, a negative stride
+/// A fast-mode margin that is not a finite number of mm, 0 or more, a
+/// coarse stride of 0 or a shrink outside 1..=16 is refused with exit
+/// status 1 and nothing written; `--fast-margin`, `--fast-stride` or
+/// `--fast-shrink` without `--fast`, a negative stride
 /// and `--fast` with a report are usage errors.
 #[test]
 fn bad_fast_mode_arguments_are_refused() {
@@ -1453,6 +1454,8 @@ fn bad_fast_mode_arguments_are_refused() {
         "--fast-margin=NaN",
         "--fast-margin=inf",
         "--fast-stride=0",
+        "--fast-shrink=0",
+        "--fast-shrink=17",
     ] {
         let out = run(&["--fast", bad]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -1464,6 +1467,7 @@ fn bad_fast_mode_arguments_are_refused() {
     for usage in [
         &["--fast-margin", "40"][..],
         &["--fast-stride", "8"][..],
+        &["--fast-shrink", "2"][..],
         &["--fast", "--fast-stride", "-1"][..],
         &["--fast", "--report", "r.json"][..],
     ] {
@@ -1471,7 +1475,15 @@ fn bad_fast_mode_arguments_are_refused() {
         assert_ne!(out.status.code(), Some(0), "{usage:?}");
         assert!(!pred.exists(), "{usage:?}: an output was written");
     }
-    let out = run(&["--fast", "--fast-margin", "40", "--fast-stride", "8"]);
+    let out = run(&[
+        "--fast",
+        "--fast-margin",
+        "40",
+        "--fast-stride",
+        "8",
+        "--fast-shrink",
+        "4",
+    ]);
     assert!(
         out.status.success(),
         "{}",

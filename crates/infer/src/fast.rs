@@ -1,9 +1,11 @@
 //! The fast mode of prediction (`kseg predict --fast`, opt-in): a coarse
-//! pass over every `stride`-th slice finds where the kidneys are, then
-//! the full-resolution pass runs only on the slab of slices around them,
-//! cropped in-plane to their box with a margin. Everything outside is
-//! background. What it costs in Dice and buys in time is in
-//! docs/PERFORMANCE.md.
+//! pass over every `stride`-th slice, at a fraction of the resolution,
+//! finds where the kidneys are; then the full-resolution pass runs only
+//! on the slices between the first and the last sampled slice with
+//! foreground, cropped in-plane to their box with a margin, and grows
+//! that slab a slice at a time each way until a slice has no foreground.
+//! Everything outside is background. What it costs in Dice and buys in
+//! time is in docs/PERFORMANCE.md.
 
 use std::ops::Range;
 
@@ -15,6 +17,10 @@ pub struct FastMode {
     /// The coarse pass segments slices `0, stride, 2·stride, …` (and the
     /// last one).
     pub stride: usize,
+    /// The coarse pass runs at `1/shrink` of the full pass's resolution in
+    /// each in-plane axis (1: the full pass's own; 2: a quarter of the
+    /// pixels and of the work). Ignored for a model of a fixed input size.
+    pub shrink: usize,
     /// Millimetres added around the coarse pass's foreground box in-plane
     /// (at least [`MIN_MARGIN_PX`] pixels). The network sees this much
     /// context around the kidneys.
@@ -24,7 +30,8 @@ pub struct FastMode {
 impl Default for FastMode {
     fn default() -> Self {
         FastMode {
-            stride: 4,
+            stride: 8,
+            shrink: 1,
             margin_mm: 120.0,
         }
     }
@@ -56,10 +63,13 @@ impl FastMode {
         ks
     }
 
-    /// The window of the full pass from the coarse pass's labels (`labels`
-    /// `[slices, H, W]`, segmented at `sampled` only): the sampled slices
-    /// with foreground, widened by `stride` slices each way (the slices
-    /// between samples); their in-plane box of foreground widened by the
+    /// The window the full pass starts from, from the coarse pass's labels
+    /// (`labels` `[sampled.len(), H, W]`: plane `i` is the volume's slice
+    /// `sampled[i]`, cleaned up as the final labels are, so that specks
+    /// far from the kidneys do not widen it): the
+    /// slices from the first to the last sampled one with foreground (the
+    /// full pass grows it: [`Grow`]); their in-plane box of foreground
+    /// widened by the
     /// margin (`spacing`: the in-plane voxel size in mm when known) and
     /// then, where the volume allows, to a multiple of `multiple` pixels
     /// per side (the network's, so that the crop needs no padding).
@@ -72,10 +82,11 @@ impl FastMode {
         multiple: usize,
     ) -> Option<Window> {
         let (d, h, w) = labels.dim();
+        assert_eq!(d, sampled.len(), "one plane per sampled slice");
         let (mut k0, mut k1) = (usize::MAX, 0);
         let (mut r0, mut r1, mut c0, mut c1) = (usize::MAX, 0, usize::MAX, 0);
-        for &k in sampled {
-            let plane = labels.index_axis(Axis(0), k);
+        for (i, &k) in sampled.iter().enumerate() {
+            let plane = labels.index_axis(Axis(0), i);
             let mut any = false;
             for ((r, c), &v) in plane.indexed_iter() {
                 if v != 0 {
@@ -94,8 +105,6 @@ impl FastMode {
         if k0 == usize::MAX {
             return None;
         }
-        let s = self.stride.max(1);
-        let slices = k0.saturating_sub(s)..(k1 + s).min(d);
         let margin = |px_mm: Option<f64>| -> usize {
             let px = px_mm
                 .filter(|v| v.is_finite() && *v > 0.0)
@@ -104,7 +113,74 @@ impl FastMode {
         };
         let rows = widen(r0..r1, margin(spacing.map(|s| s.0)), h, multiple);
         let cols = widen(c0..c1, margin(spacing.map(|s| s.1)), w, multiple);
-        Some(Window { slices, rows, cols })
+        Some(Window {
+            slices: k0..k1,
+            rows,
+            cols,
+        })
+    }
+}
+
+/// The growth of the full pass's slab, one end at a time: the slices to
+/// segment next beyond an end, until the outermost slice segmented there
+/// has no foreground or the volume ends. A kidney is one run of slices,
+/// so the first empty slice beyond the sampled ones ends it; the slices
+/// between the last sampled slice with foreground and the first without
+/// are at most `stride - 1`, and growing one slice at a time segments
+/// only those the kidney reaches (and one more), where widening by the
+/// stride would segment all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grow {
+    /// The slab segmented so far.
+    pub slices: Range<usize>,
+    /// The volume's slices.
+    depth: usize,
+    /// Whether each end still grows: towards slice 0, towards the last.
+    down: bool,
+    up: bool,
+}
+
+impl Grow {
+    /// Growth from the slab `slices` of a volume of `depth` slices.
+    pub fn new(slices: Range<usize>, depth: usize) -> Grow {
+        Grow {
+            down: slices.start > 0,
+            up: slices.end < depth,
+            slices,
+            depth,
+        }
+    }
+
+    /// Up to `n` slices (at least 1) beyond the slab's growing ends, the
+    /// outermost last at each end; empty when neither end grows.
+    pub fn next(&self, n: usize) -> Vec<usize> {
+        let n = n.max(1);
+        let mut ks = Vec::new();
+        if self.down {
+            ks.extend((self.slices.start.saturating_sub(n)..self.slices.start).rev());
+        }
+        if self.up {
+            ks.extend(self.slices.end..(self.slices.end + n).min(self.depth));
+        }
+        ks
+    }
+
+    /// Takes the slices `ks` ([`Grow::next`]'s, now segmented) into the
+    /// slab; `has_foreground(k)` says whether slice `k` has any. An end
+    /// stops growing where its outermost new slice has none, or at the
+    /// volume's end.
+    pub fn advance(&mut self, ks: &[usize], has_foreground: impl Fn(usize) -> bool) {
+        let (a, b) = (self.slices.start, self.slices.end);
+        let below = ks.iter().copied().filter(|&k| k < a).min();
+        let above = ks.iter().copied().filter(|&k| k >= b).max();
+        if let Some(k) = below {
+            self.slices.start = k;
+            self.down = k > 0 && has_foreground(k);
+        }
+        if let Some(k) = above {
+            self.slices.end = k + 1;
+            self.up = k + 1 < self.depth && has_foreground(k);
+        }
     }
 }
 
@@ -154,11 +230,13 @@ mod tests {
         labels[[13, 0, 0]] = 2;
         let f = FastMode {
             stride: 4,
+            shrink: 1,
             margin_mm: 20.0,
         };
         let sampled = f.coarse_slices(40);
-        let win = f.window(&labels, &sampled, Some((1.0, 2.0)), 32).unwrap();
-        assert_eq!(win.slices, 8..21);
+        let coarse = labels.select(Axis(0), &sampled);
+        let win = f.window(&coarse, &sampled, Some((1.0, 2.0)), 32).unwrap();
+        assert_eq!(win.slices, 12..17);
         // Rows: 40-20 .. 50+20 = 20..70 (50), to 64: 20..84.
         assert_eq!(win.rows, 20..84);
         // Columns: margin max(10, 16) = 16: 14..61 (47), to 64: 14..78.
@@ -170,10 +248,50 @@ mod tests {
         assert_eq!(widen(3..5, 0, 100, 1), 3..5);
     }
 
+    /// A slab grown two slices at a time over a volume whose foreground
+    /// is on slices 3..=9 (worked by hand): down from 6..8 it takes 5, 4
+    /// (4 has foreground), then 3, 2 (2 has none: it stops); up it takes
+    /// 8, 9 (9 has), then 10 (the volume's last: it stops).
+    #[test]
+    fn the_slab_grows_until_a_slice_is_empty() {
+        let fg = |k: usize| (3..=9).contains(&k);
+        let mut g = Grow::new(6..8, 11);
+        let mut rounds = Vec::new();
+        loop {
+            let ks = g.next(2);
+            if ks.is_empty() {
+                break;
+            }
+            g.advance(&ks, fg);
+            rounds.push((ks, g.slices.clone()));
+        }
+        assert_eq!(
+            rounds,
+            vec![(vec![5, 4, 8, 9], 4..10), (vec![3, 2, 10], 2..11),]
+        );
+        // One slice at a time, stopping at the first empty one each way;
+        // a slab at both ends of the volume does not grow.
+        let mut g = Grow::new(5..6, 11);
+        let mut seen = Vec::new();
+        loop {
+            let ks = g.next(1);
+            if ks.is_empty() {
+                break;
+            }
+            seen.extend(ks.iter().copied());
+            g.advance(&ks, fg);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, vec![2, 3, 4, 6, 7, 8, 9, 10]);
+        assert_eq!(g.slices, 2..11);
+        assert!(Grow::new(0..11, 11).next(3).is_empty());
+    }
+
     #[test]
     fn no_foreground_no_window() {
         let labels = Array3::<u8>::zeros((8, 16, 16));
         let f = FastMode::default();
-        assert_eq!(f.window(&labels, &f.coarse_slices(8), None, 32), None);
+        let ks = f.coarse_slices(8);
+        assert_eq!(f.window(&labels.select(Axis(0), &ks), &ks, None, 32), None);
     }
 }

@@ -41,7 +41,7 @@ pub mod runtime;
 mod segmenter;
 
 pub use error::{InferError, Result, candle_text};
-pub use fast::FastMode;
+pub use fast::{FastMode, Grow};
 pub use model_file::{
     MAX_IN_PLANE, META_KEY, MODEL_FILE, ModelMeta, model_file, read_meta, save_model,
 };

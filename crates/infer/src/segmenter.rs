@@ -486,33 +486,87 @@ impl Segmenter {
         let mut sums = QualitySums::default();
         let coarse = fast.coarse_slices(depth);
         let whole = (0..h, 0..w);
+        // A model of a fixed input size is only ever given whole slices
+        // at its own size.
+        let fixed = self.meta.in_plane.is_some();
+        let shrink = if fixed { 1 } else { fast.shrink.max(1) };
         self.pass(
             &mut out,
             &coarse,
             whole.clone(),
+            shrink,
             spacing,
             false,
             &stack,
             None,
             &mut sums,
         )?;
-        // A model of a fixed input size is only ever given whole slices.
         let multiple = 1usize << self.meta.model.depth;
-        if let Some(win) = fast.window(&out, &coarse, spacing, multiple) {
-            let plane = if self.meta.in_plane.is_some() {
-                whole.clone()
-            } else {
-                (win.rows, win.cols)
-            };
-            // On whole slices the coarse pass's are already segmented as
-            // the full pass would; a crop segments every slice anew.
-            let ks: Vec<usize> = win
-                .slices
-                .filter(|k| plane != whole || coarse.binary_search(k).is_err())
-                .collect();
+        // The window from the coarse labels cleaned up as the final ones
+        // will be: a speck of false foreground far from the kidneys (the
+        // coarser the pass, the more of them) would widen it for nothing.
+        let mut sampled = out.select(ndarray::Axis(0), &coarse);
+        self.clean_up(&mut sampled);
+        let Some(win) = fast.window(&sampled, &coarse, spacing, multiple) else {
+            return Ok(Array3::zeros((depth, h, w)));
+        };
+        let plane = if fixed {
+            whole.clone()
+        } else {
+            (win.rows, win.cols)
+        };
+        // Whole slices at full resolution: the coarse pass's are already
+        // segmented as the full pass would; otherwise every slice of the
+        // slab is segmented anew.
+        let reuse = plane == whole && shrink == 1;
+        // The slab first, then a batch beyond each growing end at a time.
+        let mut grow = crate::fast::Grow::new(win.slices.clone(), depth);
+        let mut next: Vec<usize> = win.slices.collect();
+        let mut first = true;
+        while !next.is_empty() {
+            let mut ks = next.clone();
+            if reuse {
+                ks.retain(|k| coarse.binary_search(k).is_err());
+            }
             self.pass(
-                &mut out, &ks, plane, spacing, false, &stack, None, &mut sums,
+                &mut out,
+                &ks,
+                plane.clone(),
+                1,
+                spacing,
+                false,
+                &stack,
+                None,
+                &mut sums,
             )?;
+            if !first {
+                // Only the crop counts: outside it a sampled slice still
+                // holds the coarse pass's labels, cleared below.
+                grow.advance(&next, |k| {
+                    out.slice(s![k, plane.0.clone(), plane.1.clone()])
+                        .iter()
+                        .any(|&v| v != 0)
+                });
+            }
+            first = false;
+            next = grow.next(self.batch);
+        }
+        // Outside the window (the coarse labels of sampled slices beyond
+        // the slab, and outside the crop) everything is background.
+        let (rows, cols) = plane;
+        for (k, mut slice) in out.outer_iter_mut().enumerate() {
+            if !grow.slices.contains(&k) {
+                slice.fill(0);
+            } else if (rows.clone(), cols.clone()) != whole {
+                for (r, mut row) in slice.outer_iter_mut().enumerate() {
+                    if rows.contains(&r) {
+                        row.slice_mut(s![..cols.start]).fill(0);
+                        row.slice_mut(s![cols.end..]).fill(0);
+                    } else {
+                        row.fill(0);
+                    }
+                }
+            }
         }
         self.clean_up(&mut out);
         Ok(out)
@@ -558,6 +612,7 @@ impl Segmenter {
             &mut out,
             &ks,
             (0..h, 0..w),
+            1,
             spacing,
             quality,
             &stack,
@@ -572,12 +627,15 @@ impl Segmenter {
     /// `cols` of the planes `stack(k)` gives, into those voxels of `out`
     /// `[slices, H, W]` (and of `probs_out` `[C, slices, H, W]` when
     /// given), adding to the quality sums when `quality`. No clean-up.
+    /// `shrink` > 1 (the fast mode's coarse pass) divides the size the
+    /// network sees in each in-plane axis by it.
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
         out: &mut Array3<u8>,
         ks: &[usize],
         (rows, cols): (Range<usize>, Range<usize>),
+        shrink: usize,
         spacing: Option<(f64, f64)>,
         quality: bool,
         stack: &(impl Fn(usize) -> Result<Array3<f32>> + Sync),
@@ -600,6 +658,10 @@ impl Segmenter {
                 )));
             }
             (None, None, _) => (h, w),
+        };
+        let (rh, rw) = match (self.meta.in_plane, shrink) {
+            (None, f) if f > 1 => (rh.div_ceil(f), rw.div_ceil(f)),
+            _ => (rh, rw),
         };
         if rh > MAX_RESAMPLED || rw > MAX_RESAMPLED {
             return Err(InferError::Other(format!(
@@ -1017,13 +1079,14 @@ mod tests {
         assert!(graph.model.frozen.is_none());
     }
 
-    /// The fast mode against its definition: the window is
-    /// `FastMode::window` of the full pass's labels at the sampled slices
-    /// (hand-checked in `fast.rs`); outside it everything is background;
-    /// inside, the slab's slices are the plain path's labels of the
-    /// cropped sub-volume (away from the slab's ends, where the stacks'
-    /// neighbours differ), and with a crop of the whole plane the full
-    /// pass's own labels.
+    /// The fast mode against its definition: the crop is
+    /// `FastMode::window`'s from the full pass's labels at the sampled
+    /// slices (hand-checked in `fast.rs`), the slab the run of slices with
+    /// foreground through the sampled ones and one slice beyond each end;
+    /// outside them everything is background, inside are the plain path's
+    /// labels of the cropped sub-volume; with a crop of the whole plane
+    /// (the coarse pass at full or at half resolution) the full pass's own
+    /// labels.
     #[test]
     fn the_fast_mode_segments_the_window_only() {
         // Air, a textured block on slices 9..15 the seeded model finds
@@ -1073,52 +1136,73 @@ mod tests {
             confined.is_some(),
             "no background bias confines the foreground"
         );
-        for (margin_mm, whole) in [(100.0, true), (4.0, false)] {
+        let full = seg.segment_volume_at(hu.view(), sp).unwrap();
+        // The full pass's foreground is one run of slices inside 8..16.
+        let fg = |l: &Array3<u8>, k: usize| l.index_axis(Axis(0), k).iter().any(|&v| v != 0);
+        for (margin_mm, shrink, whole) in [(100.0, 1, true), (100.0, 2, true), (4.0, 1, false)] {
             let fast = FastMode {
                 stride: 4,
+                shrink,
                 margin_mm,
             };
-            let full = seg.segment_volume_at(hu.view(), sp).unwrap();
-            let sampled = fast.coarse_slices(24);
-            let win = fast
-                .window(&full, &sampled, sp, 4)
-                .expect("the model finds foreground");
-            assert!(win.slices.len() < 24, "{win:?}: the slab is every slice");
-            assert_eq!(
-                (win.rows.len(), win.cols.len()) == (64, 64),
-                whole,
-                "{win:?}"
-            );
             let mut fs = seg.clone();
             fs.set_fast(Some(fast));
             let got = fs.segment_volume_at(hu.view(), sp).unwrap();
+            let case = format!("margin {margin_mm} shrink {shrink}");
+            if whole {
+                // Whole slices: the slab grows over every slice with
+                // foreground, so the full pass's labels are all there.
+                assert!(got.iter().any(|&v| v != 0), "{case}");
+                assert_eq!(got, full, "{case}");
+                continue;
+            }
+            let sampled = fast.coarse_slices(24);
+            let win = fast
+                .window(&full.select(Axis(0), &sampled), &sampled, sp, 4)
+                .expect("the model finds foreground");
+            assert!(win.slices.len() < 8, "{win:?}: the slab is not grown yet");
+            assert!(
+                (win.rows.len(), win.cols.len()) != (64, 64),
+                "{win:?}: no crop"
+            );
+            // The crop: the plain path's labels of the cropped sub-volume
+            // (the same stacks, cropped) on its run of slices with
+            // foreground through the sampled ones, and one slice beyond
+            // each end (where growing stopped); background elsewhere.
             let sub = hu
                 .slice(s![.., win.rows.clone(), win.cols.clone()])
                 .to_owned();
             let sub = seg.segment_volume_at(sub.view(), sp).unwrap();
+            let (mut a, mut b) = (win.slices.start, win.slices.end);
+            while a > 0 && fg(&sub, a - 1) {
+                a -= 1;
+            }
+            while b < 24 && fg(&sub, b) {
+                b += 1;
+            }
+            let slab = a.saturating_sub(1)..(b + 1).min(24);
+            assert!(slab.len() < 24, "{slab:?}");
             for ((k, r, c), &v) in got.indexed_iter() {
-                let inside =
-                    win.slices.contains(&k) && win.rows.contains(&r) && win.cols.contains(&c);
-                if !inside {
-                    assert_eq!(v, 0, "({k}, {r}, {c}) outside {win:?}");
-                } else if whole {
-                    assert_eq!(v, full[[k, r, c]], "({k}, {r}, {c})");
-                } else if k > win.slices.start && k + 1 < win.slices.end {
-                    assert_eq!(
-                        v,
-                        sub[[k, r - win.rows.start, c - win.cols.start]],
-                        "({k}, {r}, {c})"
-                    );
-                }
+                let inside = slab.contains(&k) && win.rows.contains(&r) && win.cols.contains(&c);
+                let want = if inside {
+                    sub[[k, r - win.rows.start, c - win.cols.start]]
+                } else {
+                    0
+                };
+                assert_eq!(v, want, "({k}, {r}, {c}) {slab:?} {win:?}");
             }
             assert!(got.iter().any(|&v| v != 0));
             // The crop mattered: the full pass has foreground outside it.
             let outside = full.indexed_iter().any(|((k, r, c), &v)| {
-                v != 0
-                    && !(win.rows.contains(&r) && win.cols.contains(&c) && win.slices.contains(&k))
+                v != 0 && !(win.rows.contains(&r) && win.cols.contains(&c) && slab.contains(&k))
             });
-            assert_eq!(outside, !whole, "{win:?}");
+            assert!(outside, "{win:?}");
         }
+        assert!(
+            (0..24)
+                .filter(|&k| fg(&full, k))
+                .all(|k| (8..16).contains(&k))
+        );
     }
 
     fn volume() -> Array3<f32> {
